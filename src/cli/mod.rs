@@ -1,0 +1,106 @@
+//! Command line: global options, logging, and one module per command.
+
+mod wal_fetch;
+mod wal_prefetch;
+mod wal_push;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walkeeper",
+    version,
+    about = "WAL and base backup archiving for Patroni PostgreSQL clusters"
+)]
+pub struct Cli {
+    /// YAML config file (also WALKEEPER_CONFIG). Environment variables take precedence over it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of files named after environment variables (daemontools envdir); they override
+    /// the environment.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub envdir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// archive_command: archive one WAL file (`walkeeper wal-push %p`).
+    WalPush(wal_push::Args),
+    /// restore_command: fetch one WAL file (`walkeeper wal-fetch %f %p`).
+    WalFetch(wal_fetch::Args),
+    /// Download the segments after one into the prefetch directory (started by wal-fetch).
+    #[command(hide = true)]
+    WalPrefetch(wal_prefetch::Args),
+}
+
+impl Cli {
+    /// The global options, to pass on to child processes.
+    pub fn global_args(&self) -> Vec<OsString> {
+        let mut v = Vec::new();
+        if let Some(c) = &self.config {
+            v.push("--config".into());
+            v.push(c.clone().into_os_string());
+        }
+        if let Some(e) = &self.envdir {
+            v.push("--envdir".into());
+            v.push(e.clone().into_os_string());
+        }
+        v
+    }
+
+    pub fn settings(&self) -> crate::Result<Settings> {
+        Settings::load(self.config.as_deref(), self.envdir.as_deref())
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WALKEEPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = e.exit_code();
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async {
+        match &cli.command {
+            Command::WalPush(a) => wal_push::run(&cli, a).await,
+            Command::WalFetch(a) => wal_fetch::run(&cli, a).await,
+            Command::WalPrefetch(a) => wal_prefetch::run(&cli, a).await,
+        }
+    })
+}

@@ -1,0 +1,34 @@
+//! `walkeeper wal-push <path>`: PostgreSQL's archive_command.
+//!
+//! Exit codes: 0 archived (or already archived, identical); 1 storage or other failure;
+//! 2 bad input; 3 the archive holds different content under this name; 4 not the leader.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::cluster::Leadership;
+use crate::wal::{push, WalContext};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The WAL file (`%p`), relative to the data directory or absolute.
+    pub path: PathBuf,
+    /// The data directory (default: the current directory, as PostgreSQL runs archive_command).
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: Option<PathBuf>,
+}
+
+pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
+    let result = async {
+        let ctx = Arc::new(WalContext::new(cli.settings()?, args.pgdata.as_deref())?);
+        push::wal_push(ctx, Arc::new(Leadership::AlwaysLeader), &args.path).await
+    }
+    .await;
+    match result {
+        Ok(_) => 0,
+        Err(e) => {
+            tracing::error!(path = %args.path.display(), "wal-push failed: {e}");
+            e.exit_code()
+        }
+    }
+}

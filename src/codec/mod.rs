@@ -1,0 +1,434 @@
+//! Compression and encryption as streaming layers.
+//!
+//! Writing: source → compress → encrypt (optional, age) → sink.
+//! Reading: source → decrypt (when the object starts with the age header) → decompress → sink.
+//! Every layer works on bounded buffers; nothing holds a whole segment or tar part.
+
+pub mod crypt;
+pub mod lzop;
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+use lzzzz::lz4f;
+
+use crate::error::{Error, Result};
+pub use crypt::{Decryption, Encryption};
+
+/// Size of the buffers the pumps move data in.
+pub const CHUNK: usize = 256 * 1024;
+
+/// The codecs walkeeper knows. It writes lz4 and zstd; it reads all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Lz4,
+    Zstd,
+    Brotli,
+    Lzma,
+    /// WAL-E's lzop container.
+    Lzo,
+}
+
+impl Compression {
+    /// All extensions, in the order wal-fetch probes them after the configured one.
+    pub const ALL: [Compression; 5] = [
+        Compression::Lz4,
+        Compression::Zstd,
+        Compression::Lzo,
+        Compression::Brotli,
+        Compression::Lzma,
+    ];
+
+    pub fn ext(self) -> &'static str {
+        match self {
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zst",
+            Compression::Brotli => "br",
+            Compression::Lzma => "lzma",
+            Compression::Lzo => "lzo",
+        }
+    }
+
+    pub fn from_ext(ext: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.ext() == ext)
+    }
+
+    /// Parses WALG_COMPRESSION_METHOD. Only the codecs walkeeper can write are accepted.
+    pub fn from_method(name: &str) -> Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "lz4" => Ok(Compression::Lz4),
+            "zstd" | "zst" => Ok(Compression::Zstd),
+            other => Err(Error::Config(format!(
+                "compression method {other:?} is not supported for writing (use lz4 or zstd)"
+            ))),
+        }
+    }
+}
+
+/// What [`encode`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EncodeStats {
+    pub bytes_in: u64,
+}
+
+/// Compresses (and encrypts, when `enc` is given) everything from `src` into `sink`, returning
+/// the sink once every layer has been finished.
+pub fn encode<R: Read, W: Write>(
+    mut src: R,
+    sink: W,
+    compression: Compression,
+    enc: Option<&Encryption>,
+) -> io::Result<(W, EncodeStats)> {
+    match enc {
+        None => compress_into(&mut src, sink, compression),
+        Some(e) => {
+            let wrapped = e.wrap(sink)?;
+            let (wrapped, stats) = compress_into(&mut src, wrapped, compression)?;
+            Ok((wrapped.finish()?, stats))
+        }
+    }
+}
+
+fn compress_into<R: Read, W: Write>(
+    src: &mut R,
+    sink: W,
+    compression: Compression,
+) -> io::Result<(W, EncodeStats)> {
+    match compression {
+        Compression::Lz4 => {
+            let prefs = lz4f::PreferencesBuilder::new()
+                .compression_level(1)
+                .block_size(lz4f::BlockSize::Max256KB)
+                .content_checksum(lz4f::ContentChecksum::Enabled)
+                .build();
+            let mut w = lz4f::WriteCompressor::new(Latch::new(sink), prefs).map_err(io_other)?;
+            let n = pump(src, &mut w)?;
+            // WriteCompressor::into_inner finishes the frame but drops the error; the latch keeps it.
+            let latch = w.into_inner();
+            Ok((latch.into_result()?, EncodeStats { bytes_in: n }))
+        }
+        Compression::Zstd => {
+            let mut w = zstd::Encoder::new(sink, 1)?;
+            let n = pump(src, &mut w)?;
+            Ok((w.finish()?, EncodeStats { bytes_in: n }))
+        }
+        other => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("writing {} is not supported", other.ext()),
+        )),
+    }
+}
+
+/// Decodes an object: decrypts when it carries the age header, then decompresses into `dst`.
+/// Returns the number of plaintext bytes written. A truncated or corrupt stream is an error.
+pub fn decode<R: Read, W: Write + ?Sized>(
+    src: R,
+    dst: &mut W,
+    compression: Compression,
+    dec: Option<&Decryption>,
+) -> io::Result<u64> {
+    let mut src = BufReader::with_capacity(CHUNK, src);
+    if crypt::is_age(src.fill_buf()?) {
+        let dec = dec.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the object is age-encrypted; set WALKEEPER_AGE_IDENTITY_FILE to read it",
+            )
+        })?;
+        let plain = dec.unwrap_reader(src)?;
+        decompress(BufReader::with_capacity(CHUNK, plain), dst, compression)
+    } else {
+        decompress(src, dst, compression)
+    }
+}
+
+fn decompress<R: BufRead, W: Write + ?Sized>(
+    src: R,
+    dst: &mut W,
+    compression: Compression,
+) -> io::Result<u64> {
+    match compression {
+        Compression::Lz4 => {
+            let mut tail = TailReader::new(src);
+            let mut r = lz4f::BufReadDecompressor::new(&mut tail).map_err(io_other)?;
+            let info = r.read_frame_info()?;
+            let n = pump(&mut r, dst)?;
+            drop(r);
+            // lzzzz reports a clean EOF for a frame cut short; check the frame's end mark.
+            let checksum = matches!(info.content_checksum(), lz4f::ContentChecksum::Enabled);
+            tail.check_lz4_end(checksum)?;
+            Ok(n)
+        }
+        Compression::Zstd => {
+            let mut r = zstd::Decoder::with_buffer(src)?;
+            pump(&mut r, dst)
+        }
+        Compression::Lzo => {
+            let _ = src;
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "lzo: reader not built yet",
+            ));
+            #[allow(unreachable_code)]
+            let mut r = io::empty(); // TEMP
+            pump(&mut r, dst)
+        }
+        Compression::Brotli => {
+            let mut r = brotli_decompressor::Decompressor::new(src, CHUNK);
+            pump(&mut r, dst)
+        }
+        Compression::Lzma => {
+            let mut src = src;
+            let mut counter = CountingWriter { inner: dst, n: 0 };
+            lzma_rs::lzma_decompress(&mut src, &mut counter)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("lzma: {e}")))?;
+            Ok(counter.n)
+        }
+    }
+}
+
+/// Copies `src` into `dst` through one bounded buffer.
+pub fn pump<R: Read + ?Sized, W: Write + ?Sized>(src: &mut R, dst: &mut W) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    dst.flush()?;
+    Ok(total)
+}
+
+fn io_other(e: lzzzz::lz4f::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("lz4: {e}"))
+}
+
+/// Keeps the first write error of the inner writer, for callers that swallow errors.
+struct Latch<W> {
+    inner: W,
+    err: Option<io::Error>,
+}
+
+impl<W: Write> Latch<W> {
+    fn new(inner: W) -> Self {
+        Latch { inner, err: None }
+    }
+    fn into_result(self) -> io::Result<W> {
+        match self.err {
+            Some(e) => Err(e),
+            None => Ok(self.inner),
+        }
+    }
+}
+
+impl<W: Write> Write for Latch<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(e) = &self.err {
+            return Err(io::Error::new(e.kind(), e.to_string()));
+        }
+        self.inner.write(buf).inspect_err(|e| {
+            self.err = Some(io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(e) = &self.err {
+            return Err(io::Error::new(e.kind(), e.to_string()));
+        }
+        self.inner.flush().inspect_err(|e| {
+            self.err = Some(io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+}
+
+/// Remembers the last bytes read, to check how an lz4 frame ended.
+struct TailReader<R> {
+    inner: R,
+    tail: [u8; 8],
+    seen: u64,
+}
+
+impl<R: BufRead> TailReader<R> {
+    fn new(inner: R) -> Self {
+        TailReader {
+            inner,
+            tail: [0; 8],
+            seen: 0,
+        }
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        for &b in bytes.iter().rev().take(8).rev() {
+            self.tail.copy_within(1.., 0);
+            self.tail[7] = b;
+        }
+        self.seen += bytes.len() as u64;
+    }
+
+    /// An lz4 frame ends with a zero end mark, followed by a 4-byte checksum when enabled.
+    fn check_lz4_end(&mut self, checksum: bool) -> io::Result<()> {
+        if !self.inner.fill_buf()?.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "lz4: trailing data after the frame",
+            ));
+        }
+        let mark = if checksum {
+            &self.tail[0..4]
+        } else {
+            &self.tail[4..8]
+        };
+        let min = if checksum { 8 } else { 4 };
+        if self.seen < min || mark != [0, 0, 0, 0] {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("lz4: the frame is truncated after {} bytes", self.seen),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<R: BufRead> Read for TailReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.record(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for TailReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amt: usize) {
+        if let Ok(buf) = self.inner.fill_buf() {
+            let n = amt.min(buf.len());
+            let consumed: Vec<u8> = buf[n.saturating_sub(8)..n].to_vec();
+            self.seen += (n - consumed.len()) as u64;
+            self.record(&consumed);
+        }
+        self.inner.consume(amt);
+    }
+}
+
+struct CountingWriter<'a, W: ?Sized> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write + ?Sized> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize) -> Vec<u8> {
+        // Compressible but not trivial: repeating records with a counter.
+        let mut v = Vec::with_capacity(len);
+        let mut i: u32 = 0;
+        while v.len() < len {
+            v.extend_from_slice(b"INSERT INTO pgbench_history VALUES (");
+            v.extend_from_slice(&i.to_le_bytes());
+            v.extend_from_slice(&(i.wrapping_mul(2654435761)).to_be_bytes());
+            i = i.wrapping_add(1);
+        }
+        v.truncate(len);
+        v
+    }
+
+    fn roundtrip(c: Compression, enc: Option<(&Encryption, &Decryption)>) {
+        let data = sample(3 * 1024 * 1024 + 17);
+        let (out, stats) = encode(&data[..], Vec::new(), c, enc.map(|e| e.0)).unwrap();
+        assert_eq!(stats.bytes_in, data.len() as u64);
+        assert!(out.len() < data.len());
+        let mut back = Vec::new();
+        let n = decode(&out[..], &mut back, c, enc.map(|e| e.1)).unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert!(back == data, "round trip differs for {c:?}");
+    }
+
+    #[test]
+    fn lz4_and_zstd_round_trip_byte_identical() {
+        roundtrip(Compression::Lz4, None);
+        roundtrip(Compression::Zstd, None);
+    }
+
+    #[test]
+    fn encrypted_round_trip_needs_the_identity() {
+        let id = age::x25519::Identity::generate();
+        let enc = Encryption::from_recipients(&[id.to_public().to_string()]).unwrap();
+        let dec = Decryption::from_identity(id);
+        roundtrip(Compression::Lz4, Some((&enc, &dec)));
+        let (out, _) = encode(
+            &b"secret wal"[..],
+            Vec::new(),
+            Compression::Zstd,
+            Some(&enc),
+        )
+        .unwrap();
+        assert!(!out.windows(10).any(|w| w == b"secret wal"));
+        let err = decode(&out[..], &mut Vec::new(), Compression::Zstd, None).unwrap_err();
+        assert!(
+            err.to_string().contains("WALKEEPER_AGE_IDENTITY_FILE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn truncated_lz4_and_zstd_objects_are_errors() {
+        let data = sample(1024 * 1024);
+        for c in [Compression::Lz4, Compression::Zstd] {
+            let (out, _) = encode(&data[..], Vec::new(), c, None).unwrap();
+            for cut in [out.len() - 1, out.len() - 4, out.len() / 2] {
+                let r = decode(&out[..cut], &mut Vec::new(), c, None);
+                assert!(
+                    r.is_err(),
+                    "{c:?} cut at {cut} of {} decoded without error",
+                    out.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_lz4_object_is_an_error() {
+        let data = sample(1024 * 1024);
+        let (mut out, _) = encode(&data[..], Vec::new(), Compression::Lz4, None).unwrap();
+        let mid = out.len() / 2;
+        out[mid] ^= 0x55;
+        let mut back = Vec::new();
+        let r = decode(&out[..], &mut back, Compression::Lz4, None);
+        assert!(r.is_err() || back != data);
+        assert!(r.is_err(), "corruption went unnoticed");
+    }
+
+    #[test]
+    fn lz4_cli_reads_what_walkeeper_writes() {
+        let data = sample(2 * 1024 * 1024);
+        let (out, _) = encode(&data[..], Vec::new(), Compression::Lz4, None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x.lz4");
+        std::fs::write(&f, &out).unwrap();
+        let res = std::process::Command::new("lz4")
+            .args(["-d", "-c"])
+            .arg(&f)
+            .output()
+            .expect("the lz4 CLI is installed by .ci/setup");
+        assert!(res.status.success());
+        assert!(res.stdout == data);
+    }
+}

@@ -1,0 +1,376 @@
+//! Settings: environment variables (WAL-E, WAL-G and AWS names), an optional envdir, and an
+//! optional YAML file.
+//!
+//! Precedence, highest first: the process environment overlaid by `--envdir` (daemontools
+//! semantics: a file replaces the variable), then the YAML file, then defaults. Secrets are never
+//! taken from argv.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::codec::Compression;
+use crate::error::{Error, Result};
+
+/// Variables naming the archive prefix, in the order they are consulted.
+pub const PREFIX_VARS: &[&str] = &[
+    "WALKEEPER_PREFIX",
+    "WALG_FILE_PREFIX",
+    "WALE_FILE_PREFIX",
+    "WALG_S3_PREFIX",
+    "WALE_S3_PREFIX",
+    "WALG_GS_PREFIX",
+    "WALE_GS_PREFIX",
+    "WALG_AZ_PREFIX",
+    "WALE_WABS_PREFIX",
+];
+
+/// The YAML file's schema. Unknown keys are an error, so a typo never silently falls back to a
+/// default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub prefix: Option<String>,
+    pub compression: Option<String>,
+    pub push_lookahead: Option<usize>,
+    pub prefetch: Option<usize>,
+    pub state_dir: Option<PathBuf>,
+    pub retry_timeout_seconds: Option<u64>,
+    pub age_recipient: Option<String>,
+    pub age_recipients_file: Option<PathBuf>,
+    pub age_identity_file: Option<PathBuf>,
+    /// Extra variables (e.g. `AWS_ENDPOINT`), used where the environment does not set them.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Resolved variables: file `env:` entries, then the process environment, then the envdir.
+#[derive(Debug, Clone, Default)]
+pub struct Vars(BTreeMap<String, String>);
+
+impl Vars {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.0.insert(key.into(), value.into());
+    }
+
+    fn parse_num<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::Config(format!("{key}={v:?} is not a valid number"))),
+        }
+    }
+}
+
+/// Everything the commands need, resolved once per process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub vars: Vars,
+    /// The archive prefix URL, if one is configured.
+    pub prefix: Option<String>,
+    pub compression: Compression,
+    /// How many other `.ready` segments one wal-push call uploads as well.
+    pub push_lookahead: usize,
+    /// How many following segments wal-fetch downloads in the background after a hit.
+    pub prefetch: usize,
+    pub state_dir: Option<PathBuf>,
+    /// Bound on retrying transient storage errors.
+    pub retry_timeout: Duration,
+    /// age recipients (public keys); when set, uploads are encrypted.
+    pub age_recipients: Vec<String>,
+    /// age identity file (private key); needed to read encrypted objects.
+    pub age_identity_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads settings from the process environment, an optional envdir and an optional YAML file
+    /// (`--config`, else `WALKEEPER_CONFIG`).
+    pub fn load(config_file: Option<&Path>, envdir: Option<&Path>) -> Result<Self> {
+        let process: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Self::from_sources(process, config_file, envdir)
+    }
+
+    pub fn from_sources(
+        process: BTreeMap<String, String>,
+        config_file: Option<&Path>,
+        envdir: Option<&Path>,
+    ) -> Result<Self> {
+        let mut overlay = process;
+        if let Some(dir) = envdir {
+            for (k, v) in read_envdir(dir)? {
+                overlay.insert(k, v);
+            }
+        }
+        let file_path = config_file
+            .map(Path::to_path_buf)
+            .or_else(|| overlay.get("WALKEEPER_CONFIG").map(PathBuf::from));
+        let file = match &file_path {
+            Some(p) => read_config_file(p)?,
+            None => FileConfig::default(),
+        };
+        let mut vars = Vars(file.env.clone());
+        for (k, v) in overlay {
+            vars.0.insert(k, v);
+        }
+        Self::resolve(vars, file)
+    }
+
+    fn resolve(vars: Vars, file: FileConfig) -> Result<Self> {
+        let prefix = resolve_prefix(&vars, file.prefix.as_deref())?;
+        let compression = match vars
+            .get("WALG_COMPRESSION_METHOD")
+            .or(vars.get("WALKEEPER_COMPRESSION"))
+            .or(file.compression.as_deref())
+        {
+            Some(name) => Compression::from_method(name)?,
+            None => Compression::Lz4,
+        };
+        let push_lookahead = vars
+            .parse_num("WALKEEPER_PUSH_LOOKAHEAD")?
+            .or(vars.parse_num("WALG_UPLOAD_CONCURRENCY")?)
+            .or(vars.parse_num("WALE_POOL_SIZE")?)
+            .or(file.push_lookahead)
+            .unwrap_or(0);
+        let prefetch = vars
+            .parse_num("WALKEEPER_PREFETCH")?
+            .or(vars.parse_num("WALG_DOWNLOAD_CONCURRENCY")?)
+            .or(file.prefetch)
+            .unwrap_or(0);
+        let retry_secs: u64 = vars
+            .parse_num("WALKEEPER_RETRY_TIMEOUT")?
+            .or(file.retry_timeout_seconds)
+            .unwrap_or(30);
+        let state_dir = vars
+            .get("WALKEEPER_STATE_DIR")
+            .map(PathBuf::from)
+            .or(file.state_dir);
+        let mut age_recipients: Vec<String> = Vec::new();
+        if let Some(r) = vars
+            .get("WALKEEPER_AGE_RECIPIENT")
+            .or(file.age_recipient.as_deref())
+        {
+            age_recipients.extend(
+                r.split([',', ' ', '\n'])
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            );
+        }
+        if let Some(p) = vars
+            .get("WALKEEPER_AGE_RECIPIENTS_FILE")
+            .map(PathBuf::from)
+            .or(file.age_recipients_file)
+        {
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| Error::Config(format!("age recipients file {}: {e}", p.display())))?;
+            age_recipients.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+        let age_identity_file = vars
+            .get("WALKEEPER_AGE_IDENTITY_FILE")
+            .map(PathBuf::from)
+            .or(file.age_identity_file);
+        Ok(Settings {
+            vars,
+            prefix,
+            compression,
+            push_lookahead,
+            prefetch,
+            state_dir,
+            retry_timeout: Duration::from_secs(retry_secs),
+            age_recipients,
+            age_identity_file,
+        })
+    }
+
+    /// The prefix, or an error saying which variables could set it.
+    pub fn require_prefix(&self) -> Result<&str> {
+        self.prefix.as_deref().ok_or_else(|| {
+            Error::Config(format!(
+                "no archive prefix configured: set one of {} or `prefix:` in the config file",
+                PREFIX_VARS.join(", ")
+            ))
+        })
+    }
+}
+
+fn resolve_prefix(vars: &Vars, file_prefix: Option<&str>) -> Result<Option<String>> {
+    let mut found: Option<(&str, &str)> = None;
+    for name in PREFIX_VARS {
+        if let Some(v) = vars.get(name) {
+            match found {
+                Some((first, fv)) if fv != v => {
+                    return Err(Error::Config(format!(
+                        "{first} and {name} name different archive prefixes; set only one"
+                    )))
+                }
+                Some(_) => {}
+                None => found = Some((name, v)),
+            }
+        }
+    }
+    Ok(found
+        .map(|(_, v)| v.to_string())
+        .or_else(|| file_prefix.map(String::from)))
+}
+
+/// Reads a daemontools-style envdir: one file per variable, its first line the value.
+pub fn read_envdir(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::Config(format!("envdir {}: {e}", dir.display())))?;
+    let mut out = BTreeMap::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::Config(format!("envdir {}: {e}", dir.display())))?;
+        let path = entry.path();
+        let name = entry.file_name().into_string().map_err(|n| {
+            Error::Config(format!(
+                "envdir {}: file name {n:?} is not UTF-8",
+                dir.display()
+            ))
+        })?;
+        if name.starts_with('.') {
+            continue;
+        }
+        if name.contains('=') {
+            return Err(Error::Config(format!(
+                "envdir {}: file name {name:?} contains '='",
+                dir.display()
+            )));
+        }
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| Error::Config(format!("envdir {}: {e}", path.display())))?;
+        if !meta.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Error::Config(format!("envdir {}: {e}", path.display())))?;
+        // daemontools: the first line is the value; trailing blanks are dropped.
+        let first = bytes.split(|b| *b == b'\n').next().unwrap_or(&[]);
+        if first.contains(&0) {
+            return Err(Error::Config(format!(
+                "envdir {}: the value contains a NUL byte",
+                path.display()
+            )));
+        }
+        let value = std::str::from_utf8(first).map_err(|_| {
+            Error::Config(format!("envdir {}: the value is not UTF-8", path.display()))
+        })?;
+        out.insert(name, value.trim_end().to_string());
+    }
+    Ok(out)
+}
+
+fn read_config_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_saphyr::from_str(&text).map_err(|e| {
+        let msg = e.to_string().replace('\n', " ");
+        Error::Config(format!("config file {}: {msg}", path.display()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn wal_g_and_wal_e_names_both_set_the_prefix() {
+        let s =
+            Settings::from_sources(vars(&[("WALE_S3_PREFIX", "s3://b/p")]), None, None).unwrap();
+        assert_eq!(s.prefix.as_deref(), Some("s3://b/p"));
+        let s = Settings::from_sources(vars(&[("WALG_FILE_PREFIX", "/x")]), None, None).unwrap();
+        assert_eq!(s.prefix.as_deref(), Some("/x"));
+    }
+
+    #[test]
+    fn conflicting_prefixes_are_refused() {
+        let err = Settings::from_sources(
+            vars(&[
+                ("WALE_S3_PREFIX", "s3://a/p"),
+                ("WALG_S3_PREFIX", "s3://b/p"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("different archive prefixes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn envdir_overrides_environment_and_yaml_fills_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("WALG_COMPRESSION_METHOD"), "zstd\n").unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(
+            &cfg,
+            "prefix: file:///srv/archive\nprefetch: 5\nenv:\n  AWS_REGION: eu-west-1\n",
+        )
+        .unwrap();
+        let envd = dir.path().join("env");
+        std::fs::create_dir(&envd).unwrap();
+        std::fs::write(envd.join("WALG_COMPRESSION_METHOD"), "zstd\n").unwrap();
+        let s = Settings::from_sources(
+            vars(&[("WALG_COMPRESSION_METHOD", "lz4")]),
+            Some(&cfg),
+            Some(&envd),
+        )
+        .unwrap();
+        assert_eq!(s.compression, Compression::Zstd);
+        assert_eq!(s.prefix.as_deref(), Some("file:///srv/archive"));
+        assert_eq!(s.prefetch, 5);
+        assert_eq!(s.vars.get("AWS_REGION"), Some("eu-west-1"));
+    }
+
+    #[test]
+    fn malformed_yaml_and_unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(&cfg, "prefix: [unclosed\n").unwrap();
+        assert!(Settings::from_sources(BTreeMap::new(), Some(&cfg), None).is_err());
+        std::fs::write(&cfg, "prefx: /x\n").unwrap();
+        let err = Settings::from_sources(BTreeMap::new(), Some(&cfg), None).unwrap_err();
+        assert!(err.to_string().contains("prefx"), "{err}");
+    }
+
+    #[test]
+    fn envdir_with_nul_byte_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("AWS_REGION"), b"eu\0west").unwrap();
+        let err = Settings::from_sources(BTreeMap::new(), None, Some(dir.path())).unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
+    }
+}

@@ -1,0 +1,15 @@
+//! walkeeper: keeps a Patroni PostgreSQL cluster's WAL and base backups safe in object storage.
+//!
+//! Layers: [`storage`] (object_store for file://, s3://, gs://, az://) · [`codec`] (streaming
+//! compression and age encryption) · [`wal`] (archive_command / restore_command) · [`cluster`]
+//! (who may upload) · [`cli`] (one file per command).
+
+pub mod cli;
+pub mod cluster;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod storage;
+pub mod wal;
+
+pub use error::{Error, Result};

@@ -1,0 +1,313 @@
+//! Prefix URLs and the object_store builders behind them.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    File(PathBuf),
+    S3 { bucket: String, path: String },
+    Gcs { bucket: String, path: String },
+    Azure { container: String, path: String },
+}
+
+impl Location {
+    pub fn describe(&self) -> String {
+        match self {
+            Location::File(p) => format!("file://{}", p.display()),
+            Location::S3 { bucket, path } => format!("s3://{bucket}/{path}"),
+            Location::Gcs { bucket, path } => format!("gs://{bucket}/{path}"),
+            Location::Azure { container, path } => format!("az://{container}/{path}"),
+        }
+    }
+}
+
+/// Parses a WAL-E or WAL-G style prefix: `/abs/dir`, `file:///abs/dir`, `file://localhost/dir`,
+/// `s3://bucket/path`, `gs://bucket/path`, `az://container/path` or `wabs://container/path`.
+pub fn parse_prefix(prefix: &str) -> Result<Location> {
+    let prefix = prefix.trim();
+    if prefix.starts_with('/') {
+        return Ok(Location::File(PathBuf::from(prefix)));
+    }
+    let (scheme, rest) = prefix.split_once("://").ok_or_else(|| {
+        Error::Config(format!(
+            "archive prefix {prefix:?} is neither an absolute path nor a URL (file://, s3://, gs://, az://, wabs://)"
+        ))
+    })?;
+    let split = |rest: &str| -> Result<(String, String)> {
+        let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::Config(format!(
+                "archive prefix {prefix:?} has no bucket"
+            )));
+        }
+        Ok((bucket.to_string(), path.trim_matches('/').to_string()))
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "file" => {
+            let path = rest.strip_prefix("localhost").unwrap_or(rest);
+            if !path.starts_with('/') {
+                return Err(Error::Config(format!(
+                    "archive prefix {prefix:?}: a file:// prefix needs an absolute path"
+                )));
+            }
+            Ok(Location::File(PathBuf::from(path)))
+        }
+        "s3" => split(rest).map(|(bucket, path)| Location::S3 { bucket, path }),
+        "gs" | "gcs" => split(rest).map(|(bucket, path)| Location::Gcs { bucket, path }),
+        "az" | "azure" | "wabs" => {
+            split(rest).map(|(container, path)| Location::Azure { container, path })
+        }
+        other => Err(Error::Config(format!(
+            "archive prefix {prefix:?}: unknown scheme {other:?} (use file://, s3://, gs://, az:// or wabs://)"
+        ))),
+    }
+}
+
+fn retry_config(settings: &Settings) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: 3,
+        retry_timeout: settings.retry_timeout.max(Duration::from_secs(1)),
+    }
+}
+
+fn client_options(settings: &Settings, allow_http: bool) -> ClientOptions {
+    let connect = settings
+        .retry_timeout
+        .clamp(Duration::from_secs(1), Duration::from_secs(10));
+    ClientOptions::new()
+        .with_allow_http(allow_http)
+        .with_connect_timeout(connect)
+        .with_timeout(Duration::from_secs(120))
+}
+
+/// Builds the store for a location. Returns the store, the key prefix inside it, and the local
+/// root for file://.
+pub(super) fn build(
+    location: &Location,
+    settings: &Settings,
+) -> Result<(Arc<dyn ObjectStore>, String, Option<PathBuf>)> {
+    let vars = &settings.vars;
+    match location {
+        Location::File(dir) => {
+            crate::storage::local::ensure_dir(dir)
+                .map_err(|e| Error::Config(format!("archive directory {}: {e}", dir.display())))?;
+            let fs = LocalFileSystem::new_with_prefix(dir)
+                .map_err(|e| Error::Config(format!("archive directory {}: {e}", dir.display())))?;
+            Ok((Arc::new(fs), String::new(), Some(dir.clone())))
+        }
+        Location::S3 { bucket, path } => {
+            let mut b = AmazonS3Builder::new();
+            for (k, v) in vars.iter() {
+                if k.starts_with("AWS_") && !v.is_empty() {
+                    if let Ok(key) = AmazonS3ConfigKey::from_str(&k.to_ascii_lowercase()) {
+                        b = b.with_config(key, v);
+                    }
+                }
+            }
+            let mut endpoint = vars.get("AWS_ENDPOINT").map(String::from);
+            let mut path_style = None;
+            if let Some(wale) = vars.get("WALE_S3_ENDPOINT") {
+                let (url, style) = parse_wale_endpoint(wale)?;
+                endpoint.get_or_insert(url);
+                path_style = style;
+            }
+            if let Some(v) = vars.get("AWS_S3_FORCE_PATH_STYLE") {
+                path_style = Some(parse_bool("AWS_S3_FORCE_PATH_STYLE", v)?);
+            }
+            let region = vars
+                .get("AWS_REGION")
+                .or(vars.get("AWS_DEFAULT_REGION"))
+                .unwrap_or("us-east-1");
+            let allow_http = endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"));
+            if let Some(ep) = &endpoint {
+                b = b.with_endpoint(ep);
+            }
+            b = b
+                .with_bucket_name(bucket)
+                .with_region(region)
+                .with_virtual_hosted_style_request(!path_style.unwrap_or(true))
+                .with_retry(retry_config(settings))
+                .with_client_options(client_options(settings, allow_http));
+            let s3 = b
+                .build()
+                .map_err(|e| Error::Config(format!("s3://{bucket}: {e}")))?;
+            Ok((Arc::new(s3), path.clone(), None))
+        }
+        Location::Gcs { bucket, path } => {
+            let mut b = GoogleCloudStorageBuilder::new();
+            for (k, v) in vars.iter() {
+                if k.starts_with("GOOGLE_") && !v.is_empty() {
+                    if let Ok(key) = GoogleConfigKey::from_str(&k.to_ascii_lowercase()) {
+                        b = b.with_config(key, v);
+                    }
+                }
+            }
+            let gcs = b
+                .with_bucket_name(bucket)
+                .with_retry(retry_config(settings))
+                .with_client_options(client_options(settings, false))
+                .build()
+                .map_err(|e| Error::Config(format!("gs://{bucket}: {e}")))?;
+            Ok((Arc::new(gcs), path.clone(), None))
+        }
+        Location::Azure { container, path } => {
+            let mut b = MicrosoftAzureBuilder::new();
+            for (k, v) in vars.iter() {
+                if k.starts_with("AZURE_") && !v.is_empty() {
+                    if let Ok(key) = AzureConfigKey::from_str(&k.to_ascii_lowercase()) {
+                        b = b.with_config(key, v);
+                    }
+                }
+            }
+            // WAL-E and WAL-G names.
+            if let Some(a) = vars
+                .get("WABS_ACCOUNT_NAME")
+                .or(vars.get("AZURE_STORAGE_ACCOUNT"))
+            {
+                b = b.with_account(a);
+            }
+            if let Some(k) = vars
+                .get("WABS_ACCESS_KEY")
+                .or(vars.get("AZURE_STORAGE_ACCESS_KEY"))
+            {
+                b = b.with_access_key(k);
+            }
+            if let Some(t) = vars
+                .get("WABS_SAS_TOKEN")
+                .or(vars.get("AZURE_STORAGE_SAS_TOKEN"))
+            {
+                b = b.with_config(AzureConfigKey::SasKey, t);
+            }
+            let az = b
+                .with_container_name(container)
+                .with_retry(retry_config(settings))
+                .with_client_options(client_options(settings, false))
+                .build()
+                .map_err(|e| Error::Config(format!("az://{container}: {e}")))?;
+            Ok((Arc::new(az), path.clone(), None))
+        }
+    }
+}
+
+/// WAL-E's `WALE_S3_ENDPOINT`: `<http|https>+<path|virtualhost|subdomain>://host[:port]`.
+fn parse_wale_endpoint(v: &str) -> Result<(String, Option<bool>)> {
+    let (scheme, hostport) = v
+        .split_once("://")
+        .ok_or_else(|| Error::Config(format!("WALE_S3_ENDPOINT={v:?} is not a URL")))?;
+    let (proto, style) = scheme.split_once('+').unwrap_or((scheme, ""));
+    if proto != "http" && proto != "https" {
+        return Err(Error::Config(format!(
+            "WALE_S3_ENDPOINT={v:?}: scheme must be http or https"
+        )));
+    }
+    let path_style = match style {
+        "" => None,
+        "path" => Some(true),
+        "virtualhost" | "subdomain" => Some(false),
+        other => {
+            return Err(Error::Config(format!(
+                "WALE_S3_ENDPOINT={v:?}: unknown calling format {other:?}"
+            )))
+        }
+    };
+    Ok((
+        format!("{proto}://{}", hostport.trim_end_matches('/')),
+        path_style,
+    ))
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::Config(format!("{name}={v:?} is not a boolean"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_of_every_scheme_parse() {
+        assert_eq!(
+            parse_prefix("/srv/a").unwrap(),
+            Location::File("/srv/a".into())
+        );
+        assert_eq!(
+            parse_prefix("file:///srv/a").unwrap(),
+            Location::File("/srv/a".into())
+        );
+        assert_eq!(
+            parse_prefix("file://localhost/srv/a").unwrap(),
+            Location::File("/srv/a".into())
+        );
+        assert_eq!(
+            parse_prefix("s3://bkt/some/path/").unwrap(),
+            Location::S3 {
+                bucket: "bkt".into(),
+                path: "some/path".into()
+            }
+        );
+        assert_eq!(
+            parse_prefix("wabs://c/p").unwrap(),
+            Location::Azure {
+                container: "c".into(),
+                path: "p".into()
+            }
+        );
+        assert!(matches!(
+            parse_prefix("gs://b").unwrap(),
+            Location::Gcs { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_schemes_and_relative_paths_are_refused() {
+        let e = parse_prefix("ftp://host/x").unwrap_err().to_string();
+        assert!(e.contains("unknown scheme \"ftp\""), "{e}");
+        assert!(parse_prefix("relative/dir").is_err());
+        assert!(parse_prefix("file://relative").is_err());
+        assert!(parse_prefix("s3:///nobucket").is_err());
+    }
+
+    #[test]
+    fn wale_endpoint_sets_scheme_and_calling_format() {
+        assert_eq!(
+            parse_wale_endpoint("http+path://127.0.0.1:9000").unwrap(),
+            ("http://127.0.0.1:9000".to_string(), Some(true))
+        );
+        assert_eq!(
+            parse_wale_endpoint("https://s3.example.com").unwrap(),
+            ("https://s3.example.com".to_string(), None)
+        );
+        assert!(parse_wale_endpoint("ftp+path://x").is_err());
+    }
+
+    #[test]
+    fn cloud_stores_build_without_network() {
+        let mut s = Settings::from_sources(Default::default(), None, None).unwrap();
+        s.vars.set("AWS_ACCESS_KEY_ID", "AK");
+        s.vars.set("AWS_SECRET_ACCESS_KEY", "SK");
+        s.vars.set("AWS_ENDPOINT", "http://127.0.0.1:9");
+        assert!(build(&parse_prefix("s3://b/p").unwrap(), &s).is_ok());
+        s.vars.set("WABS_ACCOUNT_NAME", "acct");
+        s.vars.set("WABS_ACCESS_KEY", "a2V5");
+        assert!(build(&parse_prefix("wabs://c/p").unwrap(), &s).is_ok());
+    }
+}

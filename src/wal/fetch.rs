@@ -1,0 +1,309 @@
+//! `wal-fetch`: restore_command, and the background prefetch behind it.
+//!
+//! Found: exactly the archived bytes, written atomically. Absent: [`Error::NotFound`], which the
+//! CLI maps to the "missing" exit code. Any storage failure stays an error, never "missing".
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::codec::{self, Compression};
+use crate::error::{Error, Result};
+use crate::storage::local::{ensure_dir, sync_dir, write_atomic_with};
+use crate::wal::names::{LongPageHeader, SegmentId, WalName};
+use crate::wal::WalContext;
+
+/// Prefetch downloads run at most this many at once.
+const MAX_PARALLEL: usize = 4;
+/// A prefetch claim older than this is considered abandoned.
+const STALE_CLAIM: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    Downloaded { bytes: u64 },
+    FromPrefetch { bytes: u64 },
+}
+
+pub fn prefetch_dir(ctx: &WalContext) -> PathBuf {
+    ctx.state_dir.join("prefetch")
+}
+
+/// Fetches `name` into `dest` (relative to the data directory).
+pub async fn wal_fetch(
+    ctx: Arc<WalContext>,
+    name: &str,
+    dest: &Path,
+) -> Result<(WalName, FetchOutcome)> {
+    let wal = WalName::parse(name)?;
+    let dest = ctx.resolve_in_pgdata(dest)?;
+    if let WalName::Segment(seg) = &wal {
+        let pre = prefetch_dir(&ctx).join(name);
+        if pre.exists() {
+            match take_prefetched(&pre, seg, &dest) {
+                Ok(bytes) => return Ok((wal, FetchOutcome::FromPrefetch { bytes })),
+                Err(e) => {
+                    tracing::warn!(segment = name, error = %e, "discarding prefetched copy");
+                    let _ = std::fs::remove_file(&pre);
+                }
+            }
+        }
+    }
+    let bytes = download(&ctx, &wal, &dest).await?;
+    Ok((wal, FetchOutcome::Downloaded { bytes }))
+}
+
+/// Finds the archived object for a WAL file, whichever codec wrote it.
+async fn locate(ctx: &WalContext, wal: &WalName) -> Result<(String, Compression)> {
+    let stem = wal.key_stem();
+    let preferred = ctx.settings.compression;
+    let mut exts = vec![preferred.ext()];
+    exts.extend(
+        Compression::ALL
+            .iter()
+            .map(|c| c.ext())
+            .filter(|e| *e != preferred.ext()),
+    );
+    let found = ctx.store.find_stem(&stem, &exts).await?;
+    for ext in &exts {
+        let key = format!("{stem}.{ext}");
+        if found.iter().any(|(k, _)| *k == key) {
+            let c = Compression::from_ext(ext).ok_or_else(|| Error::Corrupt {
+                key: key.clone(),
+                msg: "unknown codec".into(),
+            })?;
+            return Ok((key, c));
+        }
+    }
+    Err(Error::NotFound { key: stem })
+}
+
+/// Downloads and decodes one WAL file into `dest` atomically, retrying interrupted transfers
+/// within the retry bound.
+async fn download(ctx: &Arc<WalContext>, wal: &WalName, dest: &Path) -> Result<u64> {
+    let deadline = Instant::now() + ctx.settings.retry_timeout;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let (key, compression) = locate(ctx, wal).await?;
+        let reader = ctx
+            .store
+            .open_read(&key)
+            .await?
+            .ok_or_else(|| Error::NotFound { key: key.clone() })?;
+        let (ctx2, dest2) = (ctx.clone(), dest.to_path_buf());
+        let res = tokio::task::spawn_blocking(move || {
+            write_atomic_with(&dest2, |w| {
+                codec::decode(reader, w, compression, ctx2.decryption.as_ref()).map(|_| ())
+            })
+        })
+        .await
+        .map_err(|e| Error::io(dest, io::Error::other(e.to_string())))?;
+        match res {
+            Ok(n) => return Ok(n),
+            Err(e)
+                if e.kind() == io::ErrorKind::ConnectionAborted
+                    && Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(key, error = %e, "transfer interrupted, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                return Err(Error::Storage {
+                    op: "get",
+                    key,
+                    source: object_store::Error::Generic {
+                        store: "stream",
+                        source: Box::new(e),
+                    },
+                })
+            }
+            Err(e) if is_decode_error(&e) => {
+                return Err(Error::Corrupt {
+                    key,
+                    msg: e.to_string(),
+                })
+            }
+            Err(e) => return Err(Error::io(dest, e)),
+        }
+    }
+}
+
+fn is_decode_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::PermissionDenied
+    )
+}
+
+/// Checks a prefetched segment and moves it into place.
+fn take_prefetched(pre: &Path, seg: &SegmentId, dest: &Path) -> io::Result<u64> {
+    let len = check_segment_file(pre, seg)?;
+    match std::fs::rename(pre, dest) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let mut src = std::fs::File::open(pre)?;
+            write_atomic_with(dest, |w| codec::pump(&mut src, w).map(|_| ()))?;
+            let _ = std::fs::remove_file(pre);
+        }
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = dest.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(len)
+}
+
+/// A complete copy of the named segment: its first page's long header agrees with the name and
+/// the file is exactly one segment long.
+fn check_segment_file(path: &Path, seg: &SegmentId) -> io::Result<u64> {
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut head = [0u8; 40];
+    f.read_exact(&mut head)?;
+    let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
+    let h = LongPageHeader::parse(&head).ok_or_else(|| bad("no long page header".into()))?;
+    let seg_size = h.seg_size as u64;
+    if !seg_size.is_power_of_two() || seg_size != len {
+        return Err(bad(format!(
+            "size {len} does not match the header's segment size {seg_size}"
+        )));
+    }
+    if h.page_addr != seg.start_lsn(seg_size) || h.timeline > seg.timeline {
+        return Err(bad(format!(
+            "header (timeline {}, address {:X}) does not belong to this segment",
+            h.timeline, h.page_addr
+        )));
+    }
+    Ok(len)
+}
+
+/// Starts a detached `wal-prefetch` for the segments after `seg`. Its failure only costs speed.
+pub fn spawn_prefetch(ctx: &WalContext, seg: &SegmentId, global_args: &[std::ffi::OsString]) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(global_args)
+        .arg("wal-prefetch")
+        .arg(seg.name())
+        .arg("--pgdata")
+        .arg(&ctx.pgdata)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    if let Err(e) = cmd.spawn() {
+        tracing::debug!(error = %e, "could not start prefetch");
+    }
+}
+
+/// `wal-prefetch`: downloads the `ctx.settings.prefetch` segments after `after` into the
+/// prefetch directory, each written atomically. Stops at the first segment not yet archived.
+pub async fn prefetch(ctx: Arc<WalContext>, after: &str) -> Result<usize> {
+    let wal = WalName::parse(after)?;
+    let WalName::Segment(seg) = wal else {
+        return Err(Error::BadInput(format!(
+            "{after}: only segments are prefetched"
+        )));
+    };
+    let dir = prefetch_dir(&ctx);
+    ensure_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    clean_before(&dir, after);
+    // The segment size comes from the segment just restored (or a prefetched one).
+    let seg_size = segment_size_hint(&ctx, &seg).unwrap_or(16 << 20);
+    let sem = Arc::new(tokio::sync::Semaphore::new(MAX_PARALLEL));
+    let mut tasks = Vec::new();
+    for i in 1..=ctx.settings.prefetch as u64 {
+        let next = seg.nth_next(i, seg_size);
+        let name = next.name();
+        let target = dir.join(&name);
+        if target.exists() || ctx.pg_wal.join(&name).exists() {
+            continue;
+        }
+        let Some(claim) = Claim::take(&dir, &name) else {
+            continue;
+        };
+        let (ctx, sem) = (ctx.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let res = download(&ctx, &WalName::Segment(next), &target).await;
+            drop(claim);
+            (name, res)
+        }));
+    }
+    let mut fetched = 0;
+    for t in tasks {
+        match t.await {
+            Ok((_, Ok(_))) => fetched += 1,
+            Ok((name, Err(Error::NotFound { .. }))) => {
+                tracing::debug!(segment = name, "not archived yet")
+            }
+            Ok((name, Err(e))) => tracing::warn!(segment = name, error = %e, "prefetch failed"),
+            Err(e) => tracing::warn!(error = %e, "prefetch task failed"),
+        }
+    }
+    Ok(fetched)
+}
+
+fn segment_size_hint(ctx: &WalContext, seg: &SegmentId) -> Option<u64> {
+    let candidates = [ctx.pg_wal.join("RECOVERYXLOG"), ctx.pg_wal.join(seg.name())];
+    candidates.iter().find_map(|p| {
+        let mut head = [0u8; 40];
+        std::fs::File::open(p).ok()?.read_exact(&mut head).ok()?;
+        let h = LongPageHeader::parse(&head)?;
+        let s = h.seg_size as u64;
+        (s.is_power_of_two() && (1 << 20..=1 << 30).contains(&s)).then_some(s)
+    })
+}
+
+/// Removes prefetched segments that recovery has passed.
+fn clean_before(dir: &Path, current: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with('.') && name <= current {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Marks a segment as being prefetched, so concurrent prefetchers skip it.
+struct Claim(PathBuf);
+
+impl Claim {
+    fn take(dir: &Path, name: &str) -> Option<Self> {
+        let path = dir.join(format!(".{name}.claim"));
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+        };
+        match open() {
+            Ok(_) => Some(Claim(path)),
+            Err(_) => {
+                let stale = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age > STALE_CLAIM);
+                if stale {
+                    let _ = std::fs::remove_file(&path);
+                    open().ok().map(|_| Claim(path.clone()))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,118 @@
+//! WAL archiving: wal-push (archive_command) and wal-fetch (restore_command).
+
+pub mod fetch;
+pub mod names;
+pub mod push;
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::codec::{Decryption, Encryption};
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::storage::Store;
+
+/// Everything a WAL command needs, resolved once.
+#[derive(Debug)]
+pub struct WalContext {
+    pub settings: Settings,
+    pub store: Store,
+    /// The canonical data directory.
+    pub pgdata: PathBuf,
+    /// The canonical `pg_wal` directory (it may be a symlink in the data directory).
+    pub pg_wal: PathBuf,
+    /// walkeeper's own state: look-ahead records, locks, prefetched segments.
+    pub state_dir: PathBuf,
+    pub encryption: Option<Encryption>,
+    pub decryption: Option<Decryption>,
+}
+
+impl WalContext {
+    /// `pgdata`: the `--pgdata` option; without it, the current directory (PostgreSQL runs
+    /// archive_command and restore_command in the data directory).
+    pub fn new(settings: Settings, pgdata: Option<&Path>) -> Result<Self> {
+        let dir = match pgdata {
+            Some(p) => p.to_path_buf(),
+            None => std::env::current_dir().map_err(|e| Error::io(".", e))?,
+        };
+        let pgdata = dir
+            .canonicalize()
+            .map_err(|e| Error::BadInput(format!("data directory {}: {e}", dir.display())))?;
+        let pg_wal = pgdata.join("pg_wal").canonicalize().map_err(|e| {
+            Error::BadInput(format!(
+                "{} is not a PostgreSQL data directory (pg_wal: {e})",
+                pgdata.display()
+            ))
+        })?;
+        let state_dir = settings
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| pg_wal.join(".walkeeper"));
+        let store = Store::from_settings(&settings)?;
+        let encryption = if settings.age_recipients.is_empty() {
+            None
+        } else {
+            Some(Encryption::from_recipients(&settings.age_recipients)?)
+        };
+        let decryption = match &settings.age_identity_file {
+            Some(p) => Some(Decryption::from_file(p)?),
+            None => None,
+        };
+        Ok(WalContext {
+            settings,
+            store,
+            pgdata,
+            pg_wal,
+            state_dir,
+            encryption,
+            decryption,
+        })
+    }
+
+    /// Resolves a path argument (relative to the data directory) lexically, refusing anything
+    /// that leaves the data directory.
+    pub fn resolve_in_pgdata(&self, arg: &Path) -> Result<PathBuf> {
+        let joined = if arg.is_absolute() {
+            arg.to_path_buf()
+        } else {
+            self.pgdata.join(arg)
+        };
+        let mut out = PathBuf::new();
+        for c in joined.components() {
+            match c {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::CurDir => {}
+                other => out.push(other.as_os_str()),
+            }
+        }
+        let inside = |p: &Path| p.starts_with(&self.pgdata) || p.starts_with(&self.pg_wal);
+        if !inside(&out) {
+            return Err(Error::BadInput(format!(
+                "{} is outside the data directory {}",
+                arg.display(),
+                self.pgdata.display()
+            )));
+        }
+        // Follow symlinks of the parent (pg_wal may be one) and check again.
+        if let Some(parent) = out.parent() {
+            if let Ok(real) = parent.canonicalize() {
+                let real = real.join(out.file_name().unwrap_or_default());
+                if !inside(&real) {
+                    return Err(Error::BadInput(format!(
+                        "{} resolves to {}, outside the data directory {}",
+                        arg.display(),
+                        real.display(),
+                        self.pgdata.display()
+                    )));
+                }
+                return Ok(real);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn archive_status_dir(&self) -> PathBuf {
+        self.pg_wal.join("archive_status")
+    }
+}

@@ -1,0 +1,212 @@
+//! PostgreSQL WAL file names and the archive keys they map to.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// The archive folder for WAL (WAL-G's and WAL-E's).
+pub const WAL_FOLDER: &str = "wal_005";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentId {
+    pub timeline: u32,
+    pub log: u32,
+    pub seg: u32,
+}
+
+impl SegmentId {
+    pub fn name(&self) -> String {
+        format!("{:08X}{:08X}{:08X}", self.timeline, self.log, self.seg)
+    }
+
+    /// Segment number counted from LSN 0 (PostgreSQL's XLogSegNo) for a segment size.
+    pub fn segno(&self, seg_size: u64) -> u64 {
+        let per_log = 0x1_0000_0000u64 / seg_size;
+        self.log as u64 * per_log + self.seg as u64
+    }
+
+    pub fn from_segno(timeline: u32, segno: u64, seg_size: u64) -> Self {
+        let per_log = 0x1_0000_0000u64 / seg_size;
+        SegmentId {
+            timeline,
+            log: (segno / per_log) as u32,
+            seg: (segno % per_log) as u32,
+        }
+    }
+
+    /// The segment `n` after this one on the same timeline.
+    pub fn nth_next(&self, n: u64, seg_size: u64) -> Self {
+        Self::from_segno(self.timeline, self.segno(seg_size) + n, seg_size)
+    }
+
+    /// The LSN of this segment's first byte.
+    pub fn start_lsn(&self, seg_size: u64) -> u64 {
+        self.segno(seg_size) * seg_size
+    }
+}
+
+/// A file name PostgreSQL hands to archive_command or restore_command.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WalName {
+    Segment(SegmentId),
+    /// `<segment>.partial`, written at promotion for the old timeline's last segment.
+    Partial(SegmentId),
+    /// `<segment>.<offset>.backup`, a backup history file.
+    Backup(SegmentId, u32),
+    /// `<timeline>.history`.
+    History(u32),
+}
+
+fn hex8(s: &str) -> Option<u32> {
+    if s.len() == 8
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    {
+        u32::from_str_radix(s, 16).ok()
+    } else {
+        None
+    }
+}
+
+fn segment(s: &str) -> Option<SegmentId> {
+    if s.len() != 24 {
+        return None;
+    }
+    Some(SegmentId {
+        timeline: hex8(s.get(0..8)?)?,
+        log: hex8(s.get(8..16)?)?,
+        seg: hex8(s.get(16..24)?)?,
+    })
+}
+
+impl WalName {
+    pub fn parse(name: &str) -> Result<Self> {
+        let invalid = || {
+            Error::BadInput(format!(
+                "{name:?} is not a WAL file name (expected a 24-hex-digit segment, \
+                 <segment>.partial, <segment>.<8 hex>.backup or <8 hex>.history)"
+            ))
+        };
+        if let Some(seg) = segment(name) {
+            return Ok(WalName::Segment(seg));
+        }
+        if let Some(base) = name.strip_suffix(".partial") {
+            return segment(base).map(WalName::Partial).ok_or_else(invalid);
+        }
+        if let Some(base) = name.strip_suffix(".history") {
+            return hex8(base).map(WalName::History).ok_or_else(invalid);
+        }
+        if let Some(base) = name.strip_suffix(".backup") {
+            let (seg, off) = base.split_once('.').ok_or_else(invalid)?;
+            return match (segment(seg), hex8(off)) {
+                (Some(s), Some(o)) => Ok(WalName::Backup(s, o)),
+                _ => Err(invalid()),
+            };
+        }
+        Err(invalid())
+    }
+
+    /// The object key stem (without the codec extension), relative to the archive prefix.
+    pub fn key_stem(&self) -> String {
+        format!("{WAL_FOLDER}/{self}")
+    }
+
+    pub fn segment(&self) -> Option<SegmentId> {
+        match self {
+            WalName::Segment(s) => Some(*s),
+            _ => None,
+        }
+    }
+
+    pub fn timeline(&self) -> u32 {
+        match self {
+            WalName::Segment(s) | WalName::Partial(s) | WalName::Backup(s, _) => s.timeline,
+            WalName::History(t) => *t,
+        }
+    }
+}
+
+impl fmt::Display for WalName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WalName::Segment(s) => write!(f, "{}", s.name()),
+            WalName::Partial(s) => write!(f, "{}.partial", s.name()),
+            WalName::Backup(s, o) => write!(f, "{}.{:08X}.backup", s.name(), o),
+            WalName::History(t) => write!(f, "{t:08X}.history"),
+        }
+    }
+}
+
+/// What the first page header of a segment says, enough to check a file is the named segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LongPageHeader {
+    pub timeline: u32,
+    pub page_addr: u64,
+    pub system_identifier: u64,
+    pub seg_size: u32,
+}
+
+impl LongPageHeader {
+    /// Parses XLogLongPageHeaderData (little-endian on every platform PostgreSQL runs here).
+    pub fn parse(head: &[u8]) -> Option<Self> {
+        if head.len() < 40 {
+            return None;
+        }
+        let u16at = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
+        let u32at = |o: usize| u32::from_le_bytes(head[o..o + 4].try_into().unwrap_or([0; 4]));
+        let u64at = |o: usize| u64::from_le_bytes(head[o..o + 8].try_into().unwrap_or([0; 8]));
+        const XLP_LONG_HEADER: u16 = 0x0002;
+        if u16at(2) & XLP_LONG_HEADER == 0 {
+            return None;
+        }
+        Some(LongPageHeader {
+            timeline: u32at(4),
+            page_addr: u64at(8),
+            system_identifier: u64at(24),
+            seg_size: u32at(32),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind_of_wal_name_and_prints_it_back() {
+        for n in [
+            "000000010000000000000001",
+            "0000000A00000003000000FF.partial",
+            "000000010000000000000002.00000028.backup",
+            "0000000B.history",
+        ] {
+            assert_eq!(WalName::parse(n).unwrap().to_string(), n);
+        }
+    }
+
+    #[test]
+    fn rejects_names_that_are_not_wal() {
+        for n in [
+            "",
+            "notawalfile",
+            "00000001000000000000001",
+            "0000000100000000000000011",
+            "00000001000000000000000g",
+            "000000010000000000000001.history",
+            "0000000b.history",
+            "../000000010000000000000001",
+            "000000010000000000000001.backup",
+        ] {
+            assert!(WalName::parse(n).is_err(), "{n:?} accepted");
+        }
+    }
+
+    #[test]
+    fn next_segment_wraps_the_log_number() {
+        let s = segment("0000000100000003000000FF").unwrap();
+        assert_eq!(s.nth_next(1, 16 << 20).name(), "000000010000000400000000");
+        let s = segment("000000010000000300000000").unwrap();
+        assert_eq!(s.nth_next(2, 1 << 30).name(), "000000010000000300000002");
+        assert_eq!(s.nth_next(4, 1 << 30).name(), "000000010000000400000000");
+    }
+}

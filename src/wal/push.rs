@@ -1,0 +1,380 @@
+//! `wal-push`: archive_command.
+//!
+//! Exit 0 only once the object is durable. An identical existing object is success without an
+//! upload; a different one is refused. With look-ahead, one call also uploads other `.ready`
+//! segments and records them, so PostgreSQL's later calls for them return after a stat.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::cluster::{Leadership, PushDecision};
+use crate::codec::{self, Compression};
+use crate::error::{Error, Result};
+use crate::storage::local::ensure_dir;
+use crate::wal::names::WalName;
+use crate::wal::WalContext;
+
+/// Look-ahead uploads run at most this many at once, to keep memory bounded.
+const MAX_PARALLEL: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    Uploaded {
+        bytes_in: u64,
+        bytes_out: u64,
+    },
+    /// The archive already holds identical content.
+    AlreadyArchived,
+    /// An earlier look-ahead upload of this very file was recorded.
+    Recorded,
+}
+
+impl PushOutcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            PushOutcome::Uploaded { .. } => "uploaded",
+            PushOutcome::AlreadyArchived | PushOutcome::Recorded => "already-archived",
+        }
+    }
+}
+
+/// Validates the argument PostgreSQL passed (`%p`): a WAL file name, inside `pg_wal`, readable.
+pub fn validate_source(ctx: &WalContext, arg: &Path) -> Result<(WalName, PathBuf)> {
+    let path = ctx.resolve_in_pgdata(arg)?;
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::BadInput(format!("{}: no file name", arg.display())))?;
+    let name = WalName::parse(file_name)?;
+    if path.parent() != Some(ctx.pg_wal.as_path()) {
+        return Err(Error::BadInput(format!(
+            "{} is not in {}",
+            arg.display(),
+            ctx.pg_wal.display()
+        )));
+    }
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| Error::BadInput(format!("{}: cannot archive: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(Error::BadInput(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    File::open(&path)
+        .map_err(|e| Error::BadInput(format!("{}: cannot read: {e}", path.display())))?;
+    Ok((name, path))
+}
+
+/// Archives the file PostgreSQL asked for, and look-ahead segments when configured.
+pub async fn wal_push(
+    ctx: Arc<WalContext>,
+    leadership: Arc<Leadership>,
+    arg: &Path,
+) -> Result<(WalName, PushOutcome)> {
+    let (name, path) = validate_source(&ctx, arg)?;
+    let lookahead = if ctx.settings.push_lookahead > 0 {
+        let others = lookahead_candidates(&ctx, &name, ctx.settings.push_lookahead);
+        let sem = Arc::new(tokio::sync::Semaphore::new(MAX_PARALLEL - 1));
+        others
+            .into_iter()
+            .map(|(n, p)| {
+                let (ctx, leadership, sem) = (ctx.clone(), leadership.clone(), sem.clone());
+                tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    let res = push_one(&ctx, &leadership, &n, &p, true).await;
+                    (n, res)
+                })
+            })
+            .collect::<Vec<_>>()
+    } else {
+        Vec::new()
+    };
+    let result = push_one(&ctx, &leadership, &name, &path, false).await;
+    for task in lookahead {
+        match task.await {
+            Ok((n, Ok(outcome))) => {
+                tracing::debug!(segment = %n, outcome = outcome.label(), "look-ahead")
+            }
+            Ok((n, Err(e))) => {
+                tracing::warn!(segment = %n, error = %e, "look-ahead upload failed; PostgreSQL will retry it")
+            }
+            Err(e) => tracing::warn!(error = %e, "look-ahead task failed"),
+        }
+    }
+    result.map(|o| (name, o))
+}
+
+/// The oldest `.ready` files other than `current`, not yet recorded as pushed.
+fn lookahead_candidates(ctx: &WalContext, current: &WalName, n: usize) -> Vec<(WalName, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(ctx.archive_status_dir()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<WalName> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let f = e.file_name();
+            let base = f.to_str()?.strip_suffix(".ready")?.to_string();
+            WalName::parse(&base).ok()
+        })
+        .filter(|w| w != current)
+        .collect();
+    names.sort_by_key(|w| w.to_string());
+    names
+        .into_iter()
+        .filter(|w| !record_path(ctx, w).exists())
+        .take(n)
+        .map(|w| {
+            let p = ctx.pg_wal.join(w.to_string());
+            (w, p)
+        })
+        .collect()
+}
+
+fn record_path(ctx: &WalContext, name: &WalName) -> PathBuf {
+    ctx.state_dir.join("pushed").join(name.to_string())
+}
+
+/// The identity of a local file, cheap to check: size, mtime and inode.
+fn file_identity(path: &Path) -> io::Result<String> {
+    let m = std::fs::metadata(path)?;
+    Ok(format!(
+        "{} {} {} {}",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ))
+}
+
+/// Archives one file under its per-name lock.
+async fn push_one(
+    ctx: &Arc<WalContext>,
+    leadership: &Leadership,
+    name: &WalName,
+    path: &Path,
+    record: bool,
+) -> Result<PushOutcome> {
+    let started = Instant::now();
+    let _lock = NameLock::acquire(ctx, name).await?;
+
+    // A look-ahead upload of this very file, recorded once durable.
+    let rec = record_path(ctx, name);
+    if let Ok(saved) = std::fs::read_to_string(&rec) {
+        let now = file_identity(path).map_err(|e| Error::io(path, e))?;
+        if saved.trim() == now {
+            if !record {
+                let _ = std::fs::remove_file(&rec);
+            }
+            log_outcome(name, PushOutcome::Recorded, started);
+            return Ok(PushOutcome::Recorded);
+        }
+        let _ = std::fs::remove_file(&rec);
+    }
+
+    let decision = leadership.decide(name).await?;
+    let stem = name.key_stem();
+    let exts: Vec<&str> = Compression::ALL.iter().map(|c| c.ext()).collect();
+    let existing = ctx.store.find_stem(&stem, &exts).await?;
+    let outcome = if let Some((key, _)) = existing.first() {
+        compare_existing(ctx, name, path, key).await?;
+        PushOutcome::AlreadyArchived
+    } else {
+        if let PushDecision::VerifyOnly { reason } = decision {
+            return Err(Error::NotLeader(format!(
+                "{name}: not archived and this member may not upload it: {reason}"
+            )));
+        }
+        let compression = ctx.settings.compression;
+        let key = format!("{stem}.{}", compression.ext());
+        let (src_path, ctx2) = (path.to_path_buf(), ctx.clone());
+        let bytes_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = bytes_in.clone();
+        let put = ctx
+            .store
+            .put_stream(&key, move |sink| {
+                let f = File::open(&src_path)?;
+                let (_, stats) = codec::encode(f, sink, compression, ctx2.encryption.as_ref())?;
+                counter.store(stats.bytes_in, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            })
+            .await;
+        match put {
+            Ok(bytes_out) => PushOutcome::Uploaded {
+                bytes_in: bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+                bytes_out,
+            },
+            Err(Error::Storage {
+                source: object_store::Error::AlreadyExists { .. },
+                ..
+            }) => {
+                // Another writer won the race; it must have stored the same bytes.
+                compare_existing(ctx, name, path, &key).await?;
+                PushOutcome::AlreadyArchived
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if record {
+        let id = file_identity(path).map_err(|e| Error::io(path, e))?;
+        let dir = ctx.state_dir.join("pushed");
+        ensure_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        std::fs::write(&rec, id).map_err(|e| Error::io(&rec, e))?;
+    }
+    log_outcome(name, outcome, started);
+    Ok(outcome)
+}
+
+fn log_outcome(name: &WalName, outcome: PushOutcome, started: Instant) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match outcome {
+        PushOutcome::Uploaded {
+            bytes_in,
+            bytes_out,
+        } => tracing::info!(
+            segment = %name,
+            outcome = outcome.label(),
+            bytes_in,
+            bytes_out,
+            ms = format!("{ms:.1}"),
+            "archived"
+        ),
+        _ => {
+            tracing::info!(segment = %name, outcome = outcome.label(), ms = format!("{ms:.1}"), "archived")
+        }
+    }
+}
+
+/// Succeeds when the archived object decodes to exactly the local file's bytes; otherwise a
+/// [`Error::Conflict`] naming both sizes and digests.
+async fn compare_existing(
+    ctx: &Arc<WalContext>,
+    name: &WalName,
+    path: &Path,
+    key: &str,
+) -> Result<()> {
+    let compression = key
+        .rsplit_once('.')
+        .and_then(|(_, ext)| Compression::from_ext(ext))
+        .ok_or_else(|| Error::Corrupt {
+            key: key.to_string(),
+            msg: "unknown codec extension".into(),
+        })?;
+    let reader = ctx
+        .store
+        .open_read(key)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            key: key.to_string(),
+        })?;
+    let (ctx2, path2, key2) = (ctx.clone(), path.to_path_buf(), key.to_string());
+    let (archived, local) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut hasher = HashWriter::default();
+        let archived = codec::decode(reader, &mut hasher, compression, ctx2.decryption.as_ref())
+            .map(|n| (n, hex::encode(hasher.0.finalize())));
+        let local = sha256_file(&path2).map_err(|e| Error::io(&path2, e))?;
+        Ok((archived, local))
+    })
+    .await
+    .map_err(|e| Error::io(path, io::Error::other(e.to_string())))??;
+    let (archived_size, archived_sha256) = match archived {
+        Ok(v) => v,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            // Encrypted and no identity here: cannot compare, so cannot claim it is identical.
+            return Err(Error::Corrupt {
+                key: key2,
+                msg: format!("already archived but cannot be compared: {e}"),
+            });
+        }
+        Err(e) => {
+            return Err(Error::Corrupt {
+                key: key2,
+                msg: format!("already archived but unreadable: {e}"),
+            })
+        }
+    };
+    if (archived_size, &archived_sha256) == (local.0, &local.1) {
+        return Ok(());
+    }
+    Err(Error::Conflict {
+        name: name.to_string(),
+        archived_size,
+        archived_sha256,
+        local_size: local.0,
+        local_sha256: local.1,
+    })
+}
+
+fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; codec::CHUNK];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, hex::encode(h.finalize())))
+}
+
+#[derive(Default)]
+struct HashWriter(Sha256);
+
+impl io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An exclusive per-name lock in the state directory, removed when released.
+struct NameLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl NameLock {
+    async fn acquire(ctx: &WalContext, name: &WalName) -> Result<Self> {
+        let dir = ctx.state_dir.join("locks");
+        let path = dir.join(name.to_string());
+        tokio::task::spawn_blocking(move || -> Result<NameLock> {
+            ensure_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+            loop {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| Error::io(&path, e))?;
+                file.lock().map_err(|e| Error::io(&path, e))?;
+                // The holder before us may have removed the file; lock the one that is there.
+                let held = file.metadata().map_err(|e| Error::io(&path, e))?.ino();
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.ino() == held => return Ok(NameLock { path, _file: file }),
+                    _ => continue,
+                }
+            }
+        })
+        .await
+        .map_err(|e| Error::io("lock", io::Error::other(e.to_string())))?
+    }
+}
+
+impl Drop for NameLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
