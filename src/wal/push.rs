@@ -59,8 +59,14 @@ pub fn validate_source(ctx: &WalContext, arg: &Path) -> Result<(WalName, PathBuf
             ctx.pg_wal.display()
         )));
     }
-    let meta = std::fs::metadata(&path)
+    let meta = std::fs::symlink_metadata(&path)
         .map_err(|e| Error::BadInput(format!("{}: cannot archive: {e}", path.display())))?;
+    if meta.file_type().is_symlink() {
+        return Err(Error::BadInput(format!(
+            "{} is a symbolic link; WAL files are regular files",
+            path.display()
+        )));
+    }
     if !meta.is_file() {
         return Err(Error::BadInput(format!(
             "{} is not a regular file",
