@@ -4,6 +4,8 @@
 //! compression and age encryption) · [`wal`] (archive_command / restore_command) · [`cluster`]
 //! (who may upload) · [`cli`] (one file per command).
 
+pub mod archive;
+pub mod backup;
 pub mod cli;
 pub mod cluster;
 pub mod codec;

@@ -1,8 +1,16 @@
 //! Command line: global options, logging, and one module per command.
 
+mod backup_fetch;
+mod backup_list;
+mod backup_push;
+mod delete;
+mod restore;
 mod wal_fetch;
 mod wal_prefetch;
 mod wal_push;
+mod wal_verify;
+
+pub use backup_list::render as render_backup_list;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -38,6 +46,29 @@ pub enum Command {
     /// Download the segments after one into the prefetch directory (started by wal-fetch).
     #[command(hide = true)]
     WalPrefetch(wal_prefetch::Args),
+    /// Check the archive for WAL gaps from the oldest backup to the newest segment.
+    WalVerify(wal_verify::Args),
+    /// Take a base backup of the running server.
+    BackupPush(backup_push::Args),
+    /// Restore a base backup into an empty directory.
+    BackupFetch(backup_fetch::Args),
+    /// List complete backups, oldest first.
+    BackupList(backup_list::Args),
+    /// Retention: delete old backups and the WAL no kept backup needs.
+    Delete(delete::Args),
+    /// Point-in-time restore: fetch the right backup and configure recovery.
+    Restore(restore::Args),
+}
+
+/// Maps a command's result to its exit code, logging the error on one line.
+fn exit<T>(command: &str, result: crate::Result<T>) -> i32 {
+    match result {
+        Ok(_) => 0,
+        Err(e) => {
+            tracing::error!("{command} failed: {e}");
+            e.exit_code()
+        }
+    }
 }
 
 impl Cli {
@@ -101,6 +132,12 @@ pub fn main() -> i32 {
             Command::WalPush(a) => wal_push::run(&cli, a).await,
             Command::WalFetch(a) => wal_fetch::run(&cli, a).await,
             Command::WalPrefetch(a) => wal_prefetch::run(&cli, a).await,
+            Command::WalVerify(a) => wal_verify::run(&cli, a).await,
+            Command::BackupPush(a) => backup_push::run(&cli, a).await,
+            Command::BackupFetch(a) => backup_fetch::run(&cli, a).await,
+            Command::BackupList(a) => backup_list::run(&cli, a).await,
+            Command::Delete(a) => delete::run(&cli, a).await,
+            Command::Restore(a) => restore::run(&cli, a).await,
         }
     })
 }

@@ -78,21 +78,33 @@ pub fn encode<R: Read, W: Write>(
     compression: Compression,
     enc: Option<&Encryption>,
 ) -> io::Result<(W, EncodeStats)> {
+    encode_with(sink, compression, enc, |w| pump(&mut src, w).map(|_| ()))
+}
+
+/// Like [`encode`], with the plaintext written by `produce` (a tar builder, say).
+pub fn encode_with<W: Write, F>(
+    sink: W,
+    compression: Compression,
+    enc: Option<&Encryption>,
+    produce: F,
+) -> io::Result<(W, EncodeStats)>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
     match enc {
-        None => compress_into(&mut src, sink, compression),
+        None => compress_into(sink, compression, produce),
         Some(e) => {
             let wrapped = e.wrap(sink)?;
-            let (wrapped, stats) = compress_into(&mut src, wrapped, compression)?;
+            let (wrapped, stats) = compress_into(wrapped, compression, produce)?;
             Ok((wrapped.finish()?, stats))
         }
     }
 }
 
-fn compress_into<R: Read, W: Write>(
-    src: &mut R,
-    sink: W,
-    compression: Compression,
-) -> io::Result<(W, EncodeStats)> {
+fn compress_into<W: Write, F>(sink: W, compression: Compression, produce: F) -> io::Result<(W, EncodeStats)>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
     match compression {
         Compression::Lz4 => {
             let prefs = lz4f::PreferencesBuilder::new()
@@ -100,21 +112,43 @@ fn compress_into<R: Read, W: Write>(
                 .block_size(lz4f::BlockSize::Max256KB)
                 .content_checksum(lz4f::ContentChecksum::Enabled)
                 .build();
-            let mut w = lz4f::WriteCompressor::new(Latch::new(sink), prefs).map_err(io_other)?;
-            let n = pump(src, &mut w)?;
+            let w = lz4f::WriteCompressor::new(Latch::new(sink), prefs).map_err(io_other)?;
+            let mut counted = Counting { inner: w, n: 0 };
+            produce(&mut counted)?;
+            counted.flush()?;
+            let n = counted.n;
             // WriteCompressor::into_inner finishes the frame but drops the error; the latch keeps it.
-            let latch = w.into_inner();
+            let latch = counted.inner.into_inner();
             Ok((latch.into_result()?, EncodeStats { bytes_in: n }))
         }
         Compression::Zstd => {
-            let mut w = zstd::Encoder::new(sink, 1)?;
-            let n = pump(src, &mut w)?;
-            Ok((w.finish()?, EncodeStats { bytes_in: n }))
+            let w = zstd::Encoder::new(sink, 1)?;
+            let mut counted = Counting { inner: w, n: 0 };
+            produce(&mut counted)?;
+            let n = counted.n;
+            Ok((counted.inner.finish()?, EncodeStats { bytes_in: n }))
         }
         other => Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!("writing {} is not supported", other.ext()),
         )),
+    }
+}
+
+/// A writer that counts the bytes it passes on.
+pub struct Counting<W> {
+    pub inner: W,
+    pub n: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 

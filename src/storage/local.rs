@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::PutError;
+use crate::codec::Counting;
 use crate::error::Error;
 
 const TMP_DIR: &str = ".walkeeper-tmp";
@@ -54,7 +55,7 @@ where
     ));
     let guard = TmpGuard(tmp.clone());
     let file = File::create(&tmp).map_err(|e| store_err(&tmp, e))?;
-    let mut counted = Counted {
+    let mut counted = Counting {
         inner: io::BufWriter::with_capacity(256 * 1024, file),
         n: 0,
     };
@@ -88,22 +89,6 @@ struct TmpGuard(PathBuf);
 impl Drop for TmpGuard {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
-    }
-}
-
-struct Counted<W> {
-    inner: W,
-    n: u64,
-}
-
-impl<W: Write> Write for Counted<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -146,7 +131,7 @@ where
     ));
     let guard = TmpGuard(tmp.clone());
     let file = File::create(&tmp)?;
-    let mut counted = Counted {
+    let mut counted = Counting {
         inner: io::BufWriter::with_capacity(256 * 1024, file),
         n: 0,
     };

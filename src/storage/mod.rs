@@ -147,6 +147,40 @@ impl Store {
             .collect())
     }
 
+    /// Lists the objects directly in a folder (not in its subfolders): one call with a delimiter.
+    pub async fn list_top(&self, rel_folder: &str) -> Result<Vec<(String, ObjectMeta)>> {
+        let key = self.key(rel_folder.trim_end_matches('/'));
+        let res = match self
+            .retry("list", rel_folder, || self.inner.list_with_delimiter(Some(&key)))
+            .await
+        {
+            Ok(r) => r.objects,
+            Err(Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(res
+            .into_iter()
+            .map(|m| (self.strip(m.location.as_ref()).to_string(), m))
+            .collect())
+    }
+
+    /// Reads a small object (a sentinel, metadata) whole.
+    pub async fn get_bytes(&self, rel: &str) -> Result<Bytes> {
+        let key = self.key(rel);
+        self.retry("get", rel, || async {
+            match self.inner.get(&key).await {
+                Ok(r) => r.bytes().await,
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// Stores a small object durably; fails if it exists on file://.
+    pub async fn put_bytes(&self, rel: &str, body: Bytes) -> Result<u64> {
+        self.put_stream(rel, move |w| w.write_all(&body)).await
+    }
+
     /// Lists the objects whose key starts with `rel_stem` in the same folder (e.g. every codec's
     /// copy of one WAL file). On file:// this stats the candidates instead of listing a folder
     /// that may hold millions of files.

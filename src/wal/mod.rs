@@ -6,24 +6,27 @@ pub mod push;
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::codec::{Decryption, Encryption};
+use crate::archive::Archive;
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::storage::Store;
 
-/// Everything a WAL command needs, resolved once.
+/// Everything a WAL command needs, resolved once: the archive plus the data directory.
 #[derive(Debug)]
 pub struct WalContext {
-    pub settings: Settings,
-    pub store: Store,
+    pub archive: Archive,
     /// The canonical data directory.
     pub pgdata: PathBuf,
     /// The canonical `pg_wal` directory (it may be a symlink in the data directory).
     pub pg_wal: PathBuf,
     /// walkeeper's own state: look-ahead records, locks, prefetched segments.
     pub state_dir: PathBuf,
-    pub encryption: Option<Encryption>,
-    pub decryption: Option<Decryption>,
+}
+
+impl std::ops::Deref for WalContext {
+    type Target = Archive;
+    fn deref(&self) -> &Archive {
+        &self.archive
+    }
 }
 
 impl WalContext {
@@ -47,24 +50,11 @@ impl WalContext {
             .state_dir
             .clone()
             .unwrap_or_else(|| pg_wal.join(".walkeeper"));
-        let store = Store::from_settings(&settings)?;
-        let encryption = if settings.age_recipients.is_empty() {
-            None
-        } else {
-            Some(Encryption::from_recipients(&settings.age_recipients)?)
-        };
-        let decryption = match &settings.age_identity_file {
-            Some(p) => Some(Decryption::from_file(p)?),
-            None => None,
-        };
         Ok(WalContext {
-            settings,
-            store,
+            archive: Archive::open(settings)?,
             pgdata,
             pg_wal,
             state_dir,
-            encryption,
-            decryption,
         })
     }
 

@@ -1,0 +1,302 @@
+//! `backup-fetch`: download, decode and extract partitions in parallel with bounded memory.
+//!
+//! pg_control is extracted last, only after every other partition succeeded; on any failure
+//! everything extracted is removed again, so a failed fetch never leaves a data directory that
+//! looks complete.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use super::{parts_prefix, resolve, BackupInfo, TablespaceSpec};
+use crate::archive::Archive;
+use crate::codec::{self, Compression};
+use crate::error::{Error, Result};
+
+/// Directories PostgreSQL needs even when a backup left their contents out.
+const NEEDED_DIRS: &[&str] = &[
+    "pg_wal",
+    "pg_wal/archive_status",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat_tmp",
+    "pg_subtrans",
+    "pg_tblspc",
+    "pg_twophase",
+    "pg_commit_ts",
+    "pg_logical",
+    "pg_logical/snapshots",
+    "pg_logical/mappings",
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// WAL-E's restore spec: where each tablespace goes.
+    pub restore_spec: Option<PathBuf>,
+    /// Extract tablespaces into `pg_tblspc/<oid>` inside the data directory, without links.
+    pub blind_restore: bool,
+    pub concurrency: usize,
+}
+
+/// Where entries under `pg_tblspc/<oid>/` go.
+#[derive(Debug, Clone, Default)]
+struct Routes {
+    tablespaces: BTreeMap<String, PathBuf>,
+}
+
+impl Routes {
+    /// The destination of a tar entry name, refusing anything that would leave its root.
+    fn dest(&self, target: &Path, name: &Path) -> io::Result<PathBuf> {
+        let clean: Vec<&std::ffi::OsStr> = name
+            .components()
+            .map(|c| match c {
+                Component::Normal(s) => Ok(s),
+                Component::CurDir => Ok(std::ffi::OsStr::new(".")),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("tar entry {} leaves the data directory", name.display()),
+                )),
+            })
+            .collect::<io::Result<_>>()?;
+        let clean: Vec<&std::ffi::OsStr> = clean.into_iter().filter(|c| *c != ".").collect();
+        if clean.len() >= 2 && clean[0] == "pg_tblspc" {
+            if let Some(loc) = clean[1].to_str().and_then(|oid| self.tablespaces.get(oid)) {
+                let mut p = loc.clone();
+                p.extend(&clean[2..]);
+                return Ok(p);
+            }
+        }
+        let mut p = target.to_path_buf();
+        p.extend(&clean);
+        Ok(p)
+    }
+}
+
+fn tablespace_routes(info: &BackupInfo, target: &Path, opts: &FetchOptions) -> Result<Routes> {
+    let mut routes = Routes::default();
+    if opts.blind_restore {
+        return Ok(routes);
+    }
+    let spec: Option<TablespaceSpec> = match &opts.restore_spec {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| Error::BadInput(format!("restore spec {}: {e}", p.display())))?;
+            Some(serde_json::from_str(&text).map_err(|e| {
+                Error::BadInput(format!("restore spec {}: {e}", p.display()))
+            })?)
+        }
+        None => info.spec.clone(),
+    };
+    let Some(spec) = spec else { return Ok(routes) };
+    for (oid, loc) in spec.tablespaces {
+        let dir = PathBuf::from(loc.loc.trim_end_matches('/'));
+        if dir.starts_with(target) {
+            return Err(Error::BadInput(format!(
+                "tablespace {oid} location {} is inside the data directory; use --blind-restore",
+                dir.display()
+            )));
+        }
+        if std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+            return Err(Error::BadInput(format!(
+                "tablespace {oid} location {} is not empty",
+                dir.display()
+            )));
+        }
+        routes.tablespaces.insert(oid, dir);
+    }
+    Ok(routes)
+}
+
+/// Fetches `which` (a name or LATEST) into `target`, which must be missing or empty.
+pub async fn backup_fetch(archive: Arc<Archive>, target: &Path, which: &str, opts: FetchOptions) -> Result<BackupInfo> {
+    match std::fs::read_dir(target) {
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Err(Error::BadInput(format!(
+                    "{} is not empty; backup-fetch restores only into an empty or new directory",
+                    target.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+        }
+        Err(e) => return Err(Error::io(target, e)),
+    }
+    let target = target.canonicalize().map_err(|e| Error::io(target, e))?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(&target, e))?;
+    let info = resolve(&archive.store, which).await?;
+    let routes = Arc::new(tablespace_routes(&info, &target, &opts)?);
+    let res = extract_all(&archive, &info, &target, &routes, &opts).await;
+    if let Err(e) = res {
+        // Leave nothing that looks like a data directory.
+        cleanup(&target, &routes);
+        return Err(e);
+    }
+    finish_layout(&target, &routes)?;
+    tracing::info!(backup = info.name, target = %target.display(), "backup fetched");
+    Ok(info)
+}
+
+async fn extract_all(
+    archive: &Arc<Archive>,
+    info: &BackupInfo,
+    target: &Path,
+    routes: &Arc<Routes>,
+    opts: &FetchOptions,
+) -> Result<()> {
+    let listed = archive.store.list(&parts_prefix(&info.name)).await?;
+    let mut parts = Vec::new();
+    let mut control = None;
+    for (key, _) in listed {
+        let file = key.rsplit('/').next().unwrap_or("");
+        let Some((stem, ext)) = file.rsplit_once('.') else { continue };
+        let Some(c) = Compression::from_ext(ext) else { continue };
+        if stem == "pg_control.tar" {
+            control = Some((key, c));
+        } else if stem.ends_with(".tar") {
+            parts.push((key, c));
+        }
+    }
+    if parts.is_empty() {
+        return Err(Error::Corrupt {
+            key: parts_prefix(&info.name),
+            msg: "the backup has no tar partitions".into(),
+        });
+    }
+    let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let mut tasks = Vec::new();
+    for (key, c) in parts {
+        let (archive, sem, routes, target) = (archive.clone(), sem.clone(), routes.clone(), target.to_path_buf());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            extract_one(&archive, &key, c, &target, &routes).await
+        }));
+    }
+    let mut first_err = None;
+    for t in tasks {
+        let r = t
+            .await
+            .map_err(|e| Error::io(target, io::Error::other(e.to_string())))
+            .and_then(|r| r);
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    match control {
+        Some((key, c)) => extract_one(archive, &key, c, target, routes).await,
+        // WAL-E keeps pg_control inside a partition; it must be there by now.
+        None if target.join("global/pg_control").exists() => Ok(()),
+        None => Err(Error::Corrupt {
+            key: parts_prefix(&info.name),
+            msg: "the backup has no pg_control".into(),
+        }),
+    }
+}
+
+async fn extract_one(archive: &Arc<Archive>, key: &str, c: Compression, target: &Path, routes: &Arc<Routes>) -> Result<()> {
+    let reader = archive
+        .store
+        .open_read(key)
+        .await?
+        .ok_or_else(|| Error::Corrupt { key: key.to_string(), msg: "partition listed but missing".into() })?;
+    let (archive2, target2, routes2, key2) = (archive.clone(), target.to_path_buf(), routes.clone(), key.to_string());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let plain = codec::decoder(reader, c, archive2.decryption.as_ref())
+            .map_err(|e| Error::Corrupt { key: key2.clone(), msg: e.to_string() })?;
+        unpack(plain, &target2, &routes2).map_err(|e| Error::Corrupt { key: key2.clone(), msg: e.to_string() })
+    })
+    .await
+    .map_err(|e| Error::io(target, io::Error::other(e.to_string())))??;
+    tracing::debug!(key, "extracted");
+    Ok(())
+}
+
+fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<()> {
+    let mut ar = tar::Archive::new(plain);
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_mtime(true);
+    ar.set_overwrite(true);
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.into_owned();
+        let dest = routes.dest(target, &name)?;
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            // Tablespace links are made from the spec; no other links are followed.
+            continue;
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        entry.unpack(&dest).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", name.display())))?;
+    }
+    // Read to the end, so the decoder checks the stream's end (truncation, checksums).
+    io::copy(&mut ar.into_inner(), &mut io::sink())?;
+    Ok(())
+}
+
+fn cleanup(target: &Path, routes: &Routes) {
+    if let Ok(rd) = std::fs::read_dir(target) {
+        for e in rd.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() && !p.is_symlink() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        }
+    }
+    for dir in routes.tablespaces.values() {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Recreates the directories PostgreSQL needs, the tablespace links, and mode 0700.
+fn finish_layout(target: &Path, routes: &Routes) -> Result<()> {
+    for d in NEEDED_DIRS {
+        let p = target.join(d);
+        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&p, e))?;
+    }
+    for (oid, loc) in &routes.tablespaces {
+        let link = target.join("pg_tblspc").join(oid);
+        if link.is_dir() && !link.is_symlink() {
+            let _ = std::fs::remove_dir(&link);
+        }
+        std::fs::create_dir_all(loc).map_err(|e| Error::io(loc, e))?;
+        std::fs::set_permissions(loc, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(loc, e))?;
+        std::os::unix::fs::symlink(loc, &link).map_err(|e| Error::io(&link, e))?;
+    }
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(target, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_cannot_leave_the_target_and_tablespaces_are_routed() {
+        let mut r = Routes::default();
+        r.tablespaces.insert("16384".into(), PathBuf::from("/ts/one"));
+        let t = Path::new("/data");
+        assert_eq!(r.dest(t, Path::new("base/1/2")).unwrap(), Path::new("/data/base/1/2"));
+        assert_eq!(
+            r.dest(t, Path::new("pg_tblspc/16384/PG_15/5/6")).unwrap(),
+            Path::new("/ts/one/PG_15/5/6")
+        );
+        assert_eq!(r.dest(t, Path::new("pg_tblspc/99/x")).unwrap(), Path::new("/data/pg_tblspc/99/x"));
+        assert!(r.dest(t, Path::new("../etc/passwd")).is_err());
+        assert!(r.dest(t, Path::new("/etc/passwd")).is_err());
+    }
+}

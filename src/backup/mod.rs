@@ -1,0 +1,392 @@
+//! Base backups in WAL-G's layout (and WAL-E's, for reading).
+//!
+//! ```text
+//! basebackups_005/<name>_backup_stop_sentinel.json      written last: a backup without it does not exist
+//! basebackups_005/<name>/metadata.json
+//! basebackups_005/<name>/tar_partitions/part_001.tar.lz4 …
+//! basebackups_005/<name>/tar_partitions/backup_label.tar.lz4
+//! basebackups_005/<name>/tar_partitions/pg_control.tar.lz4
+//! ```
+
+pub mod delete;
+pub mod fetch;
+pub mod pg;
+pub mod push;
+pub mod restore;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::storage::Store;
+use crate::wal::names::SegmentId;
+
+pub const BACKUP_FOLDER: &str = "basebackups_005";
+pub const SENTINEL_SUFFIX: &str = "_backup_stop_sentinel.json";
+/// PostgreSQL's default; backups record the real size where they know it.
+pub const DEFAULT_SEG_SIZE: u64 = 16 << 20;
+
+/// A PostgreSQL LSN. Serialised as a number, as WAL-G does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Parses PostgreSQL's text form `X/Y`.
+    pub fn parse(s: &str) -> Result<Lsn> {
+        let bad = || Error::BadInput(format!("{s:?} is not an LSN (expected X/Y in hex)"));
+        let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
+        Ok(Lsn(((hi as u64) << 32) | lo as u64))
+    }
+
+    /// The segment holding this LSN.
+    pub fn segment(self, timeline: u32, seg_size: u64) -> SegmentId {
+        SegmentId::from_segno(timeline, self.0 / seg_size, seg_size)
+    }
+
+    /// The segment holding the byte just before this LSN (for an end position).
+    pub fn prev_segment(self, timeline: u32, seg_size: u64) -> SegmentId {
+        SegmentId::from_segno(timeline, self.0.saturating_sub(1) / seg_size, seg_size)
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+/// WAL-G's tablespace spec: `base_prefix`, `tablespaces` (names), and one `{loc, link}` per name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TablespaceSpec {
+    pub base_prefix: String,
+    /// symlink name (the OID under pg_tblspc) → location
+    pub tablespaces: BTreeMap<String, TablespaceLocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablespaceLocation {
+    pub loc: String,
+    pub link: String,
+}
+
+impl Serialize for TablespaceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2 + self.tablespaces.len()))?;
+        m.serialize_entry("base_prefix", &self.base_prefix)?;
+        let names: Vec<&String> = self.tablespaces.keys().collect();
+        m.serialize_entry("tablespaces", &names)?;
+        for (k, v) in &self.tablespaces {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for TablespaceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut raw: BTreeMap<String, serde_json::Value> = BTreeMap::deserialize(d)?;
+        let base_prefix = raw
+            .remove("base_prefix")
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let names: Vec<String> = match raw.remove("tablespaces") {
+            Some(v) => serde_json::from_value(v).map_err(D::Error::custom)?,
+            None => Vec::new(),
+        };
+        let mut tablespaces = BTreeMap::new();
+        for n in names {
+            let v = raw
+                .remove(&n)
+                .ok_or_else(|| D::Error::custom(format!("tablespace {n} has no location")))?;
+            tablespaces.insert(n, serde_json::from_value(v).map_err(D::Error::custom)?);
+        }
+        Ok(TablespaceSpec {
+            base_prefix,
+            tablespaces,
+        })
+    }
+}
+
+/// The stop sentinel (WAL-G's fields, plus the V2 fields WAL-G also writes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sentinel {
+    #[serde(rename = "LSN")]
+    pub start_lsn: Lsn,
+    #[serde(rename = "Timeline", default)]
+    pub timeline: u32,
+    #[serde(rename = "FinishLSN")]
+    pub finish_lsn: Lsn,
+    #[serde(rename = "SystemIdentifier", default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<u64>,
+    #[serde(rename = "PgVersion", default)]
+    pub pg_version: i64,
+    #[serde(rename = "UncompressedSize", default)]
+    pub uncompressed_size: i64,
+    #[serde(rename = "CompressedSize", default)]
+    pub compressed_size: i64,
+    #[serde(rename = "Spec", default)]
+    pub spec: Option<TablespaceSpec>,
+    #[serde(rename = "UserData", default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<serde_json::Value>,
+    #[serde(rename = "Version", default)]
+    pub version: i64,
+    #[serde(rename = "StartTime", default)]
+    pub start_time: Option<DateTime<Utc>>,
+    #[serde(rename = "FinishTime", default)]
+    pub finish_time: Option<DateTime<Utc>>,
+    #[serde(rename = "DateFmt", default)]
+    pub date_fmt: String,
+    #[serde(rename = "Hostname", default)]
+    pub hostname: String,
+    #[serde(rename = "DataDir", default)]
+    pub data_dir: String,
+    #[serde(rename = "IsPermanent", default)]
+    pub is_permanent: bool,
+    /// walkeeper's own: the WAL segment size, so LSN arithmetic never assumes 16 MiB.
+    #[serde(rename = "WalSegmentSize", default, skip_serializing_if = "Option::is_none")]
+    pub wal_segment_size: Option<u64>,
+}
+
+/// `metadata.json` (WAL-G's ExtendedMetadataDto).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metadata {
+    pub start_time: DateTime<Utc>,
+    pub finish_time: DateTime<Utc>,
+    pub date_fmt: String,
+    pub hostname: String,
+    pub data_dir: String,
+    pub pg_version: i64,
+    pub start_lsn: Lsn,
+    pub finish_lsn: Lsn,
+    pub is_permanent: bool,
+    pub system_identifier: Option<u64>,
+    pub timeline: u32,
+    pub uncompressed_size: i64,
+    pub compressed_size: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<serde_json::Value>,
+}
+
+/// WAL-E's sentinel, for reading WAL-E archives.
+#[derive(Debug, Clone, Deserialize)]
+struct WalESentinel {
+    wal_segment_backup_stop: String,
+    wal_segment_offset_backup_stop: String,
+    #[serde(default)]
+    expanded_size_bytes: Option<i64>,
+    #[serde(default)]
+    spec: Option<TablespaceSpec>,
+}
+
+/// Which tool wrote a backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    WalG,
+    WalE,
+}
+
+/// A complete backup (one with a sentinel), as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupInfo {
+    pub name: String,
+    pub format: Format,
+    pub last_modified: DateTime<Utc>,
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub finish_lsn: Lsn,
+    pub start_segment: String,
+    pub start_offset: u64,
+    pub stop_segment: String,
+    pub stop_offset: u64,
+    pub expanded_size_bytes: Option<i64>,
+    pub compressed_size: Option<i64>,
+    pub seg_size: u64,
+    pub finish_time: Option<DateTime<Utc>>,
+    pub system_identifier: Option<u64>,
+    pub pg_version: Option<i64>,
+    pub spec: Option<TablespaceSpec>,
+}
+
+impl BackupInfo {
+    /// When the backup became consistent: its finish time, or the sentinel's upload time.
+    pub fn end_time(&self) -> DateTime<Utc> {
+        self.finish_time.unwrap_or(self.last_modified)
+    }
+}
+
+pub fn sentinel_key(name: &str) -> String {
+    format!("{BACKUP_FOLDER}/{name}{SENTINEL_SUFFIX}")
+}
+
+pub fn parts_prefix(name: &str) -> String {
+    format!("{BACKUP_FOLDER}/{name}/tar_partitions")
+}
+
+/// Parses `base_<24 hex>` (WAL-G) or `base_<24 hex>_<8 digits>` (WAL-E).
+fn parse_name(name: &str) -> Option<(SegmentId, Option<u64>, Format)> {
+    let rest = name.strip_prefix("base_")?;
+    let seg = rest.get(0..24)?;
+    let crate::wal::names::WalName::Segment(id) = crate::wal::names::WalName::parse(seg).ok()? else {
+        return None;
+    };
+    match rest.get(24..) {
+        Some("") => Some((id, None, Format::WalG)),
+        Some(off) if off.len() == 9 && off.starts_with('_') => {
+            off[1..].parse().ok().map(|o| (id, Some(o), Format::WalE))
+        }
+        _ => None,
+    }
+}
+
+/// Lists complete backups, oldest first. Reads only the top level of `basebackups_005/` (one
+/// listing call with a delimiter) and each sentinel; never `wal_005/`.
+pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
+    let entries = store.list_top(BACKUP_FOLDER).await?;
+    let mut out = Vec::new();
+    for (key, meta) in entries {
+        let Some(file) = key.rsplit('/').next() else { continue };
+        let Some(name) = file.strip_suffix(SENTINEL_SUFFIX) else { continue };
+        let Some((seg, offset, format)) = parse_name(name) else { continue };
+        let bytes = match store.get_bytes(&key).await {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => continue, // deleted while listing
+            Err(e) => return Err(e),
+        };
+        let info = match format {
+            Format::WalG => {
+                let s: Sentinel = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                    key: key.clone(),
+                    msg: format!("sentinel is not valid JSON: {e}"),
+                })?;
+                let seg_size = s.wal_segment_size.unwrap_or(DEFAULT_SEG_SIZE);
+                let timeline = if s.timeline > 0 { s.timeline } else { seg.timeline };
+                let stop = s.finish_lsn.prev_segment(timeline, seg_size);
+                BackupInfo {
+                    name: name.to_string(),
+                    format,
+                    last_modified: meta.last_modified,
+                    timeline,
+                    start_lsn: s.start_lsn,
+                    finish_lsn: s.finish_lsn,
+                    start_segment: seg.name(),
+                    start_offset: s.start_lsn.0 % seg_size,
+                    stop_segment: stop.name(),
+                    stop_offset: s.finish_lsn.0 - stop.start_lsn(seg_size),
+                    expanded_size_bytes: Some(s.uncompressed_size),
+                    compressed_size: Some(s.compressed_size),
+                    seg_size,
+                    finish_time: s.finish_time,
+                    system_identifier: s.system_identifier,
+                    pg_version: Some(s.pg_version),
+                    spec: s.spec,
+                }
+            }
+            Format::WalE => {
+                let s: WalESentinel = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                    key: key.clone(),
+                    msg: format!("WAL-E sentinel is not valid JSON: {e}"),
+                })?;
+                let seg_size = DEFAULT_SEG_SIZE;
+                let start_offset = offset.unwrap_or(0);
+                let stop_seg = crate::wal::names::WalName::parse(&s.wal_segment_backup_stop)
+                    .ok()
+                    .and_then(|w| w.segment())
+                    .ok_or_else(|| Error::Corrupt {
+                        key: key.clone(),
+                        msg: "bad wal_segment_backup_stop".into(),
+                    })?;
+                let stop_offset: u64 = s.wal_segment_offset_backup_stop.parse().unwrap_or(0);
+                BackupInfo {
+                    name: name.to_string(),
+                    format,
+                    last_modified: meta.last_modified,
+                    timeline: seg.timeline,
+                    start_lsn: Lsn(seg.start_lsn(seg_size) + start_offset),
+                    finish_lsn: Lsn(stop_seg.start_lsn(seg_size) + stop_offset),
+                    start_segment: seg.name(),
+                    start_offset,
+                    stop_segment: stop_seg.name(),
+                    stop_offset,
+                    expanded_size_bytes: s.expanded_size_bytes,
+                    compressed_size: None,
+                    seg_size,
+                    finish_time: None,
+                    system_identifier: None,
+                    pg_version: None,
+                    spec: s.spec,
+                }
+            }
+        };
+        out.push(info);
+    }
+    out.sort_by(|a, b| {
+        (a.end_time(), a.finish_lsn, &a.name).cmp(&(b.end_time(), b.finish_lsn, &b.name))
+    });
+    Ok(out)
+}
+
+/// Finds `LATEST` or a named backup.
+pub async fn resolve(store: &Store, which: &str) -> Result<BackupInfo> {
+    let all = list_backups(store).await?;
+    if which.eq_ignore_ascii_case("LATEST") {
+        return all.into_iter().last().ok_or_else(|| {
+            Error::BadInput(format!("{}: the archive holds no complete backup", store.description))
+        });
+    }
+    all.into_iter().find(|b| b.name == which).ok_or_else(|| {
+        Error::BadInput(format!(
+            "backup {which:?} not found in {} (or it has no sentinel: incomplete)",
+            store.description
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_text_round_trips_and_maps_to_segments() {
+        let l = Lsn::parse("1/2A000028").unwrap();
+        assert_eq!(l.to_string(), "1/2A000028");
+        assert_eq!(l.segment(3, 16 << 20).name(), "00000003000000010000002A");
+        assert_eq!(Lsn::parse("0/3000000").unwrap().prev_segment(1, 16 << 20).name(), "000000010000000000000002");
+        assert!(Lsn::parse("12345").is_err());
+    }
+
+    #[test]
+    fn backup_names_of_both_tools_parse() {
+        assert!(matches!(parse_name("base_000000010000000000000002"), Some((_, None, Format::WalG))));
+        assert!(matches!(
+            parse_name("base_000000010000000000000002_00000040"),
+            Some((_, Some(40), Format::WalE))
+        ));
+        assert!(parse_name("base_0000000100000000000002").is_none());
+        assert!(parse_name("notabackup").is_none());
+    }
+
+    #[test]
+    fn tablespace_spec_uses_wal_g_json_shape() {
+        let mut spec = TablespaceSpec { base_prefix: "/pg/data".into(), ..Default::default() };
+        spec.tablespaces.insert(
+            "16384".into(),
+            TablespaceLocation { loc: "/pg/ts1".into(), link: "pg_tblspc/16384".into() },
+        );
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["base_prefix"], "/pg/data");
+        assert_eq!(v["tablespaces"][0], "16384");
+        assert_eq!(v["16384"]["loc"], "/pg/ts1");
+        let back: TablespaceSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(back, spec);
+    }
+}

@@ -1,0 +1,509 @@
+//! `backup-push`: a non-exclusive base backup streamed into size-bounded tar partitions,
+//! compressed and uploaded concurrently with bounded memory. The sentinel goes last.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+
+use super::{pg, parts_prefix, sentinel_key, Metadata, Sentinel, TablespaceLocation, TablespaceSpec, BACKUP_FOLDER};
+use crate::archive::Archive;
+use crate::codec::{self, Compression};
+use crate::error::{Error, Result};
+use crate::wal::names::WalName;
+
+/// Directories whose contents PostgreSQL says to leave out (the directories themselves stay).
+const EMPTY_DIRS: &[&str] = &[
+    "pg_wal",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat_tmp",
+    "pg_subtrans",
+];
+/// Files left out anywhere at the top level.
+const SKIP_FILES: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "backup_label",
+    "backup_label.old",
+    "tablespace_map",
+    "tablespace_map.old",
+];
+
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub pgdata: PathBuf,
+    pub connstring: Option<String>,
+    /// Bytes per second read from the data directory; None for unlimited.
+    pub read_rate_limit: Option<u64>,
+    /// Uncompressed bytes per tar partition.
+    pub part_size: u64,
+    /// Partitions compressed and uploaded at once.
+    pub concurrency: usize,
+    pub permanent: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The name inside the tar (relative, `/`-separated).
+    name: String,
+    path: PathBuf,
+    kind: Kind,
+    size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+}
+
+/// Walks the data directory and the tablespaces behind `pg_tblspc` links.
+fn collect(pgdata: &Path) -> Result<(Vec<Entry>, TablespaceSpec)> {
+    let mut entries = Vec::new();
+    let mut spec = TablespaceSpec {
+        base_prefix: pgdata.display().to_string(),
+        ..Default::default()
+    };
+    walk(pgdata, "", &mut entries, true)?;
+    let tblspc = pgdata.join("pg_tblspc");
+    if let Ok(rd) = std::fs::read_dir(&tblspc) {
+        let mut links: Vec<_> = rd.flatten().collect();
+        links.sort_by_key(|e| e.file_name());
+        for e in links {
+            let oid = e.file_name().to_string_lossy().into_owned();
+            let link = e.path();
+            let target = std::fs::read_link(&link).map_err(|err| Error::io(&link, err))?;
+            let target = if target.is_absolute() { target } else { tblspc.join(target) };
+            spec.tablespaces.insert(
+                oid.clone(),
+                TablespaceLocation {
+                    loc: format!("{}/", target.display()),
+                    link: format!("pg_tblspc/{oid}"),
+                },
+            );
+            entries.push(Entry {
+                name: format!("pg_tblspc/{oid}"),
+                path: target.clone(),
+                kind: Kind::Dir,
+                size: 0,
+            });
+            walk(&target, &format!("pg_tblspc/{oid}/"), &mut entries, false)?;
+        }
+    }
+    Ok((entries, spec))
+}
+
+fn walk(root: &Path, prefix: &str, out: &mut Vec<Entry>, is_pgdata: bool) -> Result<()> {
+    let mut it = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+        .into_iter();
+    while let Some(item) = it.next() {
+        let e = match item {
+            Ok(e) => e,
+            // Files vanish under a running server (dropped tables): skip them.
+            Err(err) if err.io_error().is_some_and(|io| io.kind() == io::ErrorKind::NotFound) => continue,
+            Err(err) => {
+                let path = err.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf());
+                return Err(Error::io(path, io::Error::other(err.to_string())));
+            }
+        };
+        let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+        let rel_s = rel.to_string_lossy().replace('\\', "/");
+        let file_name = e.file_name().to_string_lossy();
+        if file_name.starts_with("pgsql_tmp") || file_name == "pg_internal.init" {
+            if e.file_type().is_dir() {
+                it.skip_current_dir();
+            }
+            continue;
+        }
+        let name = format!("{prefix}{rel_s}");
+        let ft = e.file_type();
+        if is_pgdata {
+            if e.depth() == 1 && SKIP_FILES.contains(&rel_s.as_str()) {
+                continue;
+            }
+            if rel_s == "global/pg_control" {
+                continue;
+            }
+            if e.depth() == 1 && EMPTY_DIRS.contains(&rel_s.as_str()) {
+                // pg_wal may be a symlink (initdb -X): stored as a plain directory.
+                out.push(Entry { name, path: e.path().to_path_buf(), kind: Kind::Dir, size: 0 });
+                if ft.is_dir() {
+                    it.skip_current_dir();
+                }
+                continue;
+            }
+            if rel_s.starts_with("pg_tblspc/") {
+                continue; // tablespaces are walked through their links
+            }
+        }
+        if ft.is_dir() {
+            out.push(Entry { name, path: e.path().to_path_buf(), kind: Kind::Dir, size: 0 });
+        } else if ft.is_file() {
+            let size = match e.metadata() {
+                Ok(m) => m.len(),
+                Err(_) => continue,
+            };
+            out.push(Entry { name, path: e.path().to_path_buf(), kind: Kind::File, size });
+        }
+    }
+    Ok(())
+}
+
+/// Splits entries into partitions of about `part_size` uncompressed bytes, in walk order.
+fn partition(entries: Vec<Entry>, part_size: u64) -> Vec<Vec<Entry>> {
+    let mut parts: Vec<Vec<Entry>> = vec![Vec::new()];
+    let mut cur = 0u64;
+    for e in entries {
+        if cur >= part_size && e.kind == Kind::File {
+            parts.push(Vec::new());
+            cur = 0;
+        }
+        cur += e.size;
+        if let Some(p) = parts.last_mut() {
+            p.push(e);
+        }
+    }
+    parts
+}
+
+/// Shared read-rate limiter: readers sleep when ahead of `rate` bytes per second.
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: u64,
+    started: Instant,
+    read: AtomicU64,
+}
+
+impl RateLimit {
+    pub fn new(rate: u64) -> Self {
+        RateLimit { rate: rate.max(1), started: Instant::now(), read: AtomicU64::new(0) }
+    }
+    fn account(&self, n: usize) {
+        let total = self.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let due = Duration::from_secs_f64(total as f64 / self.rate as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
+}
+
+/// Reads exactly `size` bytes of a file that a running server may change: a shorter file is
+/// padded with zeros (WAL replay rewrites those pages), a longer one is cut.
+struct FileBody<'a> {
+    inner: io::Take<io::Chain<File, io::Repeat>>,
+    limit: Option<&'a RateLimit>,
+}
+
+impl Read for FileBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(l) = self.limit {
+            l.account(n);
+        }
+        Ok(n)
+    }
+}
+
+/// Writes one tar partition into `sink`.
+fn write_tar(entries: &[Entry], sink: &mut dyn io::Write, limit: Option<&RateLimit>) -> io::Result<()> {
+    let mut tar = tar::Builder::new(sink);
+    tar.mode(tar::HeaderMode::Complete);
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        match e.kind {
+            Kind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o700);
+                h.set_size(0);
+                h.set_mtime(Utc::now().timestamp() as u64);
+                tar.append_data(&mut h, &e.name, io::empty())?;
+            }
+            Kind::File => {
+                let f = match File::open(&e.path) {
+                    Ok(f) => f,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(err) => {
+                        return Err(io::Error::new(err.kind(), format!("{}: {err}", e.path.display())))
+                    }
+                };
+                let meta = f.metadata()?;
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(meta.mode() & 0o7777);
+                h.set_mtime(meta.mtime().max(0) as u64);
+                h.set_size(e.size);
+                let body = FileBody { inner: f.chain(io::repeat(0)).take(e.size), limit };
+                tar.append_data(&mut h, &e.name, body)?;
+            }
+        }
+    }
+    tar.into_inner()?.flush()
+}
+
+/// Runs a base backup of the server whose data directory is `opts.pgdata`.
+pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sentinel> {
+    let started_at = Utc::now();
+    let pgdata = opts
+        .pgdata
+        .canonicalize()
+        .map_err(|e| Error::BadInput(format!("data directory {}: {e}", opts.pgdata.display())))?;
+    let cfg = pg::config(opts.connstring.as_deref(), &archive.settings.vars)?;
+    let client = pg::connect(&cfg).await?;
+    let info = pg::server_info(&client).await?;
+    let server_dir = Path::new(&info.data_directory).canonicalize().unwrap_or_default();
+    if server_dir != pgdata {
+        return Err(Error::BadInput(format!(
+            "the server's data directory is {}, not {}",
+            info.data_directory,
+            pgdata.display()
+        )));
+    }
+    let (start_lsn, timeline) = pg::start_backup(&client, info.version_num, "walkeeper").await?;
+    let name = format!("base_{}", start_lsn.segment(timeline, info.seg_size).name());
+    tracing::info!(backup = name, start_lsn = %start_lsn, timeline, "backup started");
+
+    let result = upload_body(&archive, &opts, &pgdata, &name).await;
+    // Stop the backup whatever happened, so the server leaves backup mode.
+    let stopped = pg::stop_backup(&client, info.version_num).await;
+    let (uncompressed, compressed, spec) = result?;
+    let (finish_lsn, label, spcmap) = stopped?;
+
+    // backup_label and tablespace_map, from pg_backup_stop.
+    let mut label_tar = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut label_tar);
+        for (fname, body) in [("backup_label", &label), ("tablespace_map", &spcmap)] {
+            if fname == "tablespace_map" && body.is_empty() {
+                continue;
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o600);
+            h.set_mtime(Utc::now().timestamp() as u64);
+            b.append_data(&mut h, fname, body.as_bytes()).map_err(|e| Error::io(fname, e))?;
+        }
+        b.finish().map_err(|e| Error::io("backup_label", e))?;
+    }
+    let ext = archive.settings.compression.ext();
+    let label_bytes = Bytes::from(label_tar);
+    let arch = archive.clone();
+    let compressed_label = archive
+        .store
+        .put_stream(&format!("{}/backup_label.tar.{ext}", parts_prefix(&name)), move |sink| {
+            codec::encode(&label_bytes[..], sink, arch.settings.compression, arch.encryption.as_ref()).map(|_| ())
+        })
+        .await?;
+
+    // The stop segment must be archived before the backup may be listed.
+    let stop_seg = finish_lsn.prev_segment(timeline, info.seg_size);
+    wait_archived(&archive, &WalName::Segment(stop_seg)).await?;
+
+    let finished_at = Utc::now();
+    let hostname = hostname();
+    let sentinel = Sentinel {
+        start_lsn,
+        timeline,
+        finish_lsn,
+        system_identifier: Some(info.system_identifier),
+        pg_version: info.version_num,
+        uncompressed_size: uncompressed as i64,
+        compressed_size: (compressed + compressed_label) as i64,
+        spec: Some(spec),
+        user_data: None,
+        version: 2,
+        start_time: Some(started_at),
+        finish_time: Some(finished_at),
+        date_fmt: "%Y-%m-%dT%H:%M:%S.%fZ".into(),
+        hostname: hostname.clone(),
+        data_dir: pgdata.display().to_string(),
+        is_permanent: opts.permanent,
+        wal_segment_size: Some(info.seg_size),
+    };
+    let metadata = Metadata {
+        start_time: started_at,
+        finish_time: finished_at,
+        date_fmt: sentinel.date_fmt.clone(),
+        hostname,
+        data_dir: sentinel.data_dir.clone(),
+        pg_version: info.version_num,
+        start_lsn,
+        finish_lsn,
+        is_permanent: opts.permanent,
+        system_identifier: Some(info.system_identifier),
+        timeline,
+        uncompressed_size: sentinel.uncompressed_size,
+        compressed_size: sentinel.compressed_size,
+        user_data: None,
+    };
+    archive
+        .store
+        .put_bytes(&format!("{BACKUP_FOLDER}/{name}/metadata.json"), to_json(&metadata)?)
+        .await?;
+    archive.store.put_bytes(&sentinel_key(&name), to_json(&sentinel)?).await?;
+    tracing::info!(
+        backup = name,
+        finish_lsn = %finish_lsn,
+        uncompressed,
+        compressed = sentinel.compressed_size,
+        seconds = format!("{:.1}", (finished_at - started_at).num_milliseconds() as f64 / 1000.0),
+        "backup complete"
+    );
+    Ok(sentinel)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes> {
+    serde_json::to_vec_pretty(v).map(Bytes::from).map_err(|e| Error::Corrupt {
+        key: "json".into(),
+        msg: e.to_string(),
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Uploads the data directory (all partitions, then pg_control). Returns the uncompressed and
+/// compressed sizes and the tablespace spec.
+async fn upload_body(
+    archive: &Arc<Archive>,
+    opts: &PushOptions,
+    pgdata: &Path,
+    name: &str,
+) -> Result<(u64, u64, TablespaceSpec)> {
+    // A backup killed earlier may have left objects under this name, never a sentinel.
+    if archive.store.head(&sentinel_key(name)).await?.is_some() {
+        return Err(Error::BadInput(format!("backup {name} already exists")));
+    }
+    for (key, _) in archive.store.list(&format!("{BACKUP_FOLDER}/{name}")).await? {
+        archive.store.delete(&key).await?;
+    }
+    let pgdata_owned = pgdata.to_path_buf();
+    let (entries, spec) = tokio::task::spawn_blocking(move || collect(&pgdata_owned))
+        .await
+        .map_err(|e| Error::io(pgdata, io::Error::other(e.to_string())))??;
+    let uncompressed: u64 = entries.iter().map(|e| e.size).sum();
+    let parts = partition(entries, opts.part_size.max(1));
+    let limit = opts.read_rate_limit.map(|r| Arc::new(RateLimit::new(r)));
+    let compression: Compression = archive.settings.compression;
+    let ext = compression.ext();
+    let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let compressed = Arc::new(AtomicU64::new(0));
+    let errors: Arc<Mutex<Vec<Error>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for (i, part) in parts.into_iter().enumerate() {
+        let key = format!("{}/part_{:03}.tar.{ext}", parts_prefix(name), i + 1);
+        let (archive, sem, limit, compressed, errors) =
+            (archive.clone(), sem.clone(), limit.clone(), compressed.clone(), errors.clone());
+        let part = Arc::new(part);
+        tasks.push(tokio::spawn(async move {
+            let Ok(_permit) = sem.acquire_owned().await else { return };
+            let arch = archive.clone();
+            let res = archive
+                .store
+                .put_stream(&key, move |sink| {
+                    let enc = arch.encryption.as_ref();
+                    let limit = limit.as_deref();
+                    let (_, _) = codec::encode_with(sink, compression, enc, |w| write_tar(&part, w, limit))?;
+                    Ok(())
+                })
+                .await;
+            match res {
+                Ok(n) => {
+                    compressed.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => errors.lock().map(|mut v| v.push(e)).unwrap_or(()),
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Some(e) = errors.lock().ok().and_then(|mut v| v.pop()) {
+        return Err(e);
+    }
+    // global/pg_control last, on its own.
+    let control = Arc::new(vec![Entry {
+        name: "global/pg_control".into(),
+        path: pgdata.join("global/pg_control"),
+        kind: Kind::File,
+        size: std::fs::metadata(pgdata.join("global/pg_control"))
+            .map_err(|e| Error::io(pgdata.join("global/pg_control"), e))?
+            .len(),
+    }]);
+    let arch = archive.clone();
+    let n = archive
+        .store
+        .put_stream(&format!("{}/pg_control.tar.{ext}", parts_prefix(name)), move |sink| {
+            codec::encode_with(sink, compression, arch.encryption.as_ref(), |w| write_tar(&control, w, None))
+                .map(|_| ())
+        })
+        .await?;
+    Ok((uncompressed, compressed.load(Ordering::Relaxed) + n, spec))
+}
+
+/// Waits (bounded) until a WAL file is in the archive.
+async fn wait_archived(archive: &Archive, wal: &WalName) -> Result<()> {
+    let stem = wal.key_stem();
+    let exts: Vec<&str> = Compression::ALL.iter().map(|c| c.ext()).collect();
+    let deadline = Instant::now() + archive.settings.retry_timeout.max(Duration::from_secs(60));
+    loop {
+        if !archive.store.find_stem(&stem, &exts).await?.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::BadInput(format!(
+                "the backup's last WAL segment {wal} is not in the archive; is archive_command walkeeper wal-push? The backup stays incomplete (no sentinel)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_size_bounded_and_keep_walk_order() {
+        let e = |n: &str, s: u64| Entry { name: n.into(), path: n.into(), kind: Kind::File, size: s };
+        let parts = partition(vec![e("a", 60), e("b", 60), e("c", 10), e("d", 100), e("f", 1)], 100);
+        let names: Vec<Vec<&str>> = parts.iter().map(|p| p.iter().map(|e| e.name.as_str()).collect()).collect();
+        assert_eq!(names, vec![vec!["a", "b"], vec!["c", "d"], vec!["f"]]);
+    }
+
+    #[test]
+    fn walk_leaves_out_what_postgres_says_to_leave_out() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        for dir in ["base/1", "global", "pg_wal/archive_status", "pg_stat_tmp", "base/pgsql_tmp", "pg_tblspc"] {
+            std::fs::create_dir_all(p.join(dir)).unwrap();
+        }
+        for f in ["base/1/1234", "global/pg_control", "global/1262", "pg_wal/000000010000000000000001", "pg_stat_tmp/x", "base/pgsql_tmp/t", "postmaster.pid", "PG_VERSION", "base/1/pg_internal.init"] {
+            std::fs::write(p.join(f), b"x").unwrap();
+        }
+        let (entries, spec) = collect(p).unwrap();
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        for want in ["base/1/1234", "global/1262", "PG_VERSION", "pg_wal", "pg_stat_tmp", "pg_tblspc"] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        for unwanted in ["global/pg_control", "pg_wal/000000010000000000000001", "pg_stat_tmp/x", "base/pgsql_tmp/t", "postmaster.pid", "base/1/pg_internal.init", "pg_wal/archive_status"] {
+            assert!(!names.contains(&unwanted), "{unwanted} in {names:?}");
+        }
+        assert!(spec.tablespaces.is_empty());
+    }
+}

@@ -1,0 +1,136 @@
+//! `restore`: point-in-time recovery in one command. Picks the newest backup that finished
+//! before the target, fetches it, and writes the recovery settings; `pg_ctl start` then replays
+//! the archive to the target.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, FixedOffset, Utc};
+
+use super::fetch::{backup_fetch, FetchOptions};
+use super::{list_backups, resolve, BackupInfo, Lsn};
+use crate::archive::Archive;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    Time(DateTime<Utc>),
+    Lsn(Lsn),
+    /// Replay everything the archive holds.
+    Latest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Promote,
+    Pause,
+}
+
+/// Parses an RFC 3339 time that must carry a zone, and must not be in the future.
+pub fn parse_target_time(s: &str) -> Result<DateTime<Utc>> {
+    let t: DateTime<FixedOffset> = DateTime::parse_from_rfc3339(s.trim()).map_err(|e| {
+        Error::BadInput(format!(
+            "target time {s:?} is not an RFC 3339 time with a zone (e.g. 2026-11-22T12:30:00+00:00): {e}"
+        ))
+    })?;
+    let t = t.with_timezone(&Utc);
+    if t > Utc::now() {
+        return Err(Error::BadInput(format!("target time {s} is in the future")));
+    }
+    Ok(t)
+}
+
+/// PostgreSQL's accepted form (it refuses the `T…Z` form; see REFERENCE.md).
+pub fn pg_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+}
+
+/// Picks the backup for a target: the newest one that finished before it.
+pub fn choose<'a>(backups: &'a [BackupInfo], target: &Target) -> Result<&'a BackupInfo> {
+    let earliest = || {
+        backups
+            .first()
+            .map(|b| format!("the earliest restorable point is {} (LSN {}), when backup {} finished", b.end_time().to_rfc3339(), b.finish_lsn, b.name))
+            .unwrap_or_else(|| "the archive holds no complete backup".into())
+    };
+    let pick = match target {
+        Target::Time(t) => backups.iter().rev().find(|b| b.end_time() <= *t),
+        Target::Lsn(l) => backups.iter().rev().find(|b| b.finish_lsn <= *l),
+        Target::Latest => backups.last(),
+    };
+    pick.ok_or_else(|| Error::BadInput(format!("no backup finished before the target; {}", earliest())))
+}
+
+pub struct RestoreOptions {
+    pub target: Target,
+    pub backup: Option<String>,
+    pub action: Action,
+    pub fetch: FetchOptions,
+    /// The restore_command to write (walkeeper with the same global options).
+    pub restore_command: String,
+}
+
+pub async fn restore(archive: Arc<Archive>, pgdata: &Path, opts: RestoreOptions) -> Result<BackupInfo> {
+    let backups = list_backups(&archive.store).await?;
+    let chosen = match &opts.backup {
+        Some(name) => resolve(&archive.store, name).await?,
+        None => choose(&backups, &opts.target)?.clone(),
+    };
+    if let Target::Time(t) = &opts.target {
+        if chosen.end_time() > *t {
+            return Err(Error::BadInput(format!(
+                "backup {} finished at {}, after the target {}",
+                chosen.name,
+                chosen.end_time().to_rfc3339(),
+                t.to_rfc3339()
+            )));
+        }
+    }
+    let info = backup_fetch(archive.clone(), pgdata, &chosen.name, opts.fetch).await?;
+    let mut conf = String::from("\n# walkeeper restore\n");
+    conf.push_str(&format!("restore_command = '{}'\n", opts.restore_command.replace('\'', "''")));
+    match &opts.target {
+        Target::Time(t) => conf.push_str(&format!("recovery_target_time = '{}'\n", pg_time(t))),
+        Target::Lsn(l) => conf.push_str(&format!("recovery_target_lsn = '{l}'\n")),
+        Target::Latest => {}
+    }
+    if !matches!(opts.target, Target::Latest) {
+        let action = match opts.action {
+            Action::Promote => "promote",
+            Action::Pause => "pause",
+        };
+        conf.push_str(&format!("recovery_target_action = '{action}'\nrecovery_target_timeline = 'latest'\n"));
+    }
+    let auto = pgdata.join("postgresql.auto.conf");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&auto)
+        .map_err(|e| Error::io(&auto, e))?;
+    f.write_all(conf.as_bytes()).map_err(|e| Error::io(&auto, e))?;
+    f.sync_all().map_err(|e| Error::io(&auto, e))?;
+    let signal = pgdata.join("recovery.signal");
+    std::fs::write(&signal, b"").map_err(|e| Error::io(&signal, e))?;
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_times_need_a_zone_and_must_be_past() {
+        assert!(parse_target_time("2026-01-02T03:04:05+01:00").is_ok());
+        let e = parse_target_time("2026-01-02 03:04:05").unwrap_err().to_string();
+        assert!(e.contains("with a zone"), "{e}");
+        let e = parse_target_time("2999-01-01T00:00:00Z").unwrap_err().to_string();
+        assert!(e.contains("future"), "{e}");
+    }
+
+    #[test]
+    fn postgres_gets_a_time_format_it_accepts() {
+        let t = parse_target_time("2026-11-22T12:29:59.375007Z").unwrap();
+        assert_eq!(pg_time(&t), "2026-11-22 12:29:59.375007+00");
+    }
+}

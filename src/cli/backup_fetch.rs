@@ -1,0 +1,47 @@
+//! `walkeeper backup-fetch <PGDATA> LATEST|<name>`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::archive::Archive;
+use crate::backup::fetch::{backup_fetch, FetchOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to restore: a new or empty directory.
+    pub pgdata: PathBuf,
+    /// LATEST or a backup name from backup-list.
+    pub backup: String,
+    /// WAL-E restore spec (JSON): where each tablespace goes.
+    #[arg(long, value_name = "FILE")]
+    pub restore_spec: Option<PathBuf>,
+    /// Restore tablespaces into pg_tblspc/<oid> inside the data directory, without links.
+    #[arg(long)]
+    pub blind_restore: bool,
+}
+
+impl Args {
+    pub fn options(&self, archive: &Archive) -> FetchOptions {
+        FetchOptions {
+            restore_spec: self.restore_spec.clone(),
+            blind_restore: self.blind_restore,
+            concurrency: archive
+                .settings
+                .vars
+                .get("WALG_DOWNLOAD_CONCURRENCY")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2usize)
+                .clamp(1, 8),
+        }
+    }
+}
+
+pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
+    let result = async {
+        let archive = Arc::new(Archive::open(cli.settings()?)?);
+        let opts = args.options(&archive);
+        backup_fetch(archive, &args.pgdata, &args.backup, opts).await
+    }
+    .await;
+    super::exit("backup-fetch", result)
+}
