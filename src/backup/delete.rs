@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{list_backups, sentinel_key, BackupInfo, BACKUP_FOLDER, DEFAULT_SEG_SIZE, SENTINEL_SUFFIX};
+use super::{
+    list_backups, sentinel_key, BackupInfo, BACKUP_FOLDER, DEFAULT_SEG_SIZE, SENTINEL_SUFFIX,
+};
 use crate::error::{Error, Result};
 use crate::storage::Store;
 use crate::wal::names::{WalName, WAL_FOLDER};
@@ -34,13 +36,18 @@ pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
     let backups = list_backups(store).await?;
     let kept: Vec<&BackupInfo> = match retention {
         Retention::Retain(0) => {
-            return Err(Error::BadInput("retain 0 would delete every backup; say `delete everything`".into()))
+            return Err(Error::BadInput(
+                "retain 0 would delete every backup; say `delete everything`".into(),
+            ))
         }
         Retention::Retain(n) => backups.iter().rev().take(*n).collect(),
         Retention::Before(name) => {
-            let idx = backups.iter().position(|b| &b.name == name).ok_or_else(|| {
-                Error::BadInput(format!("backup {name:?} not found (or incomplete)"))
-            })?;
+            let idx = backups
+                .iter()
+                .position(|b| &b.name == name)
+                .ok_or_else(|| {
+                    Error::BadInput(format!("backup {name:?} not found (or incomplete)"))
+                })?;
             backups[idx..].iter().collect()
         }
         Retention::Everything => Vec::new(),
@@ -56,11 +63,16 @@ pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
     // Group every object under basebackups_005 by backup name.
     let mut folders: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (key, _) in store.list(BACKUP_FOLDER).await? {
-        let rest = key.strip_prefix(&format!("{BACKUP_FOLDER}/")).unwrap_or(&key);
+        let rest = key
+            .strip_prefix(&format!("{BACKUP_FOLDER}/"))
+            .unwrap_or(&key);
         let name = rest
             .strip_suffix(SENTINEL_SUFFIX)
             .unwrap_or_else(|| rest.split('/').next().unwrap_or(rest));
-        folders.entry(name.to_string()).or_default().push(key.clone());
+        folders
+            .entry(name.to_string())
+            .or_default()
+            .push(key.clone());
     }
     let complete: BTreeSet<&str> = backups.iter().map(|b| b.name.as_str()).collect();
     for (name, keys) in &folders {
@@ -82,19 +94,23 @@ pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
             plan.deleted_backups.push(name.clone());
             plan.keys.push(sentinel_key(name));
         }
-        plan.keys.extend(keys.iter().filter(|k| **k != sentinel_key(name)).cloned());
+        plan.keys
+            .extend(keys.iter().filter(|k| **k != sentinel_key(name)).cloned());
     }
     // WAL below the floor (all of it for `everything`).
     for (key, _) in store.list(WAL_FOLDER).await? {
         let file = key.rsplit('/').next().unwrap_or("");
         let base = file.rsplit_once('.').map(|(b, _)| b).unwrap_or(file);
-        let Ok(wal) = WalName::parse(base) else { continue };
+        let Ok(wal) = WalName::parse(base) else {
+            continue;
+        };
         let delete = match (floor, &wal) {
             (None, _) => true,
             (Some(_), WalName::History(_)) => false,
-            (Some((lsn, seg_size)), WalName::Segment(s) | WalName::Partial(s) | WalName::Backup(s, _)) => {
-                s.segno(seg_size) < lsn / seg_size
-            }
+            (
+                Some((lsn, seg_size)),
+                WalName::Segment(s) | WalName::Partial(s) | WalName::Backup(s, _),
+            ) => s.segno(seg_size) < lsn / seg_size,
         };
         if delete {
             plan.keys.push(key);
@@ -105,7 +121,10 @@ pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
 
 fn backup_start_segno(name: &str) -> Option<u64> {
     let seg = name.strip_prefix("base_")?.get(0..24)?;
-    WalName::parse(seg).ok()?.segment().map(|s| s.segno(DEFAULT_SEG_SIZE))
+    WalName::parse(seg)
+        .ok()?
+        .segment()
+        .map(|s| s.segno(DEFAULT_SEG_SIZE))
 }
 
 /// Deletes the planned keys in order. Missing keys are fine (another run got there first).

@@ -86,9 +86,10 @@ fn tablespace_routes(info: &BackupInfo, target: &Path, opts: &FetchOptions) -> R
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| Error::BadInput(format!("restore spec {}: {e}", p.display())))?;
-            Some(serde_json::from_str(&text).map_err(|e| {
-                Error::BadInput(format!("restore spec {}: {e}", p.display()))
-            })?)
+            Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| Error::BadInput(format!("restore spec {}: {e}", p.display())))?,
+            )
         }
         None => info.spec.clone(),
     };
@@ -101,7 +102,10 @@ fn tablespace_routes(info: &BackupInfo, target: &Path, opts: &FetchOptions) -> R
                 dir.display()
             )));
         }
-        if std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        if std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+        {
             return Err(Error::BadInput(format!(
                 "tablespace {oid} location {} is not empty",
                 dir.display()
@@ -113,7 +117,12 @@ fn tablespace_routes(info: &BackupInfo, target: &Path, opts: &FetchOptions) -> R
 }
 
 /// Fetches `which` (a name or LATEST) into `target`, which must be missing or empty.
-pub async fn backup_fetch(archive: Arc<Archive>, target: &Path, which: &str, opts: FetchOptions) -> Result<BackupInfo> {
+pub async fn backup_fetch(
+    archive: Arc<Archive>,
+    target: &Path,
+    which: &str,
+    opts: FetchOptions,
+) -> Result<BackupInfo> {
     match std::fs::read_dir(target) {
         Ok(mut d) => {
             if d.next().is_some() {
@@ -133,6 +142,7 @@ pub async fn backup_fetch(archive: Arc<Archive>, target: &Path, which: &str, opt
         .map_err(|e| Error::io(&target, e))?;
     let info = resolve(&archive.store, which).await?;
     let routes = Arc::new(tablespace_routes(&info, &target, &opts)?);
+    let opts_blind = opts.blind_restore;
     let res = extract_all(&archive, &info, &target, &routes, &opts).await;
     if let Err(e) = res {
         // Leave nothing that looks like a data directory.
@@ -140,6 +150,7 @@ pub async fn backup_fetch(archive: Arc<Archive>, target: &Path, which: &str, opt
         return Err(e);
     }
     finish_layout(&target, &routes)?;
+    rewrite_tablespace_map(&target, &routes, opts_blind)?;
     tracing::info!(backup = info.name, target = %target.display(), "backup fetched");
     Ok(info)
 }
@@ -156,24 +167,28 @@ async fn extract_all(
     let mut control = None;
     for (key, _) in listed {
         let file = key.rsplit('/').next().unwrap_or("");
-        let Some((stem, ext)) = file.rsplit_once('.') else { continue };
-        let Some(c) = Compression::from_ext(ext) else { continue };
+        let Some((stem, ext)) = file.rsplit_once('.') else {
+            continue;
+        };
+        let Some(c) = Compression::from_ext(ext) else {
+            continue;
+        };
         if stem == "pg_control.tar" {
             control = Some((key, c));
         } else if stem.ends_with(".tar") {
             parts.push((key, c));
         }
     }
-    if parts.is_empty() {
-        return Err(Error::Corrupt {
-            key: parts_prefix(&info.name),
-            msg: "the backup has no tar partitions".into(),
-        });
-    }
+    check_partitions(info, &parts)?;
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let mut tasks = Vec::new();
     for (key, c) in parts {
-        let (archive, sem, routes, target) = (archive.clone(), sem.clone(), routes.clone(), target.to_path_buf());
+        let (archive, sem, routes, target) = (
+            archive.clone(),
+            sem.clone(),
+            routes.clone(),
+            target.to_path_buf(),
+        );
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             extract_one(&archive, &key, c, &target, &routes).await
@@ -203,17 +218,64 @@ async fn extract_all(
     }
 }
 
-async fn extract_one(archive: &Arc<Archive>, key: &str, c: Compression, target: &Path, routes: &Arc<Routes>) -> Result<()> {
+/// Every `part_NNN` from 1 to the recorded count (or to the highest present) must be there.
+fn check_partitions(info: &BackupInfo, parts: &[(String, Compression)]) -> Result<()> {
+    let numbers: std::collections::BTreeSet<u32> = parts
+        .iter()
+        .filter_map(|(k, _)| {
+            let file = k.rsplit('/').next()?;
+            let n = file.strip_prefix("part_")?.split('.').next()?;
+            n.parse().ok()
+        })
+        .collect();
+    let expected = info
+        .tar_partitions
+        .or(numbers.iter().next_back().copied())
+        .unwrap_or(0);
+    let first_missing = (1..=expected.max(1)).find(|n| !numbers.contains(n));
+    match first_missing {
+        // WAL-E numbers its partitions from 0.
+        _ if info.format == super::Format::WalE && !numbers.is_empty() => Ok(()),
+        None => Ok(()),
+        Some(n) => Err(Error::Corrupt {
+            key: format!("{}/part_{n:03}", parts_prefix(&info.name)),
+            msg: format!("partition {n} of {} is missing", expected.max(1)),
+        }),
+    }
+}
+
+async fn extract_one(
+    archive: &Arc<Archive>,
+    key: &str,
+    c: Compression,
+    target: &Path,
+    routes: &Arc<Routes>,
+) -> Result<()> {
     let reader = archive
         .store
         .open_read(key)
         .await?
-        .ok_or_else(|| Error::Corrupt { key: key.to_string(), msg: "partition listed but missing".into() })?;
-    let (archive2, target2, routes2, key2) = (archive.clone(), target.to_path_buf(), routes.clone(), key.to_string());
+        .ok_or_else(|| Error::Corrupt {
+            key: key.to_string(),
+            msg: "partition listed but missing".into(),
+        })?;
+    let (archive2, target2, routes2, key2) = (
+        archive.clone(),
+        target.to_path_buf(),
+        routes.clone(),
+        key.to_string(),
+    );
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let plain = codec::decoder(reader, c, archive2.decryption.as_ref())
-            .map_err(|e| Error::Corrupt { key: key2.clone(), msg: e.to_string() })?;
-        unpack(plain, &target2, &routes2).map_err(|e| Error::Corrupt { key: key2.clone(), msg: e.to_string() })
+        let plain = codec::decoder(reader, c, archive2.decryption.as_ref()).map_err(|e| {
+            Error::Corrupt {
+                key: key2.clone(),
+                msg: e.to_string(),
+            }
+        })?;
+        unpack(plain, &target2, &routes2).map_err(|e| Error::Corrupt {
+            key: key2.clone(),
+            msg: e.to_string(),
+        })
     })
     .await
     .map_err(|e| Error::io(target, io::Error::other(e.to_string())))??;
@@ -238,7 +300,9 @@ fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<(
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        entry.unpack(&dest).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", name.display())))?;
+        entry
+            .unpack(&dest)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", name.display())))?;
     }
     // Read to the end, so the decoder checks the stream's end (truncation, checksums).
     io::copy(&mut ar.into_inner(), &mut io::sink())?;
@@ -249,7 +313,11 @@ fn cleanup(target: &Path, routes: &Routes) {
     if let Ok(rd) = std::fs::read_dir(target) {
         for e in rd.flatten() {
             let p = e.path();
-            let _ = if p.is_dir() && !p.is_symlink() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            let _ = if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
         }
     }
     for dir in routes.tablespaces.values() {
@@ -266,7 +334,8 @@ fn finish_layout(target: &Path, routes: &Routes) -> Result<()> {
     for d in NEEDED_DIRS {
         let p = target.join(d);
         std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&p, e))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(&p, e))?;
     }
     for (oid, loc) in &routes.tablespaces {
         let link = target.join("pg_tblspc").join(oid);
@@ -274,11 +343,39 @@ fn finish_layout(target: &Path, routes: &Routes) -> Result<()> {
             let _ = std::fs::remove_dir(&link);
         }
         std::fs::create_dir_all(loc).map_err(|e| Error::io(loc, e))?;
-        std::fs::set_permissions(loc, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(loc, e))?;
+        std::fs::set_permissions(loc, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(loc, e))?;
         std::os::unix::fs::symlink(loc, &link).map_err(|e| Error::io(&link, e))?;
     }
-    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(target, e))?;
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(target, e))?;
     Ok(())
+}
+
+/// PostgreSQL recreates the tablespace links from `tablespace_map` at startup: point it at the
+/// locations chosen here (or drop it for a blind restore, which keeps tablespaces in place).
+fn rewrite_tablespace_map(target: &Path, routes: &Routes, blind: bool) -> Result<()> {
+    let map = target.join("tablespace_map");
+    let Ok(text) = std::fs::read_to_string(&map) else {
+        return Ok(());
+    };
+    if blind {
+        return std::fs::remove_file(&map).map_err(|e| Error::io(&map, e));
+    }
+    let mut out = String::new();
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some((oid, _)) if routes.tablespaces.contains_key(oid) => {
+                let loc = &routes.tablespaces[oid];
+                out.push_str(&format!("{oid} {}\n", loc.display()));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    std::fs::write(&map, out).map_err(|e| Error::io(&map, e))
 }
 
 #[cfg(test)]
@@ -288,14 +385,21 @@ mod tests {
     #[test]
     fn entries_cannot_leave_the_target_and_tablespaces_are_routed() {
         let mut r = Routes::default();
-        r.tablespaces.insert("16384".into(), PathBuf::from("/ts/one"));
+        r.tablespaces
+            .insert("16384".into(), PathBuf::from("/ts/one"));
         let t = Path::new("/data");
-        assert_eq!(r.dest(t, Path::new("base/1/2")).unwrap(), Path::new("/data/base/1/2"));
+        assert_eq!(
+            r.dest(t, Path::new("base/1/2")).unwrap(),
+            Path::new("/data/base/1/2")
+        );
         assert_eq!(
             r.dest(t, Path::new("pg_tblspc/16384/PG_15/5/6")).unwrap(),
             Path::new("/ts/one/PG_15/5/6")
         );
-        assert_eq!(r.dest(t, Path::new("pg_tblspc/99/x")).unwrap(), Path::new("/data/pg_tblspc/99/x"));
+        assert_eq!(
+            r.dest(t, Path::new("pg_tblspc/99/x")).unwrap(),
+            Path::new("/data/pg_tblspc/99/x")
+        );
         assert!(r.dest(t, Path::new("../etc/passwd")).is_err());
         assert!(r.dest(t, Path::new("/etc/passwd")).is_err());
     }

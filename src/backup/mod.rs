@@ -31,7 +31,9 @@ pub const SENTINEL_SUFFIX: &str = "_backup_stop_sentinel.json";
 pub const DEFAULT_SEG_SIZE: u64 = 16 << 20;
 
 /// A PostgreSQL LSN. Serialised as a number, as WAL-G does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(transparent)]
 pub struct Lsn(pub u64);
 
@@ -125,7 +127,11 @@ pub struct Sentinel {
     pub timeline: u32,
     #[serde(rename = "FinishLSN")]
     pub finish_lsn: Lsn,
-    #[serde(rename = "SystemIdentifier", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "SystemIdentifier",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub system_identifier: Option<u64>,
     #[serde(rename = "PgVersion", default)]
     pub pg_version: i64,
@@ -151,8 +157,19 @@ pub struct Sentinel {
     pub data_dir: String,
     #[serde(rename = "IsPermanent", default)]
     pub is_permanent: bool,
+    /// walkeeper's own: how many `part_NNN` partitions the backup has, so a lost one is noticed.
+    #[serde(
+        rename = "TarPartitions",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tar_partitions: Option<u32>,
     /// walkeeper's own: the WAL segment size, so LSN arithmetic never assumes 16 MiB.
-    #[serde(rename = "WalSegmentSize", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "WalSegmentSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub wal_segment_size: Option<u64>,
 }
 
@@ -215,6 +232,7 @@ pub struct BackupInfo {
     pub system_identifier: Option<u64>,
     pub pg_version: Option<i64>,
     pub spec: Option<TablespaceSpec>,
+    pub tar_partitions: Option<u32>,
 }
 
 impl BackupInfo {
@@ -236,7 +254,8 @@ pub fn parts_prefix(name: &str) -> String {
 fn parse_name(name: &str) -> Option<(SegmentId, Option<u64>, Format)> {
     let rest = name.strip_prefix("base_")?;
     let seg = rest.get(0..24)?;
-    let crate::wal::names::WalName::Segment(id) = crate::wal::names::WalName::parse(seg).ok()? else {
+    let crate::wal::names::WalName::Segment(id) = crate::wal::names::WalName::parse(seg).ok()?
+    else {
         return None;
     };
     match rest.get(24..) {
@@ -254,9 +273,15 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
     let entries = store.list_top(BACKUP_FOLDER).await?;
     let mut out = Vec::new();
     for (key, meta) in entries {
-        let Some(file) = key.rsplit('/').next() else { continue };
-        let Some(name) = file.strip_suffix(SENTINEL_SUFFIX) else { continue };
-        let Some((seg, offset, format)) = parse_name(name) else { continue };
+        let Some(file) = key.rsplit('/').next() else {
+            continue;
+        };
+        let Some(name) = file.strip_suffix(SENTINEL_SUFFIX) else {
+            continue;
+        };
+        let Some((seg, offset, format)) = parse_name(name) else {
+            continue;
+        };
         let bytes = match store.get_bytes(&key).await {
             Ok(b) => b,
             Err(Error::NotFound { .. }) => continue, // deleted while listing
@@ -269,7 +294,11 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     msg: format!("sentinel is not valid JSON: {e}"),
                 })?;
                 let seg_size = s.wal_segment_size.unwrap_or(DEFAULT_SEG_SIZE);
-                let timeline = if s.timeline > 0 { s.timeline } else { seg.timeline };
+                let timeline = if s.timeline > 0 {
+                    s.timeline
+                } else {
+                    seg.timeline
+                };
                 let stop = s.finish_lsn.prev_segment(timeline, seg_size);
                 BackupInfo {
                     name: name.to_string(),
@@ -289,13 +318,15 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     system_identifier: s.system_identifier,
                     pg_version: Some(s.pg_version),
                     spec: s.spec,
+                    tar_partitions: s.tar_partitions,
                 }
             }
             Format::WalE => {
-                let s: WalESentinel = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                    key: key.clone(),
-                    msg: format!("WAL-E sentinel is not valid JSON: {e}"),
-                })?;
+                let s: WalESentinel =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                        key: key.clone(),
+                        msg: format!("WAL-E sentinel is not valid JSON: {e}"),
+                    })?;
                 let seg_size = DEFAULT_SEG_SIZE;
                 let start_offset = offset.unwrap_or(0);
                 let stop_seg = crate::wal::names::WalName::parse(&s.wal_segment_backup_stop)
@@ -324,6 +355,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     system_identifier: None,
                     pg_version: None,
                     spec: s.spec,
+                    tar_partitions: None,
                 }
             }
         };
@@ -340,7 +372,10 @@ pub async fn resolve(store: &Store, which: &str) -> Result<BackupInfo> {
     let all = list_backups(store).await?;
     if which.eq_ignore_ascii_case("LATEST") {
         return all.into_iter().last().ok_or_else(|| {
-            Error::BadInput(format!("{}: the archive holds no complete backup", store.description))
+            Error::BadInput(format!(
+                "{}: the archive holds no complete backup",
+                store.description
+            ))
         });
     }
     all.into_iter().find(|b| b.name == which).ok_or_else(|| {
@@ -360,13 +395,22 @@ mod tests {
         let l = Lsn::parse("1/2A000028").unwrap();
         assert_eq!(l.to_string(), "1/2A000028");
         assert_eq!(l.segment(3, 16 << 20).name(), "00000003000000010000002A");
-        assert_eq!(Lsn::parse("0/3000000").unwrap().prev_segment(1, 16 << 20).name(), "000000010000000000000002");
+        assert_eq!(
+            Lsn::parse("0/3000000")
+                .unwrap()
+                .prev_segment(1, 16 << 20)
+                .name(),
+            "000000010000000000000002"
+        );
         assert!(Lsn::parse("12345").is_err());
     }
 
     #[test]
     fn backup_names_of_both_tools_parse() {
-        assert!(matches!(parse_name("base_000000010000000000000002"), Some((_, None, Format::WalG))));
+        assert!(matches!(
+            parse_name("base_000000010000000000000002"),
+            Some((_, None, Format::WalG))
+        ));
         assert!(matches!(
             parse_name("base_000000010000000000000002_00000040"),
             Some((_, Some(40), Format::WalE))
@@ -377,10 +421,16 @@ mod tests {
 
     #[test]
     fn tablespace_spec_uses_wal_g_json_shape() {
-        let mut spec = TablespaceSpec { base_prefix: "/pg/data".into(), ..Default::default() };
+        let mut spec = TablespaceSpec {
+            base_prefix: "/pg/data".into(),
+            ..Default::default()
+        };
         spec.tablespaces.insert(
             "16384".into(),
-            TablespaceLocation { loc: "/pg/ts1".into(), link: "pg_tblspc/16384".into() },
+            TablespaceLocation {
+                loc: "/pg/ts1".into(),
+                link: "pg_tblspc/16384".into(),
+            },
         );
         let v = serde_json::to_value(&spec).unwrap();
         assert_eq!(v["base_prefix"], "/pg/data");

@@ -19,8 +19,9 @@ fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
 /// libpq reads, and finds the password in PGPASSFILE (or ~/.pgpass) when none is given.
 pub fn config(connstring: Option<&str>, vars: &Vars) -> Result<Config> {
     let mut cfg = match connstring {
-        Some(s) => Config::from_str(s)
-            .map_err(|e| Error::BadInput(format!("connection string: {e}")))?,
+        Some(s) => {
+            Config::from_str(s).map_err(|e| Error::BadInput(format!("connection string: {e}")))?
+        }
         None => Config::new(),
     };
     if cfg.get_hosts().is_empty() {
@@ -69,9 +70,8 @@ fn passfile_password(cfg: &Config, vars: &Vars) -> Result<Option<String>> {
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && vars.get("PGPASSFILE").is_none() => {
-            return Ok(None)
-        }
+        // Like libpq, an unreadable default ~/.pgpass is ignored; a named PGPASSFILE is not.
+        Err(_) if vars.get("PGPASSFILE").is_none() => return Ok(None),
         Err(e) => return Err(Error::Config(format!("PGPASSFILE {}: {e}", path.display()))),
     };
     let host = match cfg.get_hosts().first() {
@@ -90,7 +90,8 @@ fn passfile_password(cfg: &Config, vars: &Vars) -> Result<Option<String>> {
             continue;
         }
         let m = |pat: &str, v: &str| pat == "*" || pat == v;
-        if m(&fields[0], &host) && m(&fields[1], &port) && m(&fields[2], db) && m(&fields[3], user) {
+        if m(&fields[0], &host) && m(&fields[1], &port) && m(&fields[2], db) && m(&fields[3], user)
+        {
             return Ok(Some(fields[4].clone()));
         }
     }
@@ -167,7 +168,10 @@ pub async fn start_backup(client: &Client, version: i64, label: &str) -> Result<
     } else {
         "SELECT pg_start_backup($1, true, false)::text"
     };
-    let row = client.query_one(sql, &[&label]).await.map_err(pg_err("backup start"))?;
+    let row = client
+        .query_one(sql, &[&label])
+        .await
+        .map_err(pg_err("backup start"))?;
     let lsn = Lsn::parse(row.get::<_, &str>(0))?;
     let tli: i32 = client
         .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
@@ -185,7 +189,10 @@ pub async fn stop_backup(client: &Client, version: i64) -> Result<(Lsn, String, 
     } else {
         "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_stop_backup(false, true)"
     };
-    let row = client.query_one(sql, &[]).await.map_err(pg_err("backup stop"))?;
+    let row = client
+        .query_one(sql, &[])
+        .await
+        .map_err(pg_err("backup stop"))?;
     Ok((Lsn::parse(row.get::<_, &str>(0))?, row.get(1), row.get(2)))
 }
 
@@ -195,17 +202,28 @@ mod tests {
 
     #[test]
     fn pgpass_lines_split_with_escapes() {
-        assert_eq!(split_pgpass("h:5432:db:u:p\\:w\\\\d:x"), vec!["h", "5432", "db", "u", "p:w\\d:x"]);
+        assert_eq!(
+            split_pgpass("h:5432:db:u:p\\:w\\\\d:x"),
+            vec!["h", "5432", "db", "u", "p:w\\d:x"]
+        );
     }
 
     #[test]
     fn passfile_supplies_the_password_for_a_matching_line() {
         let dir = tempfile::tempdir().unwrap();
         let pass = dir.path().join("pgpass");
-        std::fs::write(&pass, "# comment\nother:5432:*:*:nope\n127.0.0.1:5433:*:replicator:s3cret\n").unwrap();
+        std::fs::write(
+            &pass,
+            "# comment\nother:5432:*:*:nope\n127.0.0.1:5433:*:replicator:s3cret\n",
+        )
+        .unwrap();
         let mut vars = Vars::default();
         vars.set("PGPASSFILE", pass.display().to_string());
-        let cfg = config(Some("host=127.0.0.1 port=5433 user=replicator dbname=postgres"), &vars).unwrap();
+        let cfg = config(
+            Some("host=127.0.0.1 port=5433 user=replicator dbname=postgres"),
+            &vars,
+        )
+        .unwrap();
         assert_eq!(cfg.get_password(), Some(&b"s3cret"[..]));
         let cfg = config(Some("host=127.0.0.1 port=5434 user=replicator"), &vars).unwrap();
         assert_eq!(cfg.get_password(), None);

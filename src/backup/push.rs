@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::Utc;
 
-use super::{pg, parts_prefix, sentinel_key, Metadata, Sentinel, TablespaceLocation, TablespaceSpec, BACKUP_FOLDER};
+use super::{
+    parts_prefix, pg, sentinel_key, Metadata, Sentinel, TablespaceLocation, TablespaceSpec,
+    BACKUP_FOLDER,
+};
 use crate::archive::Archive;
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
@@ -83,7 +86,11 @@ fn collect(pgdata: &Path) -> Result<(Vec<Entry>, TablespaceSpec)> {
             let oid = e.file_name().to_string_lossy().into_owned();
             let link = e.path();
             let target = std::fs::read_link(&link).map_err(|err| Error::io(&link, err))?;
-            let target = if target.is_absolute() { target } else { tblspc.join(target) };
+            let target = if target.is_absolute() {
+                target
+            } else {
+                tblspc.join(target)
+            };
             spec.tablespaces.insert(
                 oid.clone(),
                 TablespaceLocation {
@@ -113,9 +120,18 @@ fn walk(root: &Path, prefix: &str, out: &mut Vec<Entry>, is_pgdata: bool) -> Res
         let e = match item {
             Ok(e) => e,
             // Files vanish under a running server (dropped tables): skip them.
-            Err(err) if err.io_error().is_some_and(|io| io.kind() == io::ErrorKind::NotFound) => continue,
+            Err(err)
+                if err
+                    .io_error()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::NotFound) =>
+            {
+                continue
+            }
             Err(err) => {
-                let path = err.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf());
+                let path = err
+                    .path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| root.to_path_buf());
                 return Err(Error::io(path, io::Error::other(err.to_string())));
             }
         };
@@ -139,7 +155,12 @@ fn walk(root: &Path, prefix: &str, out: &mut Vec<Entry>, is_pgdata: bool) -> Res
             }
             if e.depth() == 1 && EMPTY_DIRS.contains(&rel_s.as_str()) {
                 // pg_wal may be a symlink (initdb -X): stored as a plain directory.
-                out.push(Entry { name, path: e.path().to_path_buf(), kind: Kind::Dir, size: 0 });
+                out.push(Entry {
+                    name,
+                    path: e.path().to_path_buf(),
+                    kind: Kind::Dir,
+                    size: 0,
+                });
                 if ft.is_dir() {
                     it.skip_current_dir();
                 }
@@ -150,13 +171,23 @@ fn walk(root: &Path, prefix: &str, out: &mut Vec<Entry>, is_pgdata: bool) -> Res
             }
         }
         if ft.is_dir() {
-            out.push(Entry { name, path: e.path().to_path_buf(), kind: Kind::Dir, size: 0 });
+            out.push(Entry {
+                name,
+                path: e.path().to_path_buf(),
+                kind: Kind::Dir,
+                size: 0,
+            });
         } else if ft.is_file() {
             let size = match e.metadata() {
                 Ok(m) => m.len(),
                 Err(_) => continue,
             };
-            out.push(Entry { name, path: e.path().to_path_buf(), kind: Kind::File, size });
+            out.push(Entry {
+                name,
+                path: e.path().to_path_buf(),
+                kind: Kind::File,
+                size,
+            });
         }
     }
     Ok(())
@@ -189,7 +220,11 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub fn new(rate: u64) -> Self {
-        RateLimit { rate: rate.max(1), started: Instant::now(), read: AtomicU64::new(0) }
+        RateLimit {
+            rate: rate.max(1),
+            started: Instant::now(),
+            read: AtomicU64::new(0),
+        }
     }
     fn account(&self, n: usize) {
         let total = self.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
@@ -219,7 +254,11 @@ impl Read for FileBody<'_> {
 }
 
 /// Writes one tar partition into `sink`.
-fn write_tar(entries: &[Entry], sink: &mut dyn io::Write, limit: Option<&RateLimit>) -> io::Result<()> {
+fn write_tar(
+    entries: &[Entry],
+    sink: &mut dyn io::Write,
+    limit: Option<&RateLimit>,
+) -> io::Result<()> {
     let mut tar = tar::Builder::new(sink);
     tar.mode(tar::HeaderMode::Complete);
     for e in entries {
@@ -237,7 +276,10 @@ fn write_tar(entries: &[Entry], sink: &mut dyn io::Write, limit: Option<&RateLim
                     Ok(f) => f,
                     Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
                     Err(err) => {
-                        return Err(io::Error::new(err.kind(), format!("{}: {err}", e.path.display())))
+                        return Err(io::Error::new(
+                            err.kind(),
+                            format!("{}: {err}", e.path.display()),
+                        ))
                     }
                 };
                 let meta = f.metadata()?;
@@ -245,7 +287,10 @@ fn write_tar(entries: &[Entry], sink: &mut dyn io::Write, limit: Option<&RateLim
                 h.set_mode(meta.mode() & 0o7777);
                 h.set_mtime(meta.mtime().max(0) as u64);
                 h.set_size(e.size);
-                let body = FileBody { inner: f.chain(io::repeat(0)).take(e.size), limit };
+                let body = FileBody {
+                    inner: f.chain(io::repeat(0)).take(e.size),
+                    limit,
+                };
                 tar.append_data(&mut h, &e.name, body)?;
             }
         }
@@ -263,7 +308,9 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
     let cfg = pg::config(opts.connstring.as_deref(), &archive.settings.vars)?;
     let client = pg::connect(&cfg).await?;
     let info = pg::server_info(&client).await?;
-    let server_dir = Path::new(&info.data_directory).canonicalize().unwrap_or_default();
+    let server_dir = Path::new(&info.data_directory)
+        .canonicalize()
+        .unwrap_or_default();
     if server_dir != pgdata {
         return Err(Error::BadInput(format!(
             "the server's data directory is {}, not {}",
@@ -278,7 +325,7 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
     let result = upload_body(&archive, &opts, &pgdata, &name).await;
     // Stop the backup whatever happened, so the server leaves backup mode.
     let stopped = pg::stop_backup(&client, info.version_num).await;
-    let (uncompressed, compressed, spec) = result?;
+    let (uncompressed, compressed, spec, partitions) = result?;
     let (finish_lsn, label, spcmap) = stopped?;
 
     // backup_label and tablespace_map, from pg_backup_stop.
@@ -293,7 +340,8 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
             h.set_size(body.len() as u64);
             h.set_mode(0o600);
             h.set_mtime(Utc::now().timestamp() as u64);
-            b.append_data(&mut h, fname, body.as_bytes()).map_err(|e| Error::io(fname, e))?;
+            b.append_data(&mut h, fname, body.as_bytes())
+                .map_err(|e| Error::io(fname, e))?;
         }
         b.finish().map_err(|e| Error::io("backup_label", e))?;
     }
@@ -302,9 +350,18 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
     let arch = archive.clone();
     let compressed_label = archive
         .store
-        .put_stream(&format!("{}/backup_label.tar.{ext}", parts_prefix(&name)), move |sink| {
-            codec::encode(&label_bytes[..], sink, arch.settings.compression, arch.encryption.as_ref()).map(|_| ())
-        })
+        .put_stream(
+            &format!("{}/backup_label.tar.{ext}", parts_prefix(&name)),
+            move |sink| {
+                codec::encode(
+                    &label_bytes[..],
+                    sink,
+                    arch.settings.compression,
+                    arch.encryption.as_ref(),
+                )
+                .map(|_| ())
+            },
+        )
         .await?;
 
     // The stop segment must be archived before the backup may be listed.
@@ -330,6 +387,7 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
         hostname: hostname.clone(),
         data_dir: pgdata.display().to_string(),
         is_permanent: opts.permanent,
+        tar_partitions: Some(partitions),
         wal_segment_size: Some(info.seg_size),
     };
     let metadata = Metadata {
@@ -350,9 +408,15 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
     };
     archive
         .store
-        .put_bytes(&format!("{BACKUP_FOLDER}/{name}/metadata.json"), to_json(&metadata)?)
+        .put_bytes(
+            &format!("{BACKUP_FOLDER}/{name}/metadata.json"),
+            to_json(&metadata)?,
+        )
         .await?;
-    archive.store.put_bytes(&sentinel_key(&name), to_json(&sentinel)?).await?;
+    archive
+        .store
+        .put_bytes(&sentinel_key(&name), to_json(&sentinel)?)
+        .await?;
     tracing::info!(
         backup = name,
         finish_lsn = %finish_lsn,
@@ -365,10 +429,12 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes> {
-    serde_json::to_vec_pretty(v).map(Bytes::from).map_err(|e| Error::Corrupt {
-        key: "json".into(),
-        msg: e.to_string(),
-    })
+    serde_json::to_vec_pretty(v)
+        .map(Bytes::from)
+        .map_err(|e| Error::Corrupt {
+            key: "json".into(),
+            msg: e.to_string(),
+        })
 }
 
 fn hostname() -> String {
@@ -384,12 +450,16 @@ async fn upload_body(
     opts: &PushOptions,
     pgdata: &Path,
     name: &str,
-) -> Result<(u64, u64, TablespaceSpec)> {
+) -> Result<(u64, u64, TablespaceSpec, u32)> {
     // A backup killed earlier may have left objects under this name, never a sentinel.
     if archive.store.head(&sentinel_key(name)).await?.is_some() {
         return Err(Error::BadInput(format!("backup {name} already exists")));
     }
-    for (key, _) in archive.store.list(&format!("{BACKUP_FOLDER}/{name}")).await? {
+    for (key, _) in archive
+        .store
+        .list(&format!("{BACKUP_FOLDER}/{name}"))
+        .await?
+    {
         archive.store.delete(&key).await?;
     }
     let pgdata_owned = pgdata.to_path_buf();
@@ -398,6 +468,7 @@ async fn upload_body(
         .map_err(|e| Error::io(pgdata, io::Error::other(e.to_string())))??;
     let uncompressed: u64 = entries.iter().map(|e| e.size).sum();
     let parts = partition(entries, opts.part_size.max(1));
+    let partitions = parts.len() as u32;
     let limit = opts.read_rate_limit.map(|r| Arc::new(RateLimit::new(r)));
     let compression: Compression = archive.settings.compression;
     let ext = compression.ext();
@@ -407,18 +478,26 @@ async fn upload_body(
     let mut tasks = Vec::new();
     for (i, part) in parts.into_iter().enumerate() {
         let key = format!("{}/part_{:03}.tar.{ext}", parts_prefix(name), i + 1);
-        let (archive, sem, limit, compressed, errors) =
-            (archive.clone(), sem.clone(), limit.clone(), compressed.clone(), errors.clone());
+        let (archive, sem, limit, compressed, errors) = (
+            archive.clone(),
+            sem.clone(),
+            limit.clone(),
+            compressed.clone(),
+            errors.clone(),
+        );
         let part = Arc::new(part);
         tasks.push(tokio::spawn(async move {
-            let Ok(_permit) = sem.acquire_owned().await else { return };
+            let Ok(_permit) = sem.acquire_owned().await else {
+                return;
+            };
             let arch = archive.clone();
             let res = archive
                 .store
                 .put_stream(&key, move |sink| {
                     let enc = arch.encryption.as_ref();
                     let limit = limit.as_deref();
-                    let (_, _) = codec::encode_with(sink, compression, enc, |w| write_tar(&part, w, limit))?;
+                    let (_, _) =
+                        codec::encode_with(sink, compression, enc, |w| write_tar(&part, w, limit))?;
                     Ok(())
                 })
                 .await;
@@ -448,12 +527,22 @@ async fn upload_body(
     let arch = archive.clone();
     let n = archive
         .store
-        .put_stream(&format!("{}/pg_control.tar.{ext}", parts_prefix(name)), move |sink| {
-            codec::encode_with(sink, compression, arch.encryption.as_ref(), |w| write_tar(&control, w, None))
+        .put_stream(
+            &format!("{}/pg_control.tar.{ext}", parts_prefix(name)),
+            move |sink| {
+                codec::encode_with(sink, compression, arch.encryption.as_ref(), |w| {
+                    write_tar(&control, w, None)
+                })
                 .map(|_| ())
-        })
+            },
+        )
         .await?;
-    Ok((uncompressed, compressed.load(Ordering::Relaxed) + n, spec))
+    Ok((
+        uncompressed,
+        compressed.load(Ordering::Relaxed) + n,
+        spec,
+        partitions,
+    ))
 }
 
 /// Waits (bounded) until a WAL file is in the archive.
@@ -480,9 +569,20 @@ mod tests {
 
     #[test]
     fn partitions_are_size_bounded_and_keep_walk_order() {
-        let e = |n: &str, s: u64| Entry { name: n.into(), path: n.into(), kind: Kind::File, size: s };
-        let parts = partition(vec![e("a", 60), e("b", 60), e("c", 10), e("d", 100), e("f", 1)], 100);
-        let names: Vec<Vec<&str>> = parts.iter().map(|p| p.iter().map(|e| e.name.as_str()).collect()).collect();
+        let e = |n: &str, s: u64| Entry {
+            name: n.into(),
+            path: n.into(),
+            kind: Kind::File,
+            size: s,
+        };
+        let parts = partition(
+            vec![e("a", 60), e("b", 60), e("c", 10), e("d", 100), e("f", 1)],
+            100,
+        );
+        let names: Vec<Vec<&str>> = parts
+            .iter()
+            .map(|p| p.iter().map(|e| e.name.as_str()).collect())
+            .collect();
         assert_eq!(names, vec![vec!["a", "b"], vec!["c", "d"], vec!["f"]]);
     }
 
@@ -490,18 +590,50 @@ mod tests {
     fn walk_leaves_out_what_postgres_says_to_leave_out() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
-        for dir in ["base/1", "global", "pg_wal/archive_status", "pg_stat_tmp", "base/pgsql_tmp", "pg_tblspc"] {
+        for dir in [
+            "base/1",
+            "global",
+            "pg_wal/archive_status",
+            "pg_stat_tmp",
+            "base/pgsql_tmp",
+            "pg_tblspc",
+        ] {
             std::fs::create_dir_all(p.join(dir)).unwrap();
         }
-        for f in ["base/1/1234", "global/pg_control", "global/1262", "pg_wal/000000010000000000000001", "pg_stat_tmp/x", "base/pgsql_tmp/t", "postmaster.pid", "PG_VERSION", "base/1/pg_internal.init"] {
+        for f in [
+            "base/1/1234",
+            "global/pg_control",
+            "global/1262",
+            "pg_wal/000000010000000000000001",
+            "pg_stat_tmp/x",
+            "base/pgsql_tmp/t",
+            "postmaster.pid",
+            "PG_VERSION",
+            "base/1/pg_internal.init",
+        ] {
             std::fs::write(p.join(f), b"x").unwrap();
         }
         let (entries, spec) = collect(p).unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        for want in ["base/1/1234", "global/1262", "PG_VERSION", "pg_wal", "pg_stat_tmp", "pg_tblspc"] {
+        for want in [
+            "base/1/1234",
+            "global/1262",
+            "PG_VERSION",
+            "pg_wal",
+            "pg_stat_tmp",
+            "pg_tblspc",
+        ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
-        for unwanted in ["global/pg_control", "pg_wal/000000010000000000000001", "pg_stat_tmp/x", "base/pgsql_tmp/t", "postmaster.pid", "base/1/pg_internal.init", "pg_wal/archive_status"] {
+        for unwanted in [
+            "global/pg_control",
+            "pg_wal/000000010000000000000001",
+            "pg_stat_tmp/x",
+            "base/pgsql_tmp/t",
+            "postmaster.pid",
+            "base/1/pg_internal.init",
+            "pg_wal/archive_status",
+        ] {
             assert!(!names.contains(&unwanted), "{unwanted} in {names:?}");
         }
         assert!(spec.tablespaces.is_empty());

@@ -51,7 +51,14 @@ pub fn choose<'a>(backups: &'a [BackupInfo], target: &Target) -> Result<&'a Back
     let earliest = || {
         backups
             .first()
-            .map(|b| format!("the earliest restorable point is {} (LSN {}), when backup {} finished", b.end_time().to_rfc3339(), b.finish_lsn, b.name))
+            .map(|b| {
+                format!(
+                    "the earliest restorable point is {} (LSN {}), when backup {} finished",
+                    b.end_time().to_rfc3339(),
+                    b.finish_lsn,
+                    b.name
+                )
+            })
             .unwrap_or_else(|| "the archive holds no complete backup".into())
     };
     let pick = match target {
@@ -59,7 +66,12 @@ pub fn choose<'a>(backups: &'a [BackupInfo], target: &Target) -> Result<&'a Back
         Target::Lsn(l) => backups.iter().rev().find(|b| b.finish_lsn <= *l),
         Target::Latest => backups.last(),
     };
-    pick.ok_or_else(|| Error::BadInput(format!("no backup finished before the target; {}", earliest())))
+    pick.ok_or_else(|| {
+        Error::BadInput(format!(
+            "no backup finished before the target; {}",
+            earliest()
+        ))
+    })
 }
 
 pub struct RestoreOptions {
@@ -71,7 +83,11 @@ pub struct RestoreOptions {
     pub restore_command: String,
 }
 
-pub async fn restore(archive: Arc<Archive>, pgdata: &Path, opts: RestoreOptions) -> Result<BackupInfo> {
+pub async fn restore(
+    archive: Arc<Archive>,
+    pgdata: &Path,
+    opts: RestoreOptions,
+) -> Result<BackupInfo> {
     let backups = list_backups(&archive.store).await?;
     let chosen = match &opts.backup {
         Some(name) => resolve(&archive.store, name).await?,
@@ -89,7 +105,10 @@ pub async fn restore(archive: Arc<Archive>, pgdata: &Path, opts: RestoreOptions)
     }
     let info = backup_fetch(archive.clone(), pgdata, &chosen.name, opts.fetch).await?;
     let mut conf = String::from("\n# walkeeper restore\n");
-    conf.push_str(&format!("restore_command = '{}'\n", opts.restore_command.replace('\'', "''")));
+    conf.push_str(&format!(
+        "restore_command = '{}'\n",
+        opts.restore_command.replace('\'', "''")
+    ));
     match &opts.target {
         Target::Time(t) => conf.push_str(&format!("recovery_target_time = '{}'\n", pg_time(t))),
         Target::Lsn(l) => conf.push_str(&format!("recovery_target_lsn = '{l}'\n")),
@@ -100,7 +119,9 @@ pub async fn restore(archive: Arc<Archive>, pgdata: &Path, opts: RestoreOptions)
             Action::Promote => "promote",
             Action::Pause => "pause",
         };
-        conf.push_str(&format!("recovery_target_action = '{action}'\nrecovery_target_timeline = 'latest'\n"));
+        conf.push_str(&format!(
+            "recovery_target_action = '{action}'\nrecovery_target_timeline = 'latest'\n"
+        ));
     }
     let auto = pgdata.join("postgresql.auto.conf");
     let mut f = std::fs::OpenOptions::new()
@@ -108,7 +129,8 @@ pub async fn restore(archive: Arc<Archive>, pgdata: &Path, opts: RestoreOptions)
         .append(true)
         .open(&auto)
         .map_err(|e| Error::io(&auto, e))?;
-    f.write_all(conf.as_bytes()).map_err(|e| Error::io(&auto, e))?;
+    f.write_all(conf.as_bytes())
+        .map_err(|e| Error::io(&auto, e))?;
     f.sync_all().map_err(|e| Error::io(&auto, e))?;
     let signal = pgdata.join("recovery.signal");
     std::fs::write(&signal, b"").map_err(|e| Error::io(&signal, e))?;
@@ -122,9 +144,13 @@ mod tests {
     #[test]
     fn target_times_need_a_zone_and_must_be_past() {
         assert!(parse_target_time("2026-01-02T03:04:05+01:00").is_ok());
-        let e = parse_target_time("2026-01-02 03:04:05").unwrap_err().to_string();
+        let e = parse_target_time("2026-01-02 03:04:05")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("with a zone"), "{e}");
-        let e = parse_target_time("2999-01-01T00:00:00Z").unwrap_err().to_string();
+        let e = parse_target_time("2999-01-01T00:00:00Z")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("future"), "{e}");
     }
 

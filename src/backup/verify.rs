@@ -37,8 +37,12 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
     let mut histories: BTreeMap<u32, String> = BTreeMap::new();
     for (key, _) in archive.store.list(WAL_FOLDER).await? {
         let file = key.rsplit('/').next().unwrap_or("");
-        let Some((base, ext)) = file.rsplit_once('.') else { continue };
-        let Ok(wal) = WalName::parse(base) else { continue };
+        let Some((base, ext)) = file.rsplit_once('.') else {
+            continue;
+        };
+        let Ok(wal) = WalName::parse(base) else {
+            continue;
+        };
         match wal {
             WalName::Segment(s) => {
                 segments.insert(s);
@@ -50,7 +54,10 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
             _ => {}
         }
     }
-    let seg_size = backups.first().map(|b| b.seg_size).unwrap_or(DEFAULT_SEG_SIZE);
+    let seg_size = backups
+        .first()
+        .map(|b| b.seg_size)
+        .unwrap_or(DEFAULT_SEG_SIZE);
     let Some(newest_tli) = segments.iter().map(|s| s.timeline).max() else {
         return Ok(Report::default());
     };
@@ -85,7 +92,11 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
     };
     let start = match backups.first() {
         Some(b) => b.start_lsn.0 / seg_size,
-        None => segments.iter().map(|s| s.segno(seg_size)).min().unwrap_or(0),
+        None => segments
+            .iter()
+            .map(|s| s.segno(seg_size))
+            .min()
+            .unwrap_or(0),
     };
     let end = segments
         .iter()
@@ -114,12 +125,22 @@ async fn read_text(archive: &Archive, key: &str) -> Result<String> {
     let c = key
         .rsplit_once('.')
         .and_then(|(_, e)| Compression::from_ext(e))
-        .ok_or_else(|| Error::Corrupt { key: key.into(), msg: "unknown codec".into() })?;
+        .ok_or_else(|| Error::Corrupt {
+            key: key.into(),
+            msg: "unknown codec".into(),
+        })?;
     let bytes = archive.store.get_bytes(key).await?;
     let mut out = Vec::new();
-    codec::decode(&bytes[..], &mut out, c, archive.decryption.as_ref())
-        .map_err(|e| Error::Corrupt { key: key.into(), msg: e.to_string() })?;
-    String::from_utf8(out).map_err(|_| Error::Corrupt { key: key.into(), msg: "history file is not text".into() })
+    codec::decode(&bytes[..], &mut out, c, archive.decryption.as_ref()).map_err(|e| {
+        Error::Corrupt {
+            key: key.into(),
+            msg: e.to_string(),
+        }
+    })?;
+    String::from_utf8(out).map_err(|_| Error::Corrupt {
+        key: key.into(),
+        msg: "history file is not text".into(),
+    })
 }
 
 #[cfg(test)]

@@ -28,8 +28,11 @@ pub fn render(backups: &[BackupInfo], detail: bool) -> String {
         out.push_str(&format!(
             "{}\t{}\t{}\t{}\t{:08}",
             b.name,
-            b.end_time().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            b.expanded_size_bytes.map(|s| s.to_string()).unwrap_or_default(),
+            b.end_time()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            b.expanded_size_bytes
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             b.start_segment,
             b.start_offset
         ));

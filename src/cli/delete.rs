@@ -31,13 +31,22 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
         let archive = Archive::open(cli.settings()?)?;
         let p = plan(&archive.store, &retention).await?;
-        let verb = if args.confirm { "delete" } else { "would delete" };
+        let verb = if args.confirm {
+            "delete"
+        } else {
+            "would delete"
+        };
         for key in &p.keys {
             println!("{verb} {key}");
         }
         if args.confirm {
             let n = execute(&archive.store, &p).await?;
-            tracing::info!(objects = n, backups = p.deleted_backups.len(), kept = p.kept.len(), "deleted");
+            tracing::info!(
+                objects = n,
+                backups = p.deleted_backups.len(),
+                kept = p.kept.len(),
+                "deleted"
+            );
         } else {
             tracing::info!(objects = p.keys.len(), "dry run; add --confirm to delete");
         }

@@ -70,7 +70,11 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             restore_command: cmd.join(" "),
         };
         let info = restore(archive, &args.pgdata, opts).await?;
-        println!("restored backup {} into {}; start PostgreSQL to recover to the target", info.name, args.pgdata.display());
+        println!(
+            "restored backup {} into {}; start PostgreSQL to recover to the target",
+            info.name,
+            args.pgdata.display()
+        );
         Ok(())
     }
     .await;
