@@ -101,7 +101,11 @@ where
     }
 }
 
-fn compress_into<W: Write, F>(sink: W, compression: Compression, produce: F) -> io::Result<(W, EncodeStats)>
+fn compress_into<W: Write, F>(
+    sink: W,
+    compression: Compression,
+    produce: F,
+) -> io::Result<(W, EncodeStats)>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
@@ -203,14 +207,7 @@ fn decompressor<'a, R: BufRead + Send + 'a>(
             })
         }
         Compression::Zstd => Box::new(zstd::Decoder::with_buffer(src)?),
-        Compression::Lzo => {
-            // LZO_READER_PENDING: replaced by lzop::LzopReader once src/codec/lzop.rs lands.
-            drop(src);
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "lzo: not supported yet",
-            ));
-        }
+        Compression::Lzo => Box::new(lzop::LzopReader::new(src)?),
         Compression::Brotli => Box::new(brotli_decompressor::Decompressor::new(src, CHUNK)),
         Compression::Lzma => Box::new(LzmaReader::new(src)),
     })
