@@ -264,7 +264,7 @@ mod tests {
         let mut x: u32 = 12345;
         while v.len() < len {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            if (x >> 16) % 3 == 0 {
+            if (x >> 16).is_multiple_of(3) {
                 v.extend_from_slice(&x.to_le_bytes());
             } else {
                 v.extend_from_slice(b"pgbench_accounts row ");
