@@ -151,7 +151,9 @@ impl Store {
     pub async fn list_top(&self, rel_folder: &str) -> Result<Vec<(String, ObjectMeta)>> {
         let key = self.key(rel_folder.trim_end_matches('/'));
         let res = match self
-            .retry("list", rel_folder, || self.inner.list_with_delimiter(Some(&key)))
+            .retry("list", rel_folder, || {
+                self.inner.list_with_delimiter(Some(&key))
+            })
             .await
         {
             Ok(r) => r.objects,
