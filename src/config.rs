@@ -44,6 +44,41 @@ pub struct FileConfig {
     /// Extra variables (e.g. `AWS_ENDPOINT`), used where the environment does not set them.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The Patroni cluster this member belongs to (turns on leader-only uploads).
+    #[serde(default)]
+    pub cluster: ClusterFile,
+    /// The `walkeeper agent` daemon.
+    #[serde(default)]
+    pub agent: AgentFile,
+}
+
+/// `cluster:` in the YAML file. Each key has an environment variable that overrides it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub scope: Option<String>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub etcd_hosts: Option<Vec<String>>,
+    /// Where wal-push finds the local agent (default: `http://` + the agent's listen address).
+    pub agent_url: Option<String>,
+}
+
+/// `agent:` in the YAML file. Each key has an environment variable that overrides it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub pgdata: Option<PathBuf>,
+    pub connstring: Option<String>,
+    pub pg_bin_dir: Option<PathBuf>,
+    pub patroni_url: Option<String>,
+    pub listen: Option<String>,
+    pub api_token_file: Option<PathBuf>,
+    pub backup_schedule: Option<String>,
+    pub retain: Option<usize>,
+    pub retain_min_age: Option<String>,
+    pub backup_list_refresh: Option<String>,
+    pub restore_when_empty: Option<bool>,
 }
 
 /// Resolved variables: file `env:` entries, then the process environment, then the envdir.
@@ -96,6 +131,147 @@ pub struct Settings {
     pub age_recipients: Vec<String>,
     /// age identity file (private key); needed to read encrypted objects.
     pub age_identity_file: Option<PathBuf>,
+    /// Set when this member belongs to a Patroni cluster: uploads are then leader-only.
+    pub cluster: Option<ClusterSettings>,
+    /// The YAML file's `agent:` section, resolved against the environment by the agent.
+    pub agent_file: AgentFile,
+}
+
+/// Default address of the agent's HTTP API.
+pub const DEFAULT_AGENT_LISTEN: &str = "127.0.0.1:8432";
+
+/// Who this member is and where the cluster's etcd is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub scope: String,
+    pub name: String,
+    /// Patroni's namespace, normalised to `/<ns>` without a trailing slash.
+    pub namespace: String,
+    /// etcd endpoints, each `http://host:port`.
+    pub etcd_hosts: Vec<String>,
+    pub etcd_user: Option<(String, String)>,
+    /// The local agent's base URL.
+    pub agent_url: String,
+}
+
+impl ClusterSettings {
+    /// The cluster's key prefix: `/<namespace>/<scope>/`.
+    pub fn prefix(&self) -> String {
+        format!("{}/{}/", self.namespace, self.scope)
+    }
+}
+
+/// Splits an etcd host list as Patroni writes it (`'h1:2379','h2:2379'`, or a YAML list) into
+/// URLs.
+pub fn parse_etcd_hosts<S: AsRef<str>>(items: &[S]) -> Vec<String> {
+    items
+        .iter()
+        .flat_map(|i| {
+            i.as_ref()
+                .split(',')
+                .map(|h| {
+                    h.trim()
+                        .trim_matches(|c| c == '\'' || c == '"')
+                        .trim()
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            if h.starts_with("http://") || h.starts_with("https://") {
+                h
+            } else {
+                format!("http://{h}")
+            }
+        })
+        .collect()
+}
+
+fn resolve_cluster(
+    vars: &Vars,
+    file: &ClusterFile,
+    agent: &AgentFile,
+) -> Result<Option<ClusterSettings>> {
+    let pick = |own: &str, patroni: &str, f: &Option<String>| -> Option<String> {
+        vars.get(own)
+            .map(String::from)
+            .or_else(|| f.clone())
+            .or_else(|| vars.get(patroni).map(String::from))
+    };
+    let hosts_text = vars
+        .get("WALKEEPER_ETCD_HOSTS")
+        .map(|h| vec![h.to_string()])
+        .or_else(|| file.etcd_hosts.clone())
+        .or_else(|| vars.get("PATRONI_ETCD3_HOSTS").map(|h| vec![h.to_string()]))
+        .or_else(|| vars.get("PATRONI_ETCD3_HOST").map(|h| vec![h.to_string()]));
+    let own_keys = ["WALKEEPER_ETCD_HOSTS", "WALKEEPER_SCOPE", "WALKEEPER_NAME"];
+    let asked = own_keys.iter().any(|k| vars.get(k).is_some())
+        || file.scope.is_some()
+        || file.name.is_some()
+        || file.etcd_hosts.is_some()
+        || hosts_text.is_some();
+    if !asked {
+        return Ok(None);
+    }
+    let scope = pick("WALKEEPER_SCOPE", "PATRONI_SCOPE", &file.scope);
+    let name = pick("WALKEEPER_NAME", "PATRONI_NAME", &file.name);
+    let etcd_hosts = parse_etcd_hosts(&hosts_text.unwrap_or_default());
+    let mut missing = Vec::new();
+    if scope.is_none() {
+        missing.push("the scope (WALKEEPER_SCOPE, PATRONI_SCOPE or cluster.scope)");
+    }
+    if name.is_none() {
+        missing.push("the member name (WALKEEPER_NAME, PATRONI_NAME or cluster.name)");
+    }
+    if etcd_hosts.is_empty() {
+        missing.push(
+            "the etcd hosts (WALKEEPER_ETCD_HOSTS, PATRONI_ETCD3_HOSTS or cluster.etcd_hosts)",
+        );
+    }
+    if !missing.is_empty() {
+        return Err(Error::Config(format!(
+            "cluster settings are incomplete: missing {}",
+            missing.join(", ")
+        )));
+    }
+    let namespace = pick("WALKEEPER_NAMESPACE", "PATRONI_NAMESPACE", &file.namespace)
+        .unwrap_or_else(|| "/service".into());
+    let namespace = format!("/{}", namespace.trim_matches('/'));
+    let etcd_user =
+        match (
+            vars.get("WALKEEPER_ETCD_USERNAME")
+                .or(vars.get("PATRONI_ETCD3_USERNAME")),
+            vars.get("WALKEEPER_ETCD_PASSWORD")
+                .or(vars.get("PATRONI_ETCD3_PASSWORD")),
+        ) {
+            (Some(u), Some(p)) => Some((u.to_string(), p.to_string())),
+            (None, None) => None,
+            _ => return Err(Error::Config(
+                "etcd credentials need both WALKEEPER_ETCD_USERNAME and WALKEEPER_ETCD_PASSWORD"
+                    .into(),
+            )),
+        };
+    let agent_url = vars
+        .get("WALKEEPER_AGENT_URL")
+        .map(String::from)
+        .or_else(|| file.agent_url.clone())
+        .unwrap_or_else(|| {
+            let listen = vars
+                .get("WALKEEPER_API_LISTEN")
+                .map(String::from)
+                .or_else(|| agent.listen.clone())
+                .unwrap_or_else(|| DEFAULT_AGENT_LISTEN.into());
+            format!("http://{}", listen.replace("0.0.0.0", "127.0.0.1"))
+        });
+    Ok(Some(ClusterSettings {
+        scope: scope.unwrap_or_default(),
+        name: name.unwrap_or_default(),
+        namespace,
+        etcd_hosts,
+        etcd_user,
+        agent_url: agent_url.trim_end_matches('/').to_string(),
+    }))
 }
 
 impl Settings {
@@ -191,6 +367,7 @@ impl Settings {
             .get("WALKEEPER_AGE_IDENTITY_FILE")
             .map(PathBuf::from)
             .or(file.age_identity_file);
+        let cluster = resolve_cluster(&vars, &file.cluster, &file.agent)?;
         Ok(Settings {
             vars,
             prefix,
@@ -201,6 +378,8 @@ impl Settings {
             retry_timeout: Duration::from_secs(retry_secs),
             age_recipients,
             age_identity_file,
+            cluster,
+            agent_file: file.agent,
         })
     }
 
@@ -364,6 +543,37 @@ mod tests {
         std::fs::write(&cfg, "prefx: /x\n").unwrap();
         let err = Settings::from_sources(BTreeMap::new(), Some(&cfg), None).unwrap_err();
         assert!(err.to_string().contains("prefx"), "{err}");
+    }
+
+    #[test]
+    fn cluster_mode_needs_scope_name_and_etcd_hosts() {
+        let s = Settings::from_sources(vars(&[("WALG_FILE_PREFIX", "/x")]), None, None).unwrap();
+        assert!(s.cluster.is_none());
+        let err = Settings::from_sources(vars(&[("WALKEEPER_SCOPE", "demo")]), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("member name") && err.contains("etcd hosts"),
+            "{err}"
+        );
+        let s = Settings::from_sources(
+            vars(&[
+                ("PATRONI_SCOPE", "demo"),
+                ("PATRONI_NAME", "pg1"),
+                ("PATRONI_ETCD3_HOSTS", "'10.0.0.1:2379','10.0.0.2:2379'"),
+                ("PATRONI_NAMESPACE", "/db/"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        let c = s.cluster.unwrap();
+        assert_eq!(c.prefix(), "/db/demo/");
+        assert_eq!(
+            c.etcd_hosts,
+            vec!["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(c.agent_url, "http://127.0.0.1:8432");
     }
 
     #[test]

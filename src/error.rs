@@ -57,6 +57,17 @@ pub enum Error {
 
     #[error("{0}")]
     NotLeader(String),
+
+    /// An upload that could not finish before its cutoff (the leader key's lease) was
+    /// abandoned before the object could appear.
+    #[error(
+        "{key}: abandoned: the upload could not finish before the leader key's lease might expire"
+    )]
+    Deadline { key: String },
+
+    /// etcd, Patroni or the agent could not be asked, or answered something unusable.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -74,9 +85,12 @@ impl Error {
         match self {
             Error::BadInput(_) | Error::Config(_) => EXIT_BAD_INPUT,
             Error::Conflict { .. } => EXIT_CONFLICT,
-            Error::NotLeader(_) => EXIT_NOT_LEADER,
+            Error::NotLeader(_) | Error::Deadline { .. } => EXIT_NOT_LEADER,
             Error::NotFound { .. } => EXIT_MISSING,
-            Error::Io { .. } | Error::Storage { .. } | Error::Corrupt { .. } => 1,
+            Error::Io { .. }
+            | Error::Storage { .. }
+            | Error::Corrupt { .. }
+            | Error::Cluster(_) => 1,
         }
     }
 }

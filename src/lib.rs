@@ -2,8 +2,9 @@
 //!
 //! Layers: [`storage`] (object_store for file://, s3://, gs://, az://) · [`codec`] (streaming
 //! compression and age encryption) · [`wal`] (archive_command / restore_command) · [`cluster`]
-//! (who may upload) · [`cli`] (one file per command).
+//! (etcd, Patroni, the agent) · [`api`] (the agent's HTTP API) · [`cli`] (one file per command).
 
+pub mod api;
 pub mod archive;
 pub mod backup;
 pub mod cli;

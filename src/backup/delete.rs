@@ -18,6 +18,8 @@ use crate::wal::names::{WalName, WAL_FOLDER};
 pub enum Retention {
     /// Keep the newest N backups.
     Retain(usize),
+    /// Keep the newest N backups and every backup younger than the age (the agent's policy).
+    RetainYoung(usize, chrono::Duration),
     /// Keep this backup and the newer ones.
     Before(String),
     /// Delete every backup and all WAL.
@@ -41,6 +43,20 @@ pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
             ))
         }
         Retention::Retain(n) => backups.iter().rev().take(*n).collect(),
+        Retention::RetainYoung(0, _) => {
+            return Err(Error::BadInput(
+                "retain 0 would delete every backup; say `delete everything`".into(),
+            ))
+        }
+        Retention::RetainYoung(n, min_age) => {
+            let young = chrono::Utc::now() - *min_age;
+            backups
+                .iter()
+                .enumerate()
+                .filter(|(i, b)| *i + n >= backups.len() || b.end_time() >= young)
+                .map(|(_, b)| b)
+                .collect()
+        }
         Retention::Before(name) => {
             let idx = backups
                 .iter()

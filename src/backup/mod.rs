@@ -205,7 +205,7 @@ struct WalESentinel {
 }
 
 /// Which tool wrote a backup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     WalG,
@@ -213,7 +213,7 @@ pub enum Format {
 }
 
 /// A complete backup (one with a sentinel), as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupInfo {
     pub name: String,
     pub format: Format,

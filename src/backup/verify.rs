@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{list_backups, DEFAULT_SEG_SIZE};
 use crate::archive::Archive;
-use crate::codec::{self, Compression};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::wal::history;
 use crate::wal::names::{SegmentId, WalName, WAL_FOLDER};
 
 #[derive(Debug, Clone, Default)]
@@ -16,19 +16,6 @@ pub struct Report {
     pub last: Option<String>,
     pub checked: u64,
     pub missing: Vec<String>,
-}
-
-/// One line of a timeline history file: `parent_tli  switchpoint  reason`.
-fn parse_history(text: &str) -> Vec<(u32, u64)> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let tli = f.next()?.parse().ok()?;
-            let lsn = super::Lsn::parse(f.next()?).ok()?;
-            Some((tli, lsn.0))
-        })
-        .collect()
 }
 
 pub async fn verify(archive: &Archive) -> Result<Report> {
@@ -67,8 +54,8 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
     if newest_tli > 1 {
         match histories.get(&newest_tli) {
             Some(key) => {
-                let text = read_text(archive, key).await?;
-                let entries = parse_history(&text);
+                let text = history::read_text(archive, key).await?;
+                let entries = history::parse(&text);
                 // Each entry: the parent timeline ended at `switch`; the next one starts there.
                 chain.clear();
                 let mut begin = 0u64;
@@ -119,37 +106,4 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
         checked,
         missing,
     })
-}
-
-async fn read_text(archive: &Archive, key: &str) -> Result<String> {
-    let c = key
-        .rsplit_once('.')
-        .and_then(|(_, e)| Compression::from_ext(e))
-        .ok_or_else(|| Error::Corrupt {
-            key: key.into(),
-            msg: "unknown codec".into(),
-        })?;
-    let bytes = archive.store.get_bytes(key).await?;
-    let mut out = Vec::new();
-    codec::decode(&bytes[..], &mut out, c, archive.decryption.as_ref()).map_err(|e| {
-        Error::Corrupt {
-            key: key.into(),
-            msg: e.to_string(),
-        }
-    })?;
-    String::from_utf8(out).map_err(|_| Error::Corrupt {
-        key: key.into(),
-        msg: "history file is not text".into(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn history_lines_parse() {
-        let h = parse_history("1\t0/3000000\tno recovery target specified\n\n2\t0/5000A0\tx\n");
-        assert_eq!(h, vec![(1, 0x3000000), (2, 0x5000A0)]);
-    }
 }

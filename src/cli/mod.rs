@@ -1,8 +1,10 @@
 //! Command line: global options, logging, and one module per command.
 
+mod agent;
 mod backup_fetch;
 mod backup_list;
 mod backup_push;
+mod create_replica;
 mod delete;
 mod restore;
 mod wal_fetch;
@@ -58,6 +60,10 @@ pub enum Command {
     Delete(delete::Args),
     /// Point-in-time restore: fetch the right backup and configure recovery.
     Restore(restore::Args),
+    /// The cluster agent: leader-only backups and retention, backup list in etcd, HTTP API.
+    Agent(agent::Args),
+    /// Patroni create_replica_methods entry: restore a replica from the archive if cheap enough.
+    CreateReplica(create_replica::Args),
 }
 
 /// Maps a command's result to its exit code, logging the error on one line.
@@ -89,6 +95,27 @@ impl Cli {
     pub fn settings(&self) -> crate::Result<Settings> {
         Settings::load(self.config.as_deref(), self.envdir.as_deref())
     }
+}
+
+/// This binary with `global` options and `args`, as a command line for PostgreSQL settings
+/// (restore_command, which PostgreSQL runs through `sh`). Arguments with characters the shell
+/// would interpret are single-quoted.
+pub fn self_command(global: &[OsString], args: &[&str]) -> crate::Result<String> {
+    let exe = std::env::current_exe().map_err(|e| crate::Error::io("current_exe", e))?;
+    let quote = |s: &str| {
+        if !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-=%:,+@".contains(&b))
+        {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', "'\\''"))
+        }
+    };
+    let mut parts = vec![quote(&exe.to_string_lossy())];
+    parts.extend(global.iter().map(|a| quote(&a.to_string_lossy())));
+    parts.extend(args.iter().map(|a| quote(a)));
+    Ok(parts.join(" "))
 }
 
 fn init_logging() {
@@ -138,6 +165,8 @@ pub fn main() -> i32 {
             Command::BackupList(a) => backup_list::run(&cli, a).await,
             Command::Delete(a) => delete::run(&cli, a).await,
             Command::Restore(a) => restore::run(&cli, a).await,
+            Command::Agent(a) => agent::run(&cli, a).await,
+            Command::CreateReplica(a) => create_replica::run(&cli, a).await,
         }
     })
 }

@@ -48,12 +48,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             (None, None) => Target::Latest,
         };
         let archive = Arc::new(Archive::open(cli.settings()?)?);
-        let exe = std::env::current_exe().map_err(|e| crate::Error::io("current_exe", e))?;
-        let mut cmd = vec![exe.display().to_string()];
-        for a in cli.global_args() {
-            cmd.push(a.to_string_lossy().into_owned());
-        }
-        cmd.extend(["wal-fetch".into(), "%f".into(), "%p".into()]);
+        let command = super::self_command(&cli.global_args(), &["wal-fetch", "%f", "%p"])?;
         let fetch = crate::backup::fetch::FetchOptions {
             restore_spec: args.fetch.restore_spec.clone(),
             blind_restore: args.fetch.blind_restore,
@@ -67,7 +62,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
                 ActionArg::Pause => Action::Pause,
             },
             fetch,
-            restore_command: cmd.join(" "),
+            restore_command: command,
         };
         let info = restore(archive, &args.pgdata, opts).await?;
         println!(

@@ -20,8 +20,10 @@ pub struct Args {
 
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
-        let ctx = Arc::new(WalContext::new(cli.settings()?, args.pgdata.as_deref())?);
-        push::wal_push(ctx, Arc::new(Leadership::AlwaysLeader), &args.path).await
+        let settings = cli.settings()?;
+        let leadership = Arc::new(Leadership::from_settings(&settings)?);
+        let ctx = Arc::new(WalContext::new(settings, args.pgdata.as_deref())?);
+        push::wal_push(ctx, leadership, &args.path).await
     }
     .await;
     match result {

@@ -1,16 +1,36 @@
-//! Cluster awareness: who may upload WAL.
+//! Cluster awareness: who may upload WAL, and the agent that runs beside Patroni.
 //!
-//! wal-push asks [`Leadership`] before any upload. This module ships the "always the leader"
-//! check; the etcd-backed check (Patroni's leader key) plugs in here as another variant.
+//! wal-push asks [`Leadership`] before any upload. Without cluster settings every caller is the
+//! leader. With them, only the member holding Patroni's leader key uploads, and only while the
+//! key's lease certainly lasts; a non-leader may upload a segment of an older timeline only when
+//! the archive's history files say it ended at or before that timeline's switch point.
 
-use crate::error::Result;
+pub mod agent;
+pub mod etcd;
+pub mod heal;
+pub mod metrics;
+pub mod patroni;
+pub mod pitr;
+pub mod replica;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::archive::Archive;
+use crate::config::{ClusterSettings, Settings};
+use crate::error::{Error, Result};
+use crate::wal::history;
 use crate::wal::names::WalName;
+pub use etcd::{ClusterView, Etcd, LeaderStatus};
+
+/// An upload must finish this long before the leader key's lease could expire.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
 /// What this member may do with a WAL file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushDecision {
-    /// Upload it.
-    Upload,
+    /// Upload it; when a deadline is given, the object must be durable before it.
+    Upload { deadline: Option<Instant> },
     /// Do not upload; succeed only if the archive already holds an identical object.
     VerifyOnly { reason: String },
 }
@@ -20,12 +40,152 @@ pub enum Leadership {
     /// Every caller is the leader: a single server, or archiving without a cluster.
     #[default]
     AlwaysLeader,
+    /// A member of a Patroni cluster: ask the local agent, or etcd.
+    Cluster(Arc<ClusterCheck>),
+}
+
+/// Where a cluster member learns who leads.
+#[derive(Debug)]
+pub enum Source {
+    /// The local agent's `/leadership`; etcd directly when no agent answers.
+    Agent(reqwest::Client),
+    /// etcd through an open connection (inside the agent).
+    Etcd(Box<Etcd>),
+}
+
+#[derive(Debug)]
+pub struct ClusterCheck {
+    pub settings: ClusterSettings,
+    source: Source,
+    /// One answer per process: (when it was asked, the answer).
+    asked: tokio::sync::OnceCell<(Instant, LeaderStatus)>,
 }
 
 impl Leadership {
-    pub async fn decide(&self, _name: &WalName) -> Result<PushDecision> {
+    /// The check the settings call for.
+    pub fn from_settings(settings: &Settings) -> Result<Leadership> {
+        let Some(c) = &settings.cluster else {
+            return Ok(Leadership::AlwaysLeader);
+        };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Cluster(format!("HTTP client: {e}")))?;
+        Ok(Leadership::Cluster(Arc::new(ClusterCheck {
+            settings: c.clone(),
+            source: Source::Agent(http),
+            asked: Default::default(),
+        })))
+    }
+
+    /// The check the agent uses for its own uploads (gap healing, `/wal-push`).
+    pub fn with_etcd(settings: ClusterSettings, etcd: Etcd) -> Leadership {
+        Leadership::Cluster(Arc::new(ClusterCheck {
+            settings,
+            source: Source::Etcd(Box::new(etcd)),
+            asked: Default::default(),
+        }))
+    }
+
+    /// May this member upload `name`? `seg_size` is the local file's size (a full segment).
+    pub async fn decide(
+        &self,
+        name: &WalName,
+        seg_size: u64,
+        archive: &Archive,
+    ) -> Result<PushDecision> {
         match self {
-            Leadership::AlwaysLeader => Ok(PushDecision::Upload),
+            Leadership::AlwaysLeader => Ok(PushDecision::Upload { deadline: None }),
+            Leadership::Cluster(c) => c.decide(name, seg_size, archive).await,
         }
+    }
+}
+
+impl ClusterCheck {
+    async fn ask(&self) -> Result<(Instant, LeaderStatus)> {
+        let asked = Instant::now();
+        let status = match &self.source {
+            Source::Etcd(etcd) => etcd.leader_status().await?,
+            Source::Agent(http) => {
+                let url = format!("{}/leadership", self.settings.agent_url);
+                match http.get(&url).send().await {
+                    Ok(resp) if resp.status().is_success() => {
+                        resp.json::<LeaderStatus>().await.map_err(|e| {
+                            Error::Cluster(format!("agent {url}: unusable answer: {e}"))
+                        })?
+                    }
+                    Ok(resp) => {
+                        let code = resp.status();
+                        let body = resp.text().await.unwrap_or_default();
+                        return Err(Error::Cluster(format!(
+                            "agent {url} answered {code}: {}",
+                            body.trim()
+                        )));
+                    }
+                    Err(e) if e.is_connect() => {
+                        tracing::debug!(error = %e, "no agent at {url}; asking etcd");
+                        Etcd::connect(&self.settings).await?.leader_status().await?
+                    }
+                    Err(e) => return Err(Error::Cluster(format!("agent {url}: {e}"))),
+                }
+            }
+        };
+        if status.member != self.settings.name {
+            return Err(Error::Cluster(format!(
+                "the agent speaks for member {:?}, but this is {:?}",
+                status.member, self.settings.name
+            )));
+        }
+        Ok((asked, status))
+    }
+
+    /// Who leads, asked once per process.
+    pub async fn status(&self) -> Result<(Instant, LeaderStatus)> {
+        self.asked.get_or_try_init(|| self.ask()).await.cloned()
+    }
+
+    async fn decide(
+        &self,
+        name: &WalName,
+        seg_size: u64,
+        archive: &Archive,
+    ) -> Result<PushDecision> {
+        let me = &self.settings.name;
+        let (asked, status) = self.status().await.map_err(|e| {
+            Error::NotLeader(format!(
+                "{name}: cannot tell whether {me} holds the leader key ({e}); not uploading"
+            ))
+        })?;
+        let valid = Duration::from_millis(status.valid_for_ms);
+        if status.is_leader && valid > LEASE_MARGIN {
+            return Ok(PushDecision::Upload {
+                deadline: Some(asked + valid - LEASE_MARGIN),
+            });
+        }
+        // Not the leader: only a segment the archive's history says is the cluster's past.
+        if let WalName::Segment(seg) = name {
+            let end = seg.start_lsn(seg_size) + seg_size;
+            if let Some(switch) = history::archived_end_of(archive, seg.timeline).await? {
+                if end <= switch {
+                    tracing::info!(
+                        segment = %name,
+                        switch_point = %crate::backup::Lsn(switch),
+                        "not the leader, but the segment ends before its timeline's switch point: uploading it as history"
+                    );
+                    return Ok(PushDecision::Upload { deadline: None });
+                }
+            }
+        }
+        let reason = match (&status.leader, status.is_leader) {
+            (_, true) => format!(
+                "{me} holds the leader key but its lease may end within {} ms",
+                status.valid_for_ms
+            ),
+            (Some(l), false) => format!("{l} holds the leader key, not {me}"),
+            (None, false) => "no member holds the leader key".to_string(),
+        };
+        Ok(PushDecision::VerifyOnly { reason })
     }
 }

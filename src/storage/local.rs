@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::PutError;
 use crate::codec::Counting;
@@ -18,18 +19,28 @@ const TMP_DIR: &str = ".walkeeper-tmp";
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-pub(crate) async fn put<F>(root: &Path, rel: &str, produce: Arc<F>) -> Result<u64, PutError>
+pub(crate) async fn put<F>(
+    root: &Path,
+    rel: &str,
+    produce: Arc<F>,
+    cutoff: Option<Instant>,
+) -> Result<u64, PutError>
 where
     F: Fn(&mut dyn io::Write) -> io::Result<()> + Send + Sync + 'static,
 {
     let root = root.to_path_buf();
     let rel = rel.to_string();
-    tokio::task::spawn_blocking(move || put_blocking(&root, &rel, &*produce))
+    tokio::task::spawn_blocking(move || put_blocking(&root, &rel, &*produce, cutoff))
         .await
         .map_err(|e| PutError::Source(Error::io("upload task", io::Error::other(e.to_string()))))?
 }
 
-fn put_blocking<F>(root: &Path, rel: &str, produce: &F) -> Result<u64, PutError>
+fn put_blocking<F>(
+    root: &Path,
+    rel: &str,
+    produce: &F,
+    cutoff: Option<Instant>,
+) -> Result<u64, PutError>
 where
     F: Fn(&mut dyn io::Write) -> io::Result<()>,
 {
@@ -68,6 +79,12 @@ where
         .map_err(|e| store_err(&tmp, e.into_error()))?;
     file.sync_all().map_err(|e| store_err(&tmp, e))?;
     drop(file);
+    // Linking makes the object appear: never after the cutoff.
+    if cutoff.is_some_and(|c| Instant::now() >= c) {
+        return Err(PutError::Source(Error::Deadline {
+            key: rel.to_string(),
+        }));
+    }
     match fs::hard_link(&tmp, &target) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {

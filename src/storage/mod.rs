@@ -214,21 +214,36 @@ impl Store {
         folder: &str,
         rel_stem: &str,
     ) -> Result<Vec<(String, ObjectMeta)>> {
-        // Object stores list in key order: start right after the stem and stop at the first key
-        // that no longer starts with it.
+        let stem = rel_stem.to_string();
+        self.list_after(folder, rel_stem, move |k| k.starts_with(&stem))
+            .await
+    }
+
+    /// Lists the objects in `folder` whose keys sort after `after` (both relative to the
+    /// archive prefix), in key order, while `more` holds. Object stores list in key order, so
+    /// this reads only the range asked for; a local directory lists in no order, so there every
+    /// entry is read and filtered.
+    pub async fn list_after(
+        &self,
+        folder: &str,
+        after: &str,
+        more: impl Fn(&str) -> bool + Clone,
+    ) -> Result<Vec<(String, ObjectMeta)>> {
         let folder_key = self.key(folder);
-        let stem_key = self.key(rel_stem);
+        let after_key = self.key(after);
         let metas: Vec<ObjectMeta> = match self
-            .retry("list", rel_stem, || {
-                let mut s = self.inner.list_with_offset(Some(&folder_key), &stem_key);
-                let stem = stem_key.as_ref().to_string();
+            .retry("list", after, || {
+                let mut s = self.inner.list_with_offset(Some(&folder_key), &after_key);
+                let more = more.clone();
+                let sorted = self.local_root.is_none();
                 async move {
                     let mut out = Vec::new();
                     while let Some(m) = s.try_next().await? {
-                        if !m.location.as_ref().starts_with(&stem) {
+                        if more(self.strip(m.location.as_ref())) {
+                            out.push(m);
+                        } else if sorted {
                             break;
                         }
-                        out.push(m);
                     }
                     Ok(out)
                 }
@@ -239,10 +254,12 @@ impl Store {
             Err(Error::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e),
         };
-        Ok(metas
+        let mut out: Vec<(String, ObjectMeta)> = metas
             .into_iter()
             .map(|m| (self.strip(m.location.as_ref()).to_string(), m))
-            .collect())
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     /// Opens an object as a blocking reader (for the decoders, which are synchronous). None when
@@ -294,19 +311,47 @@ impl Store {
     where
         F: Fn(&mut dyn io::Write) -> io::Result<()> + Send + Sync + 'static,
     {
+        self.put_stream_before(rel, None, produce).await
+    }
+
+    /// [`Store::put_stream`], but the object must be complete before `cutoff`: past it, the
+    /// upload is abandoned before the object could appear, and the error is
+    /// [`Error::Deadline`]. (wal-push on a cluster member: the leader key's lease.)
+    pub async fn put_stream_before<F>(
+        &self,
+        rel: &str,
+        cutoff: Option<Instant>,
+        produce: F,
+    ) -> Result<u64>
+    where
+        F: Fn(&mut dyn io::Write) -> io::Result<()> + Send + Sync + 'static,
+    {
         let produce = Arc::new(produce);
         let deadline = Instant::now() + self.retry_timeout;
         let mut delay = Duration::from_millis(100);
         loop {
-            let res = match &self.local_root {
-                Some(root) => local::put(root, rel, produce.clone()).await,
-                None => self.put_remote(rel, produce.clone()).await,
+            let attempt = async {
+                match &self.local_root {
+                    Some(root) => local::put(root, rel, produce.clone(), cutoff).await,
+                    None => self.put_remote(rel, produce.clone(), cutoff).await,
+                }
+            };
+            let res = match cutoff {
+                Some(c) => match tokio::time::timeout_at(c.into(), attempt).await {
+                    Ok(r) => r,
+                    Err(_) => Err(PutError::Source(Error::Deadline {
+                        key: rel.to_string(),
+                    })),
+                },
+                None => attempt.await,
             };
             match res {
                 Ok(n) => return Ok(n),
                 Err(PutError::Source(e)) => return Err(e),
                 Err(PutError::Store(e))
-                    if is_permanent(&e) || Instant::now() + delay > deadline =>
+                    if is_permanent(&e)
+                        || Instant::now() + delay > deadline
+                        || cutoff.is_some_and(|c| Instant::now() + delay > c) =>
                 {
                     return Err(Error::Storage {
                         op: "put",
@@ -323,7 +368,12 @@ impl Store {
         }
     }
 
-    async fn put_remote<F>(&self, rel: &str, produce: Arc<F>) -> Result<u64, PutError>
+    async fn put_remote<F>(
+        &self,
+        rel: &str,
+        produce: Arc<F>,
+        cutoff: Option<Instant>,
+    ) -> Result<u64, PutError>
     where
         F: Fn(&mut dyn io::Write) -> io::Result<()> + Send + Sync + 'static,
     {
@@ -359,6 +409,10 @@ impl Store {
         if let Err(e) = produced {
             let _ = writer.abort().await;
             return Err(PutError::Source(Error::io(rel_owned, e)));
+        }
+        if cutoff.is_some_and(|c| Instant::now() >= c) {
+            let _ = writer.abort().await;
+            return Err(PutError::Source(Error::Deadline { key: rel_owned }));
         }
         match writer.shutdown().await {
             Ok(()) => Ok(total),

@@ -1,6 +1,7 @@
 //! WAL archiving: wal-push (archive_command) and wal-fetch (restore_command).
 
 pub mod fetch;
+pub mod history;
 pub mod names;
 pub mod push;
 

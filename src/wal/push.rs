@@ -159,6 +159,17 @@ fn file_identity(path: &Path) -> io::Result<String> {
     ))
 }
 
+/// Archives one WAL file that is known to be a valid, complete file in pg_wal (gap healing,
+/// the agent's `/wal-push`), under the same checks as archive_command.
+pub async fn push_file(
+    ctx: &Arc<WalContext>,
+    leadership: &Leadership,
+    name: &WalName,
+    path: &Path,
+) -> Result<PushOutcome> {
+    push_one(ctx, leadership, name, path, false).await
+}
+
 /// Archives one file under its per-name lock.
 async fn push_one(
     ctx: &Arc<WalContext>,
@@ -184,7 +195,10 @@ async fn push_one(
         let _ = std::fs::remove_file(&rec);
     }
 
-    let decision = leadership.decide(name).await?;
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let decision = leadership.decide(name, size, &ctx.archive).await?;
     let stem = name.key_stem();
     let exts: Vec<&str> = Compression::ALL.iter().map(|c| c.ext()).collect();
     let existing = ctx.store.find_stem(&stem, &exts).await?;
@@ -192,11 +206,14 @@ async fn push_one(
         compare_existing(ctx, name, path, key).await?;
         PushOutcome::AlreadyArchived
     } else {
-        if let PushDecision::VerifyOnly { reason } = decision {
-            return Err(Error::NotLeader(format!(
-                "{name}: not archived and this member may not upload it: {reason}"
-            )));
-        }
+        let deadline = match decision {
+            PushDecision::Upload { deadline } => deadline,
+            PushDecision::VerifyOnly { reason } => {
+                return Err(Error::NotLeader(format!(
+                    "{name}: not archived and this member may not upload it: {reason}"
+                )))
+            }
+        };
         let compression = ctx.settings.compression;
         let key = format!("{stem}.{}", compression.ext());
         let (src_path, ctx2) = (path.to_path_buf(), ctx.clone());
@@ -204,7 +221,7 @@ async fn push_one(
         let counter = bytes_in.clone();
         let put = ctx
             .store
-            .put_stream(&key, move |sink| {
+            .put_stream_before(&key, deadline, move |sink| {
                 let f = File::open(&src_path)?;
                 let (_, stats) = codec::encode(f, sink, compression, ctx2.encryption.as_ref())?;
                 counter.store(stats.bytes_in, std::sync::atomic::Ordering::Relaxed);

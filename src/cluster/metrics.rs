@@ -1,0 +1,143 @@
+//! The agent's Prometheus metrics (served as text on `GET /metrics`).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub leader: Gauge,
+    pub etcd_connected: Gauge,
+    pub backups_ok: Counter,
+    pub backups_failed: Counter,
+    pub last_backup_finish: Gauge<f64, AtomicU64>,
+    pub backups_in_archive: Gauge,
+    pub healed_segments: Counter,
+    pub unhealable_segments: Gauge,
+    pub backup_list_published: Counter,
+    pub backup_list_failures: Counter,
+    pub retention_deleted_objects: Counter,
+    pub archive_lag_bytes: Gauge,
+    pub wal_push_requests: Counter,
+    pub wal_fetch_requests: Counter,
+    pub restarts: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("walkeeper");
+        let m = Metrics {
+            leader: Gauge::default(),
+            etcd_connected: Gauge::default(),
+            backups_ok: Counter::default(),
+            backups_failed: Counter::default(),
+            last_backup_finish: Gauge::default(),
+            backups_in_archive: Gauge::default(),
+            healed_segments: Counter::default(),
+            unhealable_segments: Gauge::default(),
+            backup_list_published: Counter::default(),
+            backup_list_failures: Counter::default(),
+            retention_deleted_objects: Counter::default(),
+            archive_lag_bytes: Gauge::default(),
+            wal_push_requests: Counter::default(),
+            wal_fetch_requests: Counter::default(),
+            restarts: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "leader",
+            "1 while this member holds the leader key",
+            m.leader.clone(),
+        );
+        registry.register(
+            "etcd_connected",
+            "1 while the watch on etcd is connected",
+            m.etcd_connected.clone(),
+        );
+        registry.register(
+            "backups_succeeded",
+            "Base backups taken",
+            m.backups_ok.clone(),
+        );
+        registry.register(
+            "backups_failed",
+            "Base backups that failed",
+            m.backups_failed.clone(),
+        );
+        registry.register(
+            "last_backup_finish_timestamp_seconds",
+            "When the newest backup in the archive finished (Unix time)",
+            m.last_backup_finish.clone(),
+        );
+        registry.register(
+            "backups_in_archive",
+            "Complete backups in the archive at the last listing",
+            m.backups_in_archive.clone(),
+        );
+        registry.register(
+            "healed_segments",
+            "Segments missing from the archive that this member uploaded after becoming leader",
+            m.healed_segments.clone(),
+        );
+        registry.register(
+            "unhealable_segments",
+            "Segments missing from the archive that this member does not hold (last check)",
+            m.unhealable_segments.clone(),
+        );
+        registry.register(
+            "backup_list_published",
+            "Backup list writes to etcd",
+            m.backup_list_published.clone(),
+        );
+        registry.register(
+            "backup_list_failures",
+            "Backup list refreshes that failed (the old list was kept)",
+            m.backup_list_failures.clone(),
+        );
+        registry.register(
+            "retention_deleted_objects",
+            "Objects deleted by retention",
+            m.retention_deleted_objects.clone(),
+        );
+        registry.register(
+            "archive_lag_bytes",
+            "WAL bytes written but not yet archived (leader, last /status)",
+            m.archive_lag_bytes.clone(),
+        );
+        registry.register(
+            "api_wal_push_requests",
+            "/wal-push requests",
+            m.wal_push_requests.clone(),
+        );
+        registry.register(
+            "api_wal_fetch_requests",
+            "/wal-fetch requests",
+            m.wal_fetch_requests.clone(),
+        );
+        registry.register(
+            "restarts",
+            "Point-in-time restarts started",
+            m.restarts.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,588 @@
+//! `POST /restart {"recovery_target_time": ...}`: a point-in-time recovery of the whole cluster,
+//! driven from the leader:
+//!
+//! 1. pause Patroni;
+//! 2. stop PostgreSQL;
+//! 3. move the data directory aside (put back on failure, removed on success);
+//! 4. fetch the newest backup on this timeline's history that finished before the target;
+//! 5. start PostgreSQL with the recovery settings on its command line (nothing is persisted:
+//!    the next start is Patroni's own);
+//! 6. wait for promotion at the target;
+//! 7. once Patroni (paused) has taken the leader key for the promoted server, resume it;
+//! 8. reinitialize every replica so it follows the new timeline.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::agent::Agent;
+use super::heal::local_history;
+use super::patroni::base_url;
+use crate::backup::fetch::{backup_fetch, FetchOptions};
+use crate::backup::restore::{choose, parse_target_time, pg_time, Target};
+use crate::backup::{list_backups, pg, BackupInfo};
+use crate::error::{Error, Result};
+
+/// Config files that belong to this member, not to the backup (which another member may have
+/// taken): they are carried over from the data directory that was moved aside.
+const MEMBER_FILES: &[&str] = &[
+    "postgresql.conf",
+    "postgresql.base.conf",
+    "postgresql.auto.conf",
+    "pg_hba.conf",
+    "pg_ident.conf",
+    "patroni.dynamic.json",
+];
+const PROMOTION_TIMEOUT: Duration = Duration::from_secs(3600);
+const LEADER_KEY_TIMEOUT: Duration = Duration::from_secs(120);
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartRequest {
+    /// RFC 3339 with a zone.
+    pub recovery_target_time: String,
+    /// Use this backup instead of the newest one that finished before the target.
+    #[serde(default)]
+    pub backup: Option<String>,
+    /// Rebuild the replicas afterwards (default true).
+    #[serde(default = "yes")]
+    pub reinitialize_replicas: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Why a restart was not started.
+#[derive(Debug)]
+pub enum Refusal {
+    /// 400: the request is wrong (zone, future, before the earliest restorable point).
+    BadRequest(String),
+    /// 409: this member is not the leader, or a restart is running.
+    Conflict {
+        reason: String,
+        leader: Option<String>,
+    },
+    /// 503: etcd or the archive could not be asked.
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub at: DateTime<Utc>,
+    pub step: String,
+    pub detail: String,
+}
+
+/// What `GET /restart/{id}` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobState {
+    pub id: String,
+    pub recovery_target_time: DateTime<Utc>,
+    pub backup: String,
+    /// running, succeeded, failed
+    pub status: String,
+    pub step: String,
+    pub steps: Vec<Step>,
+    pub error: Option<String>,
+    pub new_timeline: Option<u32>,
+    /// Per replica: reinitialize requested, rejoined, or the error.
+    pub replicas: BTreeMap<String, String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug)]
+pub struct Job {
+    pub id: String,
+    state: Mutex<JobState>,
+}
+
+impl Job {
+    pub fn is_running(&self) -> bool {
+        self.state().status == "running"
+    }
+
+    pub fn state(&self) -> JobState {
+        match self.state.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut JobState)) {
+        let mut guard = match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut guard);
+    }
+
+    fn step(&self, step: &str, detail: impl Into<String>) {
+        let detail = detail.into();
+        tracing::info!(job = self.id, step, "{detail}");
+        self.update(|s| {
+            s.step = step.to_string();
+            s.steps.push(Step {
+                at: Utc::now(),
+                step: step.to_string(),
+                detail,
+            });
+        });
+    }
+}
+
+/// Validates a request and starts the job.
+pub async fn start(
+    agent: &Arc<Agent>,
+    req: RestartRequest,
+) -> std::result::Result<Arc<Job>, Refusal> {
+    let target = parse_target_time(&req.recovery_target_time)
+        .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+    let running = agent
+        .jobs
+        .lock()
+        .map(|j| j.values().find(|j| j.is_running()).map(|j| j.id.clone()))
+        .unwrap_or(None);
+    if let Some(id) = running {
+        return Err(Refusal::Conflict {
+            reason: format!("restart {id} is still running"),
+            leader: None,
+        });
+    }
+    let status = agent
+        .etcd
+        .leader_status()
+        .await
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    if !status.is_leader {
+        return Err(Refusal::Conflict {
+            reason: format!(
+                "{} is not the leader; send the restart to {}",
+                agent.me(),
+                status
+                    .leader
+                    .as_deref()
+                    .unwrap_or("the leader (none right now)")
+            ),
+            leader: status.leader,
+        });
+    }
+    let lineage = local_history(&agent.cfg.pgdata.join("pg_wal"))
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    let backups: Vec<BackupInfo> = list_backups(&agent.archive.store)
+        .await
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?
+        .into_iter()
+        .filter(|b| lineage.contains(b.timeline, b.finish_lsn.0))
+        .collect();
+    let chosen = match &req.backup {
+        Some(name) => {
+            let b = backups.iter().find(|b| &b.name == name).ok_or_else(|| {
+                Refusal::BadRequest(format!(
+                    "backup {name:?} is not a complete backup on timeline {}'s history",
+                    lineage.timeline
+                ))
+            })?;
+            if b.end_time() > target {
+                return Err(Refusal::BadRequest(format!(
+                    "backup {name} finished at {}, after the target {}",
+                    b.end_time().to_rfc3339(),
+                    target.to_rfc3339()
+                )));
+            }
+            b.clone()
+        }
+        None => choose(&backups, &Target::Time(target))
+            .map_err(|e| {
+                Refusal::BadRequest(format!("recovery_target_time {}: {e}", target.to_rfc3339()))
+            })?
+            .clone(),
+    };
+    let id = Utc::now().format("%Y%m%dT%H%M%S%3f").to_string();
+    let job = Arc::new(Job {
+        id: id.clone(),
+        state: Mutex::new(JobState {
+            id: id.clone(),
+            recovery_target_time: target,
+            backup: chosen.name.clone(),
+            status: "running".into(),
+            step: "accepted".into(),
+            steps: Vec::new(),
+            error: None,
+            new_timeline: None,
+            replicas: BTreeMap::new(),
+            started_at: Utc::now(),
+            finished_at: None,
+        }),
+    });
+    if let Ok(mut jobs) = agent.jobs.lock() {
+        jobs.insert(id, job.clone());
+    }
+    agent.metrics.restarts.inc();
+    let (agent2, job2) = (agent.clone(), job.clone());
+    tokio::spawn(async move {
+        let res = run(
+            &agent2,
+            &job2,
+            target,
+            &chosen,
+            lineage.timeline,
+            req.reinitialize_replicas,
+        )
+        .await;
+        job2.update(|s| {
+            s.finished_at = Some(Utc::now());
+            match res {
+                Ok(tli) => {
+                    s.status = "succeeded".into();
+                    s.new_timeline = Some(tli);
+                    s.step = "done".into();
+                }
+                Err(e) => {
+                    s.status = "failed".into();
+                    s.error = Some(e.to_string());
+                }
+            }
+        });
+        let st = job2.state();
+        match &st.error {
+            None => tracing::info!(job = st.id, timeline = st.new_timeline, "restart succeeded"),
+            Some(e) => tracing::error!(job = st.id, error = %e, "restart failed"),
+        }
+        agent2.wake.notify_one();
+    });
+    Ok(job)
+}
+
+fn aside_path(pgdata: &Path, id: &str) -> PathBuf {
+    let name = pgdata
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    pgdata.with_file_name(format!("{name}.walkeeper-restart-{id}"))
+}
+
+async fn run(
+    agent: &Arc<Agent>,
+    job: &Job,
+    target: DateTime<Utc>,
+    backup: &BackupInfo,
+    timeline: u32,
+    reinit: bool,
+) -> Result<u32> {
+    let pgdata = agent.cfg.pgdata.clone();
+    job.step("pause", "pausing Patroni (maintenance mode)");
+    agent
+        .patroni
+        .set_pause(true, Duration::from_secs(60))
+        .await?;
+    job.step("stop", "stopping PostgreSQL");
+    if let Err(e) = pg_ctl_stop(agent, &pgdata, "fast").await {
+        let _ = agent
+            .patroni
+            .set_pause(false, Duration::from_secs(60))
+            .await;
+        return Err(e);
+    }
+    let aside = aside_path(&pgdata, &job.id);
+    job.step(
+        "move-aside",
+        format!("moving {} to {}", pgdata.display(), aside.display()),
+    );
+    if let Err(e) = std::fs::rename(&pgdata, &aside) {
+        let _ = agent
+            .patroni
+            .set_pause(false, Duration::from_secs(60))
+            .await;
+        return Err(Error::io(&pgdata, e));
+    }
+    let mut child = None;
+    let promoted = restore_and_promote(
+        agent, job, &pgdata, &aside, target, backup, timeline, &mut child,
+    )
+    .await;
+    let new_tli = match promoted {
+        Ok(t) => t,
+        Err(e) => {
+            job.step(
+                "rollback",
+                format!("{e}; putting the old data directory back"),
+            );
+            rollback(agent, &pgdata, &aside, child).await;
+            let _ = agent
+                .patroni
+                .set_pause(false, Duration::from_secs(60))
+                .await;
+            return Err(e);
+        }
+    };
+    job.update(|s| s.new_timeline = Some(new_tli));
+    job.step(
+        "leader-key",
+        "waiting for Patroni to take the leader key for the promoted server",
+    );
+    let deadline = Instant::now() + LEADER_KEY_TIMEOUT;
+    loop {
+        if agent
+            .etcd
+            .leader_status()
+            .await
+            .map(|s| s.is_leader)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Cluster(format!(
+                "the server was promoted on timeline {new_tli}, but Patroni did not take the leader key within {LEADER_KEY_TIMEOUT:?}; Patroni stays paused, the old data directory is kept at {}",
+                aside.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    job.step("resume", "resuming Patroni");
+    agent
+        .patroni
+        .set_pause(false, Duration::from_secs(60))
+        .await?;
+    // The restore worked: the old data directory can go.
+    let aside2 = aside.clone();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(aside2)).await;
+    if reinit {
+        reinitialize_replicas(agent, job, new_tli).await;
+    }
+    Ok(new_tli)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_and_promote(
+    agent: &Arc<Agent>,
+    job: &Job,
+    pgdata: &Path,
+    aside: &Path,
+    target: DateTime<Utc>,
+    backup: &BackupInfo,
+    timeline: u32,
+    child: &mut Option<Child>,
+) -> Result<u32> {
+    job.step("fetch", format!("fetching backup {}", backup.name));
+    let opts = FetchOptions {
+        concurrency: 2,
+        ..Default::default()
+    };
+    backup_fetch(agent.archive.clone(), pgdata, &backup.name, opts).await?;
+    for f in MEMBER_FILES {
+        let from = aside.join(f);
+        if from.exists() {
+            let to = pgdata.join(f);
+            std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+        }
+    }
+    let signal = pgdata.join("recovery.signal");
+    std::fs::write(&signal, b"").map_err(|e| Error::io(&signal, e))?;
+    let restore_command = agent.self_command(&["wal-fetch", "%f", "%p"])?;
+    let log = aside.with_extension("log");
+    job.step(
+        "start",
+        format!(
+            "starting PostgreSQL to recover to {} on timeline {timeline}'s history (log: {})",
+            pg_time(&target),
+            log.display()
+        ),
+    );
+    let log_file = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
+    let log_err = log_file.try_clone().map_err(|e| Error::io(&log, e))?;
+    let spawned = Command::new(agent.cfg.pg_bin_dir.join("postgres"))
+        .arg("-D")
+        .arg(pgdata)
+        .arg("-c")
+        .arg(format!("restore_command={restore_command}"))
+        .arg("-c")
+        .arg(format!("recovery_target_time={}", pg_time(&target)))
+        .arg("-c")
+        .arg("recovery_target_action=promote")
+        .arg("-c")
+        .arg(format!("recovery_target_timeline={timeline}"))
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io(agent.cfg.pg_bin_dir.join("postgres"), e))?;
+    *child = Some(spawned);
+    job.step(
+        "recover",
+        "waiting for recovery to reach the target and promote",
+    );
+    let cfg = pg::config(agent.cfg.connstring.as_deref(), &agent.settings.vars)?;
+    let deadline = Instant::now() + PROMOTION_TIMEOUT;
+    loop {
+        if let Some(c) = child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(Error::Cluster(format!(
+                    "PostgreSQL stopped during recovery ({status}): {}",
+                    log_tail(&log)
+                )));
+            }
+        }
+        if let Ok(client) = pg::connect(&cfg).await {
+            let promoted = client
+                .query_one("SELECT NOT pg_is_in_recovery()", &[])
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false);
+            if promoted {
+                let row = client
+                    .query_one(
+                        "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| Error::Cluster(format!("the new timeline: {e}")))?;
+                let file: String = row.get(0);
+                let tli = u32::from_str_radix(&file, 16)
+                    .map_err(|_| Error::Cluster(format!("the new timeline: {file:?}")))?;
+                job.step("promoted", format!("promoted on timeline {tli}"));
+                return Ok(tli);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Cluster(format!(
+                "recovery did not finish within {PROMOTION_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The end of a log file, for error messages.
+fn log_tail(path: &Path) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(1500)));
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    s.lines()
+        .filter(|l| l.contains("FATAL") || l.contains("ERROR") || l.contains("LOG:  recovery"))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+async fn pg_ctl_stop(agent: &Agent, pgdata: &Path, mode: &str) -> Result<()> {
+    if !pgdata.join("postmaster.pid").exists() {
+        return Ok(());
+    }
+    let bin = agent.cfg.pg_bin_dir.join("pg_ctl");
+    let out = tokio::process::Command::new(&bin)
+        .arg("-D")
+        .arg(pgdata)
+        .args(["-m", mode, "-w", "-t", "600", "stop"])
+        .output()
+        .await
+        .map_err(|e| Error::io(&bin, e))?;
+    if out.status.success() || !pgdata.join("postmaster.pid").exists() {
+        return Ok(());
+    }
+    Err(Error::Cluster(format!(
+        "pg_ctl stop -m {mode} {}: {}",
+        pgdata.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+async fn rollback(agent: &Agent, pgdata: &Path, aside: &Path, child: Option<Child>) {
+    if pgdata.exists() {
+        let _ = pg_ctl_stop(agent, pgdata, "immediate").await;
+    }
+    if let Some(mut c) = child {
+        if c.try_wait().ok().flatten().is_none() {
+            let _ = c.kill();
+        }
+        let _ = c.wait();
+    }
+    if pgdata.exists() {
+        if let Err(e) = std::fs::remove_dir_all(pgdata) {
+            tracing::error!(error = %e, path = %pgdata.display(), "rollback: cannot remove the failed restore");
+            return;
+        }
+    }
+    if let Err(e) = std::fs::rename(aside, pgdata) {
+        tracing::error!(error = %e, aside = %aside.display(), "rollback: cannot put the data directory back");
+    }
+}
+
+async fn reinitialize_replicas(agent: &Arc<Agent>, job: &Job, new_tli: u32) {
+    let members = agent.view.borrow().members.clone();
+    let me = agent.me().to_string();
+    let replicas: Vec<(String, String)> = members
+        .iter()
+        .filter(|(n, _)| **n != me)
+        .filter_map(|(n, v)| Some((n.clone(), base_url(v.get("api_url")?.as_str()?))))
+        .collect();
+    job.step(
+        "reinitialize",
+        format!(
+            "reinitializing {} replica(s) onto timeline {new_tli}",
+            replicas.len()
+        ),
+    );
+    for (name, url) in &replicas {
+        let r = agent
+            .patroni
+            .at(url)
+            .reinitialize(Duration::from_secs(120))
+            .await;
+        let note = match r {
+            Ok(()) => "reinitialize requested".to_string(),
+            Err(e) => format!("reinitialize failed: {e}"),
+        };
+        job.update(|s| {
+            s.replicas.insert(name.clone(), note);
+        });
+    }
+    let deadline = Instant::now() + REJOIN_TIMEOUT;
+    let mut view = agent.view.clone();
+    loop {
+        let members = view.borrow_and_update().members.clone();
+        let mut waiting = Vec::new();
+        for (name, _) in &replicas {
+            let m = members.get(name);
+            let tli = m.and_then(|m| m.get("timeline")).and_then(|t| t.as_u64());
+            let state = m.and_then(|m| m.get("state")).and_then(|t| t.as_str());
+            if tli == Some(new_tli as u64) && state == Some("running") {
+                job.update(|s| {
+                    s.replicas
+                        .insert(name.clone(), format!("running on timeline {new_tli}"));
+                });
+            } else {
+                waiting.push(name.clone());
+            }
+        }
+        if waiting.is_empty() {
+            job.step("rejoined", "every replica runs on the new timeline");
+            return;
+        }
+        if Instant::now() > deadline {
+            job.step(
+                "rejoined",
+                format!(
+                    "still waiting for {} after {REJOIN_TIMEOUT:?}",
+                    waiting.join(", ")
+                ),
+            );
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), view.changed()).await;
+    }
+}
