@@ -209,6 +209,41 @@ fn concurrent_pushes_of_one_segment_upload_once_to_s3_store() {
     concurrent_push(Backend::s3());
 }
 
+/// A segment's backup history file (`<segment>.<offset>.backup`) archived before the segment
+/// itself (a standby with archive_mode=always sees them in that order) is not mistaken for the
+/// segment: the segment is archived, and pushing it again finds it identical.
+fn segment_after_its_backup_file(backend: Backend) {
+    let scratch = Scratch::new();
+    let pgdata = fake_pgdata(&scratch, "data");
+    let name = "000000010000000000000005";
+    let backup_file = format!("{name}.00000028.backup");
+    put_segment(&pgdata, &backup_file, b"START WAL LOCATION: 0/5000028\n");
+    put_segment(&pgdata, name, &synthetic_segment(name, 5));
+    let vars = backend.vars();
+    for file in [backup_file.as_str(), name, name] {
+        let out = run(&["wal-push", &format!("pg_wal/{file}")], &vars, &pgdata);
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", stderr(&out));
+    }
+    assert_eq!(
+        backend.objects(),
+        vec![
+            format!("wal_005/{backup_file}.lz4"),
+            format!("wal_005/{name}.lz4")
+        ]
+    );
+}
+
+#[test]
+fn a_segment_archived_after_its_backup_history_file_is_not_confused_with_it_on_file_store() {
+    let scratch = Scratch::new();
+    segment_after_its_backup_file(Backend::file(&scratch));
+}
+
+#[test]
+fn a_segment_archived_after_its_backup_history_file_is_not_confused_with_it_on_s3_store() {
+    segment_after_its_backup_file(Backend::s3());
+}
+
 /// Identical re-push: success, no upload. Different content: exit 3, the stored object unchanged.
 fn overwrite_refusal(backend: Backend) {
     let scratch = Scratch::new();

@@ -183,9 +183,9 @@ impl Store {
         self.put_stream(rel, move |w| w.write_all(&body)).await
     }
 
-    /// Lists the objects whose key starts with `rel_stem` in the same folder (e.g. every codec's
-    /// copy of one WAL file). On file:// this stats the candidates instead of listing a folder
-    /// that may hold millions of files.
+    /// The objects named `<rel_stem>.<ext>` for one of `exts` (every codec's copy of one WAL
+    /// file). On file:// this stats the candidates instead of listing a folder that may hold
+    /// millions of files.
     pub async fn find_stem(
         &self,
         rel_stem: &str,
@@ -201,22 +201,21 @@ impl Store {
             }
             return Ok(out);
         }
+        // Keys sharing the stem also include longer names (`<segment>.<offset>.backup` after
+        // `<segment>`): keep exactly `<stem>.<ext>`.
         let (folder, _) = rel_stem.rsplit_once('/').unwrap_or(("", rel_stem));
-        let all = self.list_with_offset(folder, rel_stem).await?;
+        let stem = rel_stem.to_string();
+        let all = self
+            .list_after(folder, rel_stem, move |k| k.starts_with(&stem))
+            .await?;
         Ok(all
             .into_iter()
-            .filter(|(k, _)| k.starts_with(rel_stem))
+            .filter(|(k, _)| {
+                k.strip_prefix(rel_stem)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|ext| exts.contains(&ext))
+            })
             .collect())
-    }
-
-    async fn list_with_offset(
-        &self,
-        folder: &str,
-        rel_stem: &str,
-    ) -> Result<Vec<(String, ObjectMeta)>> {
-        let stem = rel_stem.to_string();
-        self.list_after(folder, rel_stem, move |k| k.starts_with(&stem))
-            .await
     }
 
     /// Lists the objects in `folder` whose keys sort after `after` (both relative to the
