@@ -332,7 +332,7 @@ impl Agent {
         );
         let api = tokio::spawn(crate::api::serve(self.clone(), listener));
         self.startup().await;
-        let _ = self.ready.send(true);
+        self.ready.send_replace(true);
         tokio::spawn(self.clone().follow_etcd());
         tokio::spawn(self.clone().duties());
         shutdown_signal().await;

@@ -327,20 +327,27 @@ pub async fn plan(
         });
     };
 
-    let mut leader = match &etcd {
-        Some(e) => leader_from_etcd(e).await.unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "cannot read the leader's position from etcd");
-            None
-        }),
-        None => None,
-    };
-    if leader.is_none() {
-        leader = Some(leader_from_connstring(connstring, &archive.settings.vars).await?);
-    }
-    let Some(leader) = leader else {
-        return Err(Error::Cluster(
-            "the leader's WAL position is unknown".into(),
-        ));
+    // The leader's own answer is exact and current; its etcd member key is up to one Patroni
+    // loop old, so it is the fallback when the connection string does not get in.
+    let asked = tokio::time::timeout(
+        Duration::from_secs(10),
+        leader_from_connstring(connstring, &archive.settings.vars),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Error::Cluster(
+            "the leader did not answer within 10 s".into(),
+        ))
+    });
+    let leader = match (asked, &etcd) {
+        (Ok(p), _) => p,
+        (Err(e), Some(etcd)) => {
+            tracing::warn!(error = %e, "cannot ask the leader; using its member key in etcd");
+            leader_from_etcd(etcd).await?.ok_or_else(|| {
+                Error::Cluster("the leader's WAL position is unknown (no member key)".into())
+            })?
+        }
+        (Err(e), None) => return Err(e),
     };
     let lineage = match history::fetch(archive, leader.timeline).await? {
         Some(h) => h,

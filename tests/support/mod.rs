@@ -2,6 +2,8 @@
 //! stopped by Drop, so a failing test stops them too.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -296,6 +298,24 @@ impl S3 {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts the server again on the same port and files, after [`S3::stop`].
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new(which("s3s-fs"))
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("s3s-fs to listen again", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
     }
 
     /// Files the server stores for the bucket, relative to the bucket.

@@ -1,0 +1,688 @@
+//! walkeeper as a Patroni cluster agent, against real etcd 3.4, Patroni, PostgreSQL 15 and an S3
+//! server on loopback: leader-only archiving, split-brain, failover gap healing, replica
+//! creation by threshold, the backup list in etcd, the PITR restart, and restoration of a
+//! destroyed cluster from the archive.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use support::cluster::*;
+use support::{chown_pg_recursive, stderr, Pg};
+
+const SEG: u64 = 16 << 20;
+
+/// Starts member 0, waits until it leads and its agent has taken the first backup, then starts
+/// the others and waits until they stream.
+fn cluster_of(scope: &str, n: usize, opts: MemberOpts) -> (Cluster, usize) {
+    let mut c = Cluster::new(scope);
+    for _ in 0..n {
+        c.add(opts.clone());
+    }
+    c.start(0);
+    let l = c.wait_leader(Duration::from_secs(90));
+    wait_for_backups(&c, 1);
+    for i in 1..n {
+        c.start(i);
+    }
+    for i in 1..n {
+        c.wait_streaming(i, Duration::from_secs(120));
+    }
+    (c, l)
+}
+
+fn wait_for_backups(c: &Cluster, n: usize) {
+    wait_until_or(
+        &format!("{n} backup(s) in the archive"),
+        Duration::from_secs(90),
+        || c.backup_list().len() >= n,
+        || c.logs(),
+    );
+}
+
+/// `outcome="uploaded"` segments in a wal-push log.
+fn uploaded(log: &str) -> BTreeSet<String> {
+    log.lines()
+        .filter(|l| l.contains("outcome=\"uploaded\""))
+        .filter_map(|l| {
+            l.split("segment=")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(String::from)
+        })
+        .collect()
+}
+
+/// WAL file names (without codec extension) in the archive.
+fn archived_wal(c: &Cluster) -> BTreeSet<String> {
+    c.objects()
+        .iter()
+        .filter_map(|o| o.strip_prefix("wal_005/"))
+        .map(|o| o.rsplit_once('.').map(|(b, _)| b).unwrap_or(o).to_string())
+        .collect()
+}
+
+/// (timeline, segment number) of a full segment name.
+fn seg_of(name: &str) -> Option<(u32, u64)> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let tli = u32::from_str_radix(&name[0..8], 16).ok()?;
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    Some((tli, log * 0x100 + seg))
+}
+
+fn parse_lsn(s: &str) -> u64 {
+    let (hi, lo) = s.trim().split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// The switch point of timeline 1 from a member's `00000002.history`.
+fn switch_point_of_timeline_1(data: &Path) -> u64 {
+    let text =
+        std::fs::read_to_string(data.join("pg_wal/00000002.history")).expect("00000002.history");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with('1'))
+        .expect("a line for timeline 1");
+    parse_lsn(line.split_whitespace().nth(1).unwrap())
+}
+
+fn server_now(c: &Cluster, i: usize) -> String {
+    c.psql(
+        i,
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+}
+
+#[test]
+fn only_the_leader_uploads_and_replicas_with_archive_mode_always_only_verify() {
+    let (c, l) = cluster_of(
+        "leaderonly",
+        3,
+        MemberOpts {
+            archive_mode: "always",
+            ..Default::default()
+        },
+    );
+    c.pgbench(l, &["-i", "-s", "2", "-q"]);
+    let mut last = String::new();
+    for _ in 0..3 {
+        c.psql(l, "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1, 1, 1, 1, now() FROM generate_series(1, 1000)");
+        last = c.switch_and_wait_archived(l);
+    }
+    // Replicas archive every segment they receive (archive_mode=always); wait until they have
+    // got as far as the leader.
+    for i in (0..3).filter(|&i| i != l) {
+        wait_until_or(
+            &format!("{} to archive up to {last}", c.members[i].name),
+            Duration::from_secs(120),
+            || {
+                c.psql_try(
+                    i,
+                    "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+                )
+                .is_some_and(|w| w >= last)
+            },
+            || c.logs(),
+        );
+    }
+    let leader_uploads = uploaded(&c.members[l].wal_push_log_text());
+    assert!(leader_uploads.contains(&last), "{leader_uploads:?}");
+    for i in (0..3).filter(|&i| i != l) {
+        let log = c.members[i].wal_push_log_text();
+        assert!(
+            uploaded(&log).is_empty(),
+            "replica {} uploaded: {log}",
+            c.members[i].name
+        );
+        assert!(
+            log.contains("outcome=\"already-archived\""),
+            "replica {} never ran wal-push: {log}",
+            c.members[i].name
+        );
+    }
+    // Every WAL object in the archive is one the leader uploaded.
+    let archived = archived_wal(&c);
+    let foreign: Vec<&String> = archived.difference(&leader_uploads).collect();
+    assert!(
+        foreign.is_empty(),
+        "objects the leader did not upload: {foreign:?}"
+    );
+}
+
+#[test]
+fn split_brain_old_primary_cannot_archive_divergent_wal_but_a_plain_cp_would() {
+    let (mut c, old) = cluster_of(
+        "splitbrain",
+        3,
+        MemberOpts {
+            cp_baseline: true,
+            ..Default::default()
+        },
+    );
+    c.psql(old, "CREATE TABLE t (id serial, note text)");
+    c.psql(old, "INSERT INTO t (note) VALUES ('agreed')");
+    c.switch_and_wait_archived(old);
+
+    // Patroni dies, its PostgreSQL keeps running as a primary (no watchdog).
+    c.signal_patroni(old, libc::SIGKILL);
+    c.psql(old, "INSERT INTO t (note) VALUES ('during the lease')");
+    let mut new = old;
+    wait_until_or(
+        "another member to take the leader key",
+        Duration::from_secs(90),
+        || {
+            new = c.leader().unwrap_or(old);
+            new != old
+        },
+        || c.logs(),
+    );
+    c.wait_leader(Duration::from_secs(60));
+    // The old primary goes on taking writes and finishing segments on timeline 1.
+    for _ in 0..3 {
+        c.psql(
+            old,
+            "INSERT INTO t (note) SELECT 'divergent' FROM generate_series(1, 1000)",
+        );
+        c.psql(old, "SELECT pg_switch_wal()");
+    }
+    let switch = switch_point_of_timeline_1(&c.members[new].data);
+    let cp_dir = c.members[old].dir.join("cp-archive");
+    let divergent = |names: &BTreeSet<String>| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| matches!(seg_of(n), Some((1, segno)) if (segno + 1) * SEG > switch))
+            .cloned()
+            .collect()
+    };
+    // Its archiver tries: the plain cp in front of wal-push copies what it is given.
+    wait_until_or(
+        "the old primary's archiver to try a divergent segment",
+        Duration::from_secs(120),
+        || {
+            let names: BTreeSet<String> = std::fs::read_dir(&cp_dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            !divergent(&names).is_empty()
+        },
+        || c.logs(),
+    );
+    let copied: BTreeSet<String> = std::fs::read_dir(&cp_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let baseline = divergent(&copied);
+    // Give the old primary's wal-push time to (not) upload what cp copied.
+    wait_until_or(
+        "the old primary's wal-push to refuse",
+        Duration::from_secs(60),
+        || {
+            c.members[old]
+                .wal_push_log_text()
+                .contains("holds the leader key, not")
+        },
+        || c.logs(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let archived = archived_wal(&c);
+    assert_eq!(
+        divergent(&archived),
+        Vec::<String>::new(),
+        "walkeeper archived divergent timeline-1 WAL (switch point {switch:X}); archive: {archived:?}"
+    );
+    assert!(
+        !baseline.is_empty(),
+        "the plain cp baseline should have copied a divergent segment"
+    );
+    eprintln!(
+        "switch point {:X}: a plain cp archive_command copied divergent {baseline:?}; walkeeper archived none",
+        switch
+    );
+}
+
+#[test]
+fn failover_under_load_leaves_no_gap_and_a_pitr_after_it_restores_the_right_rows() {
+    let (mut c, old) = cluster_of(
+        "failover",
+        3,
+        MemberOpts {
+            blockable_archiving: true,
+            ..Default::default()
+        },
+    );
+    c.pgbench(old, &["-i", "-s", "2", "-q"]);
+    c.switch_and_wait_archived(old);
+    // The old leader's archiving falls behind: segments it finishes stay .ready...
+    std::fs::write(c.members[old].dir.join("archive-blocked"), b"").unwrap();
+    let bench = {
+        let m = &c.members[old];
+        support::pg_tool("pgbench")
+            .arg("-h")
+            .arg(&m.dir)
+            .arg("-p")
+            .arg(m.pg_port.to_string())
+            .args(["-U", "postgres", "-c", "2", "-T", "600", "postgres"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let _bench = KillOnDrop(bench);
+    let mut blocked = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(500));
+        blocked.push(c.psql(old, "SELECT pg_walfile_name(pg_switch_wal())"));
+    }
+    let lsn = c.psql(old, "SELECT pg_current_wal_lsn()");
+    // ...but the replicas have streamed them.
+    for i in (0..3).filter(|&i| i != old) {
+        wait_until_or(
+            "the replicas to replay the blocked segments",
+            Duration::from_secs(60),
+            || {
+                c.psql_try(i, &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"))
+                    .as_deref()
+                    == Some("t")
+            },
+            || c.logs(),
+        );
+    }
+    let before = archived_wal(&c);
+    let gap: Vec<&String> = blocked.iter().filter(|s| !before.contains(*s)).collect();
+    assert!(!gap.is_empty(), "archiving was not blocked: {before:?}");
+
+    // The leader's host dies.
+    c.crash(old);
+    let new = {
+        let mut n = old;
+        wait_until_or(
+            "a new leader",
+            Duration::from_secs(90),
+            || {
+                n = c.leader().unwrap_or(old);
+                n != old
+            },
+            || c.logs(),
+        );
+        c.wait_leader(Duration::from_secs(60))
+    };
+    wait_until_or(
+        "the new leader to heal the gap",
+        Duration::from_secs(60),
+        || {
+            let now = archived_wal(&c);
+            gap.iter().all(|s| now.contains(*s))
+        },
+        || c.logs(),
+    );
+    assert!(
+        c.members[new].agent_log_text().contains("gap healing done"),
+        "{}",
+        c.members[new].agent_log_text()
+    );
+    drop(_bench);
+    let other = (0..3).find(|&i| i != old && i != new).unwrap();
+    c.wait_streaming(other, Duration::from_secs(120));
+
+    c.psql(new, "CREATE TABLE marks (id int, note text)");
+    c.psql(new, "INSERT INTO marks VALUES (1, 'before')");
+    std::thread::sleep(Duration::from_millis(50));
+    let target = server_now(&c, new);
+    std::thread::sleep(Duration::from_millis(50));
+    c.psql(new, "INSERT INTO marks VALUES (2, 'after')");
+    c.switch_and_wait_archived(new);
+
+    let out = c.walkeeper(&["wal-verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "wal-verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+
+    // A point-in-time restore to a time after the failover, from the archive alone.
+    let env = c.scratch.mkdir("restore-env");
+    for (k, v) in c.archive_vars() {
+        std::fs::write(env.join(k), v).unwrap();
+    }
+    chown_pg_recursive(&env);
+    let dir = c.scratch.path().join("pitr");
+    let out = support::run(
+        &[
+            "--envdir",
+            env.to_str().unwrap(),
+            "restore",
+            dir.to_str().unwrap(),
+            "--target-time",
+            &target,
+        ],
+        &[],
+        c.scratch.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "restore: {}", stderr(&out));
+    chown_pg_recursive(&dir);
+    let mut pg = Pg::configure(
+        &c.scratch,
+        "pitr",
+        dir,
+        "archive_mode = off\nhba_file = 'pg_hba.conf'\n",
+    );
+    pg.start();
+    support::wait_until("recovery to the target", Duration::from_secs(300), || {
+        pg.psql("SELECT pg_is_in_recovery()") == "f"
+    });
+    assert_eq!(
+        pg.psql("SELECT string_agg(note, ',' ORDER BY id) FROM marks"),
+        "before"
+    );
+    pg.stop();
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn replicas_are_built_from_the_archive_under_the_thresholds_and_by_basebackup_over_them() {
+    let mut c = Cluster::new("thresholds");
+    c.add(MemberOpts::default());
+    c.start(0);
+    let l = c.wait_leader(Duration::from_secs(90));
+    wait_for_backups(&c, 1);
+    c.psql(l, "CREATE TABLE t AS SELECT generate_series(1, 1000) AS x");
+    c.switch_and_wait_archived(l);
+
+    let created_by = |c: &Cluster, i: usize| -> String {
+        let mut how = String::new();
+        wait_until_or(
+            &format!("{} to be created", c.members[i].name),
+            Duration::from_secs(120),
+            || {
+                how = c.members[i]
+                    .patroni_log_text()
+                    .lines()
+                    .find_map(|l| {
+                        l.split("replica has been created using ")
+                            .nth(1)
+                            .map(String::from)
+                    })
+                    .unwrap_or_default();
+                !how.is_empty()
+            },
+            || c.logs(),
+        );
+        how.trim().to_string()
+    };
+    let mib = |n: u64| n.to_string();
+
+    // Thresholds from Patroni's method config (argv), generous: from the archive.
+    let a = c.add(MemberOpts {
+        method_args: vec![
+            ("threshold_megabytes".into(), mib(100_000)),
+            ("threshold_backup_size_percentage".into(), "1000".into()),
+        ],
+        ..Default::default()
+    });
+    c.start(a);
+    assert_eq!(created_by(&c, a), "walkeeper", "{}", c.logs());
+    c.wait_streaming(a, Duration::from_secs(120));
+    assert_eq!(c.psql(a, "SELECT count(*) FROM t"), "1000");
+
+    // Thresholds from the environment, exceeded: basebackup.
+    let b = c.add(MemberOpts {
+        env: vec![("WALE_BACKUP_THRESHOLD_MEGABYTES".into(), "0".into())],
+        ..Default::default()
+    });
+    c.start(b);
+    assert_eq!(created_by(&c, b), "basebackup", "{}", c.logs());
+    assert!(
+        c.members[b]
+            .patroni_log_text()
+            .contains("WALE_BACKUP_THRESHOLD_MEGABYTES"),
+        "the decision should name where the threshold came from: {}",
+        c.members[b].patroni_log_text()
+    );
+    c.wait_streaming(b, Duration::from_secs(120));
+
+    // Thresholds from the environment, met: from the archive.
+    let d = c.add(MemberOpts {
+        env: vec![
+            ("WALE_BACKUP_THRESHOLD_MEGABYTES".into(), mib(100_000)),
+            ("WALE_BACKUP_THRESHOLD_PERCENTAGE".into(), "1000".into()),
+        ],
+        ..Default::default()
+    });
+    c.start(d);
+    assert_eq!(created_by(&c, d), "walkeeper", "{}", c.logs());
+    c.wait_streaming(d, Duration::from_secs(120));
+    assert_eq!(c.psql(d, "SELECT count(*) FROM t"), "1000");
+}
+
+#[test]
+fn the_backup_list_in_etcd_matches_backup_list_and_survives_a_listing_failure() {
+    let (mut c, l) = cluster_of("etcdlist", 3, MemberOpts::default());
+    c.psql(l, "CREATE TABLE t AS SELECT 1 AS x");
+    let rows = c.backup();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let key = format!("/service/{}/wale-backup-list", c.scope);
+    let listed = {
+        let out = c.walkeeper(&["backup-list"]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    wait_until_or(
+        "the etcd backup list to match backup-list",
+        Duration::from_secs(30),
+        || c.etcd.get(&key).as_deref() == Some(listed.as_str()),
+        || format!("etcd: {:?}\nbackup-list: {listed}", c.etcd.get(&key)),
+    );
+    assert!(listed.starts_with("name\tlast_modified\texpanded_size_bytes\t"));
+    let json: serde_json::Value = serde_json::from_str(
+        &c.etcd
+            .get(&format!("/service/{}/walkeeper-backup-list", c.scope))
+            .expect("the JSON list"),
+    )
+    .unwrap();
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(names, want);
+
+    // The store goes away: listings fail, and the list in etcd stays.
+    let failures = |c: &Cluster| -> u64 {
+        let (_, m) = c.agent_get(l, "/metrics");
+        m.lines()
+            .find(|x| x.starts_with("walkeeper_backup_list_failures_total"))
+            .and_then(|x| x.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = failures(&c);
+    c.s3.stop();
+    wait_until_or(
+        "a failed listing",
+        Duration::from_secs(60),
+        || failures(&c) > before,
+        || c.logs(),
+    );
+    assert_eq!(c.etcd.get(&key).as_deref(), Some(listed.as_str()));
+    c.s3.restart();
+    let (code, status) = c.agent_get(l, "/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["role"], "leader");
+    assert_eq!(status["last_backup"]["name"].as_str(), want.last().copied());
+}
+
+#[test]
+fn a_restart_to_a_marker_time_keeps_rows_before_drops_rows_after_and_replicas_rejoin() {
+    let (c, l) = cluster_of("restart", 3, MemberOpts::default());
+    c.psql(l, "CREATE TABLE marks (id int, note text)");
+    c.psql(l, "INSERT INTO marks VALUES (1, 'before')");
+    std::thread::sleep(Duration::from_millis(50));
+    let target = server_now(&c, l);
+    std::thread::sleep(Duration::from_millis(50));
+    c.psql(l, "INSERT INTO marks VALUES (2, 'after')");
+    c.switch_and_wait_archived(l);
+    let replica = (0..3).find(|&i| i != l).unwrap();
+
+    // Refusals first: not the leader, no zone, the future, before the first backup.
+    let body = |t: &str| format!("{{\"recovery_target_time\": \"{t}\"}}");
+    let (code, msg) = c.agent_post(replica, "/restart", &body(&target));
+    assert_eq!(code, 409, "{msg}");
+    assert!(msg.contains(&c.members[l].name), "{msg}");
+    let (code, msg) = c.agent_post(l, "/restart", &body("2026-01-01 00:00:00"));
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("zone"), "{msg}");
+    let (code, msg) = c.agent_post(l, "/restart", &body("2999-01-01T00:00:00Z"));
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("future"), "{msg}");
+    let (code, msg) = c.agent_post(l, "/restart", &body("2001-01-01T00:00:00Z"));
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("earliest restorable point"), "{msg}");
+
+    let (code, msg) = c.agent_post(l, "/restart", &body(&target));
+    assert_eq!(code, 202, "{msg}");
+    let id = serde_json::from_str::<serde_json::Value>(&msg).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job_state = || -> serde_json::Value {
+        let (_, j) = c.agent_get(l, &format!("/restart/{id}"));
+        serde_json::from_str(&j).unwrap_or_default()
+    };
+    wait_until_or(
+        "the restart to finish",
+        Duration::from_secs(400),
+        || job_state()["status"] != "running",
+        || format!("{:#}\n{}", job_state(), c.logs()),
+    );
+    let job = job_state();
+    assert_eq!(job["status"], "succeeded", "{job:#}\n{}", c.logs());
+    let new_tli = job["new_timeline"].as_u64().unwrap();
+    assert!(new_tli >= 2, "{job:#}");
+    let leader = c.wait_leader(Duration::from_secs(60));
+    assert_eq!(leader, l);
+    assert_eq!(
+        c.psql(l, "SELECT string_agg(note, ',' ORDER BY id) FROM marks"),
+        "before"
+    );
+    let paused = c.patroni_state(l).unwrap()["pause"]
+        .as_bool()
+        .unwrap_or(false);
+    assert!(!paused, "Patroni is still paused");
+    for i in (0..3).filter(|&i| i != l) {
+        wait_until_or(
+            &format!("{} to follow timeline {new_tli}", c.members[i].name),
+            Duration::from_secs(300),
+            || {
+                c.psql_try(
+                    i,
+                    "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                )
+                .as_deref()
+                    == Some(new_tli.to_string().as_str())
+            },
+            || format!("{job:#}\n{}", c.logs()),
+        );
+        wait_until_or(
+            "the replica to show the restored rows",
+            Duration::from_secs(60),
+            || {
+                c.psql_try(i, "SELECT string_agg(note, ',' ORDER BY id) FROM marks")
+                    .as_deref()
+                    == Some("before")
+            },
+            || c.logs(),
+        );
+    }
+}
+
+#[test]
+fn a_destroyed_cluster_comes_back_from_the_archive() {
+    let (mut c, l) = cluster_of("restoration", 3, MemberOpts::default());
+    c.psql(
+        l,
+        "CREATE TABLE kept AS SELECT generate_series(1, 5000) AS x",
+    );
+    c.switch_and_wait_archived(l);
+    for i in 0..3 {
+        c.stop_member(i);
+        std::fs::remove_dir_all(&c.members[i].data).unwrap();
+    }
+    c.etcd.wipe();
+    assert_eq!(
+        c.etcd.get(&format!("/service/{}/initialize", c.scope)),
+        None
+    );
+    for i in 0..3 {
+        c.start_agent(i);
+    }
+    assert!(
+        c.etcd
+            .get(&format!("/service/{}/initialize", c.scope))
+            .is_some(),
+        "an agent should have written the archived system identifier to initialize\n{}",
+        c.logs()
+    );
+    for i in 0..3 {
+        c.start_patroni(i);
+    }
+    let l = c.wait_leader(Duration::from_secs(180));
+    assert_eq!(c.psql(l, "SELECT count(*) FROM kept"), "5000");
+    for i in (0..3).filter(|&i| i != l) {
+        c.wait_streaming(i, Duration::from_secs(180));
+        assert_eq!(c.psql(i, "SELECT count(*) FROM kept"), "5000");
+    }
+}
+
+#[test]
+fn debian_patroni_3_archives_through_the_leader_and_builds_replicas_from_the_archive() {
+    let opts = MemberOpts {
+        patroni: PATRONI3,
+        method_args: vec![
+            ("threshold_megabytes".into(), "100000".into()),
+            ("threshold_backup_size_percentage".into(), "1000".into()),
+        ],
+        ..Default::default()
+    };
+    let (c, l) = cluster_of("patroni3", 2, opts);
+    let r = 1 - l;
+    assert!(
+        c.members[r]
+            .patroni_log_text()
+            .contains("replica has been created using walkeeper"),
+        "{}",
+        c.logs()
+    );
+    c.psql(l, "CREATE TABLE t AS SELECT 42 AS x");
+    let seg = c.switch_and_wait_archived(l);
+    assert!(uploaded(&c.members[l].wal_push_log_text()).contains(&seg));
+    wait_until_or(
+        "the replica to replay",
+        Duration::from_secs(60),
+        || c.psql_try(r, "SELECT x FROM t").as_deref() == Some("42"),
+        || c.logs(),
+    );
+    let list = c
+        .etcd
+        .get(&format!("/service/{}/wale-backup-list", c.scope))
+        .unwrap_or_default();
+    assert!(list.lines().count() >= 2, "{list}");
+}
