@@ -370,12 +370,13 @@ fn failover_under_load_leaves_no_gap_and_a_pitr_after_it_restores_the_right_rows
     );
     assert_eq!(out.status.code(), Some(0), "restore: {}", stderr(&out));
     chown_pg_recursive(&dir);
-    let mut pg = Pg::configure(
-        &c.scratch,
-        "pitr",
-        dir,
-        "archive_mode = off\nhba_file = 'pg_hba.conf'\n",
+    // The backup holds the leader's Patroni-written config: its files point into the member's
+    // data directory; point them at the restored one.
+    let files = format!(
+        "archive_mode = off\nhba_file = '{d}/pg_hba.conf'\nident_file = '{d}/pg_ident.conf'\n",
+        d = dir.display()
     );
+    let mut pg = Pg::configure(&c.scratch, "pitr", dir, &files);
     pg.start();
     support::wait_until("recovery to the target", Duration::from_secs(300), || {
         pg.psql("SELECT pg_is_in_recovery()") == "f"

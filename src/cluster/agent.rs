@@ -487,7 +487,33 @@ impl Agent {
         }
     }
 
+    /// Waits until the local server runs as a primary: Patroni takes the leader key first and
+    /// promotes after, and the new timeline's history (what healing follows) exists only then.
+    async fn wait_until_primary(&self, timeout: Duration) -> Result<()> {
+        let cfg = pg::config(self.cfg.connstring.as_deref(), &self.settings.vars)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(client) = pg::connect(&cfg).await {
+                if let Ok(row) = client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                    if !row.get::<_, bool>(0) {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Cluster(format!(
+                    "the local server is not a primary {timeout:?} after this member took the leader key"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     async fn on_gained_leadership(&self) {
+        if let Err(e) = self.wait_until_primary(Duration::from_secs(300)).await {
+            tracing::error!(error = %e, "leader duties postponed");
+            return;
+        }
         match self.heal_gaps().await {
             Ok(r) if r.healed.is_empty() && r.unhealable.is_empty() => {
                 tracing::info!(
