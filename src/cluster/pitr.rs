@@ -390,7 +390,7 @@ async fn restore_and_promote(
     let signal = pgdata.join("recovery.signal");
     std::fs::write(&signal, b"").map_err(|e| Error::io(&signal, e))?;
     let restore_command = agent.self_command(&["wal-fetch", "%f", "%p"])?;
-    let log = aside.with_extension("log");
+    let log = PathBuf::from(format!("{}.log", aside.display()));
     job.step(
         "start",
         format!(
