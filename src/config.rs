@@ -577,6 +577,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/walkeeper.example.yaml");
+        let s = Settings::from_sources(BTreeMap::new(), Some(&path), None).unwrap();
+        assert_eq!(s.prefix.as_deref(), Some("s3://my-bucket/clusters/demo"));
+        let c = s.cluster.unwrap();
+        assert_eq!((c.scope.as_str(), c.name.as_str()), ("demo", "pg1"));
+        assert_eq!(s.agent_file.retain, Some(7));
+    }
+
+    #[test]
     fn envdir_with_nul_byte_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("AWS_REGION"), b"eu\0west").unwrap();

@@ -325,6 +325,11 @@ async fn run(
             return Err(e);
         }
     };
+    // The promoted postmaster is this process's child: reap it whenever it exits (Patroni
+    // stops it one day and waits for its PID to vanish; a zombie would make it wait forever).
+    if let Some(mut c) = child {
+        tokio::task::spawn_blocking(move || c.wait());
+    }
     job.update(|s| s.new_timeline = Some(new_tli));
     job.step(
         "leader-key",
