@@ -475,10 +475,33 @@ fn replicas_are_built_from_the_archive_under_the_thresholds_and_by_basebackup_ov
 
 #[test]
 fn the_backup_list_in_etcd_matches_backup_list_and_survives_a_listing_failure() {
-    let (mut c, l) = cluster_of("etcdlist", 3, MemberOpts::default());
+    let (mut c, l) = cluster_of(
+        "etcdlist",
+        3,
+        MemberOpts {
+            env: vec![("WALKEEPER_RETAIN".into(), "2".into())],
+            ..Default::default()
+        },
+    );
+    // The leader recorded the cluster's system identifier in the archive.
+    let sysid = c.psql(l, "SELECT system_identifier FROM pg_control_system()");
+    let stored = std::fs::read_to_string(
+        c.s3.root
+            .join(support::S3_BUCKET)
+            .join(&c.scope)
+            .join("sysids/sysid"),
+    );
+    assert_eq!(stored.ok().as_deref(), Some(sysid.as_str()));
     c.psql(l, "CREATE TABLE t AS SELECT 1 AS x");
+    let first = c.backup_list();
+    c.backup();
+    // Retention on the leader keeps the newest two of three.
     let rows = c.backup();
     assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r[0] != first[0][0]),
+        "the oldest backup was kept: {rows:?}"
+    );
     let key = format!("/service/{}/wale-backup-list", c.scope);
     let listed = {
         let out = c.walkeeper(&["backup-list"]);

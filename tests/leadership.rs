@@ -189,6 +189,47 @@ fn a_non_leader_may_upload_old_timeline_segments_only_up_to_the_archived_switch_
     assert!(!m.archived("000000020000000000000004"));
 }
 
+#[test]
+fn only_the_holder_of_the_leader_key_can_write_the_backup_list() {
+    let m = Member::new();
+    let settings = walkeeper::config::ClusterSettings {
+        scope: SCOPE.into(),
+        name: "pg1".into(),
+        namespace: "/service".into(),
+        etcd_hosts: vec![format!("http://{}", m.etcd.url())],
+        etcd_user: None,
+        agent_url: String::new(),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt
+        .block_on(walkeeper::cluster::Etcd::connect(&settings))
+        .unwrap();
+    let key = format!("/service/{SCOPE}/wale-backup-list");
+    let write = |text: &str| {
+        rt.block_on(etcd.put_if_leader(&[("wale-backup-list", text.to_string())]))
+            .unwrap()
+    };
+    m.set_leader("pg2", 30);
+    assert!(!write("from a deposed leader"));
+    assert_eq!(m.etcd.get(&key), None);
+    m.set_leader("pg1", 30);
+    assert!(write("from the leader"));
+    assert_eq!(m.etcd.get(&key).as_deref(), Some("from the leader"));
+    // `initialize` is only ever created, never overwritten.
+    assert!(rt
+        .block_on(etcd.create_if_absent("initialize", "123"))
+        .unwrap());
+    assert!(!rt
+        .block_on(etcd.create_if_absent("initialize", "456"))
+        .unwrap());
+    assert_eq!(
+        m.etcd
+            .get(&format!("/service/{SCOPE}/initialize"))
+            .as_deref(),
+        Some("123")
+    );
+}
+
 /// A running agent for pg1 (no Patroni, no PostgreSQL), killed on drop.
 struct Agent {
     child: std::process::Child,
