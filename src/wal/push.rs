@@ -195,18 +195,18 @@ async fn push_one(
         let _ = std::fs::remove_file(&rec);
     }
 
-    let size = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
-    let decision = leadership.decide(name, size, &ctx.archive).await?;
     let stem = name.key_stem();
     let exts: Vec<&str> = Compression::ALL.iter().map(|c| c.ext()).collect();
     let existing = ctx.store.find_stem(&stem, &exts).await?;
     let outcome = if let Some((key, _)) = existing.first() {
+        // Identical content is success for any member; no need to ask who leads.
         compare_existing(ctx, name, path, key).await?;
         PushOutcome::AlreadyArchived
     } else {
-        let deadline = match decision {
+        let size = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        let deadline = match leadership.decide(name, size, &ctx.archive).await? {
             PushDecision::Upload { deadline } => deadline,
             PushDecision::VerifyOnly { reason } => {
                 return Err(Error::NotLeader(format!(
