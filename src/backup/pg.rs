@@ -196,6 +196,22 @@ pub async fn stop_backup(client: &Client, version: i64) -> Result<(Lsn, String, 
     Ok((Lsn::parse(row.get::<_, &str>(0))?, row.get(1), row.get(2)))
 }
 
+/// A primary's current WAL position and timeline.
+pub async fn wal_position(client: &Client) -> Result<(Lsn, u32)> {
+    let row = client
+        .query_one(
+            "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::Cluster(format!("current WAL position: {e}")))?;
+    let lsn = Lsn::parse(row.get::<_, &str>(0))?;
+    let file: &str = row.get(1);
+    let timeline = u32::from_str_radix(file.get(0..8).unwrap_or(""), 16)
+        .map_err(|_| Error::Cluster(format!("timeline of WAL file {file:?}")))?;
+    Ok((lsn, timeline))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

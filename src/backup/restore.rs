@@ -123,18 +123,30 @@ pub async fn restore(
             "recovery_target_action = '{action}'\nrecovery_target_timeline = 'latest'\n"
         ));
     }
-    let auto = pgdata.join("postgresql.auto.conf");
+    write_recovery_settings(pgdata, "postgresql.auto.conf", &conf, "recovery.signal")?;
+    Ok(info)
+}
+
+/// Appends `settings` to `conf_file` in the data directory (durably) and creates `signal`
+/// (`recovery.signal` or `standby.signal`).
+pub fn write_recovery_settings(
+    pgdata: &Path,
+    conf_file: &str,
+    settings: &str,
+    signal: &str,
+) -> Result<()> {
+    let conf = pgdata.join(conf_file);
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&auto)
-        .map_err(|e| Error::io(&auto, e))?;
-    f.write_all(conf.as_bytes())
-        .map_err(|e| Error::io(&auto, e))?;
-    f.sync_all().map_err(|e| Error::io(&auto, e))?;
-    let signal = pgdata.join("recovery.signal");
+        .open(&conf)
+        .map_err(|e| Error::io(&conf, e))?;
+    f.write_all(settings.as_bytes())
+        .map_err(|e| Error::io(&conf, e))?;
+    f.sync_all().map_err(|e| Error::io(&conf, e))?;
+    let signal = pgdata.join(signal);
     std::fs::write(&signal, b"").map_err(|e| Error::io(&signal, e))?;
-    Ok(info)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -446,16 +446,7 @@ async fn restore_and_promote(
                 .map(|r| r.get::<_, bool>(0))
                 .unwrap_or(false);
             if promoted {
-                let row = client
-                    .query_one(
-                        "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
-                        &[],
-                    )
-                    .await
-                    .map_err(|e| Error::Cluster(format!("the new timeline: {e}")))?;
-                let file: String = row.get(0);
-                let tli = u32::from_str_radix(&file, 16)
-                    .map_err(|_| Error::Cluster(format!("the new timeline: {file:?}")))?;
+                let (_, tli) = pg::wal_position(&client).await?;
                 job.step("promoted", format!("promoted on timeline {tli}"));
                 return Ok(tli);
             }

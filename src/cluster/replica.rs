@@ -7,7 +7,6 @@
 //! WALE_BACKUP_THRESHOLD_MEGABYTES / WALE_BACKUP_THRESHOLD_PERCENTAGE, then Patroni's defaults
 //! (10240 MiB, 30 %). A backup is used only when the WAL since its start is below both.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use std::time::Duration;
 use super::etcd::{Etcd, BACKUP_LIST_JSON_KEY};
 use crate::archive::Archive;
 use crate::backup::fetch::{backup_fetch, FetchOptions};
+use crate::backup::restore::write_recovery_settings;
 use crate::backup::{list_backups, pg, BackupInfo, Lsn};
 use crate::config::{ClusterSettings, Vars};
 use crate::error::{Error, Result};
@@ -230,17 +230,7 @@ async fn leader_from_connstring(connstring: &str, vars: &Vars) -> Result<LeaderP
     let client = pg::connect(&cfg)
         .await
         .map_err(|e| Error::Cluster(format!("the leader ({connstring}): {e}")))?;
-    let row = client
-        .query_one(
-            "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::Cluster(format!("leader's WAL position: {e}")))?;
-    let lsn = Lsn::parse(row.get::<_, &str>(0))?;
-    let file: &str = row.get(1);
-    let timeline = u32::from_str_radix(file.get(0..8).unwrap_or(""), 16)
-        .map_err(|_| Error::Cluster(format!("leader's WAL file name {file:?}")))?;
+    let (lsn, timeline) = pg::wal_position(&client).await?;
     Ok(LeaderPosition { lsn, timeline })
 }
 
@@ -452,18 +442,7 @@ fn write_standby_settings(
     if let Some(c) = connstring {
         conf.push_str(&format!("primary_conninfo = '{}'\n", q(c)));
     }
-    let path = datadir.join("postgresql.conf");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    f.write_all(conf.as_bytes())
-        .map_err(|e| Error::io(&path, e))?;
-    f.sync_all().map_err(|e| Error::io(&path, e))?;
-    let signal = datadir.join("standby.signal");
-    std::fs::write(&signal, b"").map_err(|e| Error::io(&signal, e))?;
-    Ok(())
+    write_recovery_settings(datadir, "postgresql.conf", &conf, "standby.signal")
 }
 
 #[cfg(test)]
