@@ -256,11 +256,18 @@ fn pitr(backend_for: impl FnOnce(&Scratch) -> Backend) {
 
     let out = c.walkeeper(&["restore", dir.to_str().unwrap(), "--target-time", &target]);
     assert_eq!(out.status.code(), Some(0), "restore: {}", stderr(&out));
+    let auto = dir.join("postgresql.auto.conf");
+    assert!(std::fs::read_to_string(&auto)
+        .unwrap()
+        .contains("recovery_target_time"));
     let restored = c.start_restored("pitr", dir, "");
     assert_eq!(
         restored.psql("SELECT string_agg(note, ',' ORDER BY id) FROM marks"),
         "before"
     );
+    // Recovery is over: the target does not stay behind to come back with later backups.
+    let left = std::fs::read_to_string(&auto).unwrap();
+    assert!(!left.contains("recovery_target"), "{left}");
 }
 
 #[test]

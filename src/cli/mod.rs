@@ -6,6 +6,7 @@ mod backup_list;
 mod backup_push;
 mod create_replica;
 mod delete;
+mod recovery_done;
 mod restore;
 mod wal_fetch;
 mod wal_prefetch;
@@ -60,6 +61,9 @@ pub enum Command {
     Delete(delete::Args),
     /// Point-in-time restore: fetch the right backup and configure recovery.
     Restore(restore::Args),
+    /// recovery_end_command of `restore`: removes its recovery settings again.
+    #[command(hide = true)]
+    RecoveryDone(recovery_done::Args),
     /// The cluster agent: leader-only backups and retention, backup list in etcd, HTTP API.
     Agent(agent::Args),
     /// Patroni create_replica_methods entry: restore a replica from the archive if cheap enough.
@@ -166,6 +170,7 @@ pub fn main() -> i32 {
             Command::Delete(a) => delete::run(&cli, a).await,
             Command::Restore(a) => restore::run(&cli, a).await,
             Command::Agent(a) => agent::run(&cli, a).await,
+            Command::RecoveryDone(a) => recovery_done::run(&cli, a).await,
             Command::CreateReplica(a) => create_replica::run(&cli, a).await,
         }
     })

@@ -63,6 +63,10 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             },
             fetch,
             restore_command: command,
+            recovery_end_command: Some(super::self_command(
+                &cli.global_args(),
+                &["recovery-done"],
+            )?),
         };
         let info = restore(archive, &args.pgdata, opts).await?;
         println!(

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::etcd::{Etcd, BACKUP_LIST_JSON_KEY};
 use crate::archive::Archive;
 use crate::backup::fetch::{backup_fetch, FetchOptions};
-use crate::backup::restore::write_recovery_settings;
+use crate::backup::restore::{remove_recovery_block, write_recovery_settings};
 use crate::backup::{list_backups, pg, BackupInfo, Lsn};
 use crate::config::{ClusterSettings, Vars};
 use crate::error::{Error, Result};
@@ -442,6 +442,8 @@ fn write_standby_settings(
     if let Some(c) = connstring {
         conf.push_str(&format!("primary_conninfo = '{}'\n", q(c)));
     }
+    // A backup of a server still recovering from `walkeeper restore` carries its target along.
+    remove_recovery_block(datadir)?;
     write_recovery_settings(datadir, "postgresql.conf", &conf, "standby.signal")
 }
 
