@@ -348,3 +348,35 @@ fn mutating_endpoints_need_the_bearer_token_and_file_names_never_leave_pg_wal() 
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("pg_wal"), "{body}");
 }
+
+#[test]
+fn the_agent_follows_the_leader_key_and_reconnects_after_etcd_restarts() {
+    let mut m = Member::new();
+    let agent = start_agent(&m, &[]);
+    let status = |field: &str| -> serde_json::Value {
+        let body = reqwest::blocking::get(format!("http://127.0.0.1:{}/status", agent.port))
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()[field].clone()
+    };
+    m.set_leader("pg2", 30);
+    wait_until("the agent to see pg2 lead", Duration::from_secs(20), || {
+        status("leader") == "pg2"
+    });
+    assert_eq!(status("role"), "replica");
+    m.etcd.stop();
+    wait_until(
+        "the agent to notice etcd is gone",
+        Duration::from_secs(30),
+        || status("etcd_connected") == false,
+    );
+    assert_eq!(status("role"), "unknown");
+    m.etcd.restart();
+    m.set_leader("pg1", 30);
+    wait_until(
+        "the agent to reconnect and see pg1 lead",
+        Duration::from_secs(30),
+        || status("etcd_connected") == true && status("leader") == "pg1",
+    );
+    assert_eq!(status("role"), "leader");
+}

@@ -500,6 +500,11 @@ impl Agent {
                     }
                 }
             }
+            if !self.view_says_leader() {
+                return Err(Error::NotLeader(
+                    "this member lost the leader key before its server was promoted".into(),
+                ));
+            }
             if Instant::now() > deadline {
                 return Err(Error::Cluster(format!(
                     "the local server is not a primary {timeout:?} after this member took the leader key"

@@ -94,6 +94,12 @@ impl Etcd {
         }
     }
 
+    /// Starts etcd again (after [`Etcd::stop`]) with its data, on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
     /// Stops etcd, deletes its data and starts an empty one on the same port.
     pub fn wipe(&mut self) {
         self.stop();
