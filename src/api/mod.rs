@@ -154,7 +154,13 @@ async fn metrics(State(agent): Shared) -> Response {
 }
 
 async fn backup_push(State(agent): Shared) -> Response {
-    match agent.backup("requested through the API").await {
+    // In its own task: a client that hangs up does not cancel a running backup.
+    let task = tokio::spawn(async move { agent.backup("requested through the API").await });
+    let result = match task.await {
+        Ok(r) => r,
+        Err(e) => Err(Error::Cluster(format!("backup task: {e}"))),
+    };
+    match result {
         Ok(s) => Json(json!({
             "start_lsn": s.start_lsn.to_string(),
             "finish_lsn": s.finish_lsn.to_string(),
