@@ -7,12 +7,15 @@
 //! more compression threads than cores. The frame is standard: independent blocks, 256 KiB
 //! maximum block size, content checksum (XXH32 of the plaintext) — any lz4 reader decodes it.
 //!
-//! Memory is bounded: a stream has at most `workers + 1` blocks in flight, each with its input
-//! and output buffer (about 1.5 MiB with two workers). Input of at most one block is
+//! Memory is bounded per process, not per stream: at most `workers + 1` blocks are in the pool
+//! at once, whatever the number of streams; a stream that finds the pool full compresses its
+//! block on its own thread instead of waiting (so concurrent look-ahead uploads behave like
+//! single-threaded ones and hold about one block each). Input of at most one block is
 //! compressed on the calling thread and never starts the pool.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Mutex, OnceLock};
 
@@ -107,6 +110,22 @@ struct Pool {
 }
 
 static POOL: OnceLock<io::Result<Pool>> = OnceLock::new();
+
+/// Blocks in the pool (queued, being compressed, or compressed and not yet written out).
+static IN_POOL: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes a place in the pool for one block, if one is free.
+fn try_reserve(limit: usize) -> bool {
+    IN_POOL
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+fn release(n: usize) {
+    IN_POOL.fetch_sub(n, Ordering::AcqRel);
+}
 
 fn pool() -> io::Result<&'static Pool> {
     let res = POOL.get_or_init(|| {
@@ -209,8 +228,13 @@ impl<W: Write> Lz4ParWriter<W> {
         if let Err(e) = &res {
             self.failed = Some((e.kind(), e.to_string()));
         }
-        self.spare_blocks.push(block);
-        self.spare_packed.push(packed);
+        // Keep one of each for reuse; more would only grow with the pool's share of blocks.
+        if self.spare_blocks.is_empty() {
+            self.spare_blocks.push(block);
+        }
+        if self.spare_packed.is_empty() {
+            self.spare_packed.push(packed);
+        }
         res
     }
 
@@ -219,9 +243,10 @@ impl<W: Write> Lz4ParWriter<W> {
         let Some(rx) = self.pending.pop_front() else {
             return Ok(());
         };
-        let (block, packed) = rx
-            .recv()
-            .map_err(|_| io::Error::other("an lz4 worker thread stopped"))??;
+        let res = rx.recv();
+        release(1);
+        let (block, packed) =
+            res.map_err(|_| io::Error::other("an lz4 worker thread stopped"))??;
         self.emit(block, packed)
     }
 
@@ -234,19 +259,29 @@ impl<W: Write> Lz4ParWriter<W> {
         let block = std::mem::replace(&mut self.cur, fresh);
         self.cur.len = 0;
         let mut packed = self.spare_packed.pop().unwrap_or_else(Packed::new);
-        if inline || self.threads == 1 {
-            compress_block(&block, &mut packed)?;
-            return self.emit(block, packed);
-        }
         while self.pending.len() > self.threads {
             self.emit_oldest()?;
         }
+        if inline || self.threads == 1 || !try_reserve(self.threads + 1) {
+            // Blocks in the pool are written before this one: keep the order.
+            while !self.pending.is_empty() {
+                self.emit_oldest()?;
+            }
+            compress_block(&block, &mut packed)?;
+            return self.emit(block, packed);
+        }
         let (reply, rx) = mpsc::sync_channel(1);
-        pool()?.send(Job {
-            block,
-            packed,
-            reply,
-        })?;
+        let sent = pool().and_then(|p| {
+            p.send(Job {
+                block,
+                packed,
+                reply,
+            })
+        });
+        if let Err(e) = sent {
+            release(1);
+            return Err(e);
+        }
         self.pending.push_back(rx);
         Ok(())
     }
@@ -305,6 +340,14 @@ impl<W: Write> Lz4ParWriter<W> {
         self.sink
             .take()
             .ok_or_else(|| io::Error::other("lz4 frame already finished"))
+    }
+}
+
+impl<W: Write> Drop for Lz4ParWriter<W> {
+    fn drop(&mut self) {
+        // Blocks still in the pool (a failed stream) give their places back; the workers drop
+        // them when they find nobody waiting.
+        release(self.pending.len());
     }
 }
 
