@@ -11,7 +11,8 @@
 //! at once, whatever the number of streams; a stream that finds the pool full compresses its
 //! block on its own thread instead of waiting (so concurrent look-ahead uploads behave like
 //! single-threaded ones and hold about one block each). Input of at most one block is
-//! compressed on the calling thread and never starts the pool.
+//! compressed on the calling thread and never starts the pool. Buffers freed by one stream are
+//! kept for the next (at most 8 of each kind, about 4 MiB).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -44,7 +45,8 @@ pub fn default_threads() -> usize {
 }
 
 /// A block buffer: always `BLOCK` bytes long (zeroed once, when allocated), of which the
-/// first `len` are the block's plaintext. Reused, so that no block is zeroed or allocated twice.
+/// first `len` are the block's plaintext. Reused through the free list, so that blocks are
+/// neither zeroed nor allocated again.
 struct Block {
     data: Vec<u8>,
     len: usize,
@@ -72,6 +74,49 @@ impl Packed {
             out: vec![0; lz4::max_compressed_size(BLOCK)],
             out_len: 0,
             raw: false,
+        }
+    }
+}
+
+/// Buffers no stream is using, shared by every stream of the process: streams that follow one
+/// another on different threads (look-ahead uploads, partitions) reuse them instead of each
+/// leaving freed blocks behind in its own allocator arena.
+static FREE_BLOCKS: Mutex<Vec<Block>> = Mutex::new(Vec::new());
+static FREE_PACKED: Mutex<Vec<Packed>> = Mutex::new(Vec::new());
+/// Free buffers kept, of each kind.
+const FREE_MAX: usize = 8;
+
+fn take_block() -> Block {
+    let kept = FREE_BLOCKS.lock().ok().and_then(|mut v| v.pop());
+    match kept {
+        Some(mut b) => {
+            b.len = 0;
+            b
+        }
+        None => Block::new(),
+    }
+}
+
+fn put_block(b: Block) {
+    if b.data.len() != BLOCK {
+        return;
+    }
+    if let Ok(mut v) = FREE_BLOCKS.lock() {
+        if v.len() < FREE_MAX {
+            v.push(b);
+        }
+    }
+}
+
+fn take_packed() -> Packed {
+    let kept = FREE_PACKED.lock().ok().and_then(|mut v| v.pop());
+    kept.unwrap_or_else(Packed::new)
+}
+
+fn put_packed(p: Packed) {
+    if let Ok(mut v) = FREE_PACKED.lock() {
+        if v.len() < FREE_MAX {
+            v.push(p);
         }
     }
 }
@@ -173,8 +218,6 @@ pub struct Lz4ParWriter<W: Write> {
     /// Blocks handed to the pool, oldest first.
     pending: VecDeque<Receiver<io::Result<(Block, Packed)>>>,
     cur: Block,
-    spare_blocks: Vec<Block>,
-    spare_packed: Vec<Packed>,
     hash: Xxh32,
     /// A sink error, kept so that every later call reports it.
     failed: Option<(io::ErrorKind, String)>,
@@ -193,9 +236,7 @@ impl<W: Write> Lz4ParWriter<W> {
             sink: Some(sink),
             threads: threads.max(1),
             pending: VecDeque::new(),
-            cur: Block::new(),
-            spare_blocks: Vec::new(),
-            spare_packed: Vec::new(),
+            cur: take_block(),
             hash: Xxh32::new(0),
             failed: None,
         })
@@ -228,13 +269,8 @@ impl<W: Write> Lz4ParWriter<W> {
         if let Err(e) = &res {
             self.failed = Some((e.kind(), e.to_string()));
         }
-        // Keep one of each for reuse; more would only grow with the pool's share of blocks.
-        if self.spare_blocks.is_empty() {
-            self.spare_blocks.push(block);
-        }
-        if self.spare_packed.is_empty() {
-            self.spare_packed.push(packed);
-        }
+        put_block(block);
+        put_packed(packed);
         res
     }
 
@@ -255,10 +291,10 @@ impl<W: Write> Lz4ParWriter<W> {
         if self.cur.len == 0 {
             return Ok(());
         }
-        let fresh = self.spare_blocks.pop().unwrap_or_else(Block::new);
+        let fresh = take_block();
         let block = std::mem::replace(&mut self.cur, fresh);
         self.cur.len = 0;
-        let mut packed = self.spare_packed.pop().unwrap_or_else(Packed::new);
+        let mut packed = take_packed();
         while self.pending.len() > self.threads {
             self.emit_oldest()?;
         }
@@ -348,6 +384,13 @@ impl<W: Write> Drop for Lz4ParWriter<W> {
         // Blocks still in the pool (a failed stream) give their places back; the workers drop
         // them when they find nobody waiting.
         release(self.pending.len());
+        put_block(std::mem::replace(
+            &mut self.cur,
+            Block {
+                data: Vec::new(),
+                len: 0,
+            },
+        ));
     }
 }
 
