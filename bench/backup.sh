@@ -79,6 +79,21 @@ CONF
       "${AS_PG[@]}" "${WK_ENV[@]}" "$BIN" --envdir "$d/wkenv" backup-fetch "$d/restore-wk" LATEST
     rm -rf "$d/restore-wk"
 
+    if [ -n "${BASELINE:-}" ]; then
+      log "B2b: baseline walkeeper ($BASELINE_DESC) backup-push and backup-fetch (scale $scale)"
+      "${psql[@]}" -c "CHECKPOINT" >/dev/null
+      sync
+      drive once --label wk-backup-push-baseline --log "$OUT/logs/backup-wk-push-$scale.log" \
+        --extra "{$x,\"store\":\"file\"}" -- \
+        "${AS_PG[@]}" "${WK_ENV[@]}" "$BASELINE" --envdir "$d/wkenv" backup-push "$data" --connstring "$conn"
+      rm -rf "$d/restore-wk"
+      sync
+      drive once --label wk-backup-fetch-baseline --log "$OUT/logs/backup-wk-fetch-$scale.log" \
+        --extra "{$x,\"store\":\"file\"}" -- \
+        "${AS_PG[@]}" "${WK_ENV[@]}" "$BASELINE" --envdir "$d/wkenv" backup-fetch "$d/restore-wk" LATEST
+      rm -rf "$d/restore-wk"
+    fi
+
     log "B3: pgBackRest full backup, process-max=2, lz4 (scale $scale)"
     set_archive "pgbackrest --config=$d/pgbr.conf --stanza=bench archive-push %p"
     if [ $first = 1 ]; then

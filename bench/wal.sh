@@ -161,6 +161,11 @@ wal_round() {
     lz4 -1 -q -f "{path}" "@DEST@/{seg}.lz4"
   log "round $ROUND: walkeeper wal-push, file://"
   row walkeeper-file file "$segs" none "$x" -- env "WALG_FILE_PREFIX=file://@DEST@" "${WK[@]}"
+  if [ -n "${BASELINE:-}" ]; then
+    log "round $ROUND: baseline walkeeper ($BASELINE_DESC) wal-push, file://"
+    row walkeeper-file-baseline file "$segs" none "$x" -- \
+      env "WALG_FILE_PREFIX=file://@DEST@" "$BASELINE" wal-push "{rel}"
+  fi
   log "round $ROUND: pgBackRest 2.45 archive-push (synchronous, lz4), posix repo"
   PRE_ROW=pgbr_stanza_posix row pgbackrest-posix file "$segs" none "$x" -- \
     pgbackrest --config="$TMP/pgbr.conf" --stanza=bench archive-push "{path}"
@@ -172,6 +177,10 @@ wal_round() {
     env "WALG_FILE_PREFIX=file://@DEST@" WALKEEPER_PUSH_LOOKAHEAD=0 "${WK[@]}"
   row "burst-lookahead-$LOOKAHEAD" file "$burst" ready "$xb,\"lookahead\":$LOOKAHEAD" -- \
     env "WALG_FILE_PREFIX=file://@DEST@" WALKEEPER_PUSH_LOOKAHEAD="$LOOKAHEAD" "${WK[@]}"
+  if [ -n "${BASELINE:-}" ]; then
+    row "burst-baseline-lookahead-$LOOKAHEAD" file "$burst" ready "$xb,\"lookahead\":$LOOKAHEAD" -- \
+      env "WALG_FILE_PREFIX=file://@DEST@" WALKEEPER_PUSH_LOOKAHEAD="$LOOKAHEAD" "$BASELINE" wal-push "{rel}"
+  fi
   [ "${BENCH_S3:-1}" = 1 ] || return 0
   local s3=(env "AWS_ENDPOINT=http://127.0.0.1:$S3_PORT" "AWS_ACCESS_KEY_ID=$S3_KEY"
     "AWS_SECRET_ACCESS_KEY=$S3_SECRET" AWS_REGION=us-east-1 AWS_S3_FORCE_PATH_STYLE=true)
