@@ -65,6 +65,11 @@ CONF
     drive once --label wk-backup-push --log "$OUT/logs/backup-wk-push-$scale.log" \
       --extra "{$x,\"store\":\"file\"}" -- \
       "${AS_PG[@]}" "${WK_ENV[@]}" "$BIN" --envdir "$d/wkenv" backup-push "$data" --connstring "$conn"
+    # The data phase alone (walkeeper logs it): reading, compressing and writing the partitions.
+    local phase
+    phase=$(grep 'data directory uploaded' "$OUT/logs/backup-wk-push-$scale.log" | tail -n1 |
+      sed -n 's/.*seconds="\([0-9.]*\)".*/\1/p')
+    [ -z "$phase" ] || echo "{\"label\":\"wk-backup-data-phase\",$x,\"seconds\":$phase}" >>"$RESULTS"
     local name
     name=$(ls -t "$d/wk-archive/basebackups_005/" | grep _backup_stop_sentinel.json | head -n1)
     local stored
