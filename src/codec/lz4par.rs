@@ -172,29 +172,39 @@ fn release(n: usize) {
     IN_POOL.fetch_sub(n, Ordering::AcqRel);
 }
 
+fn start_pool() -> io::Result<Pool> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = std::sync::Arc::new(Mutex::new(rx));
+    for i in 0..default_threads() {
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("lz4-{i}"))
+            .spawn(move || loop {
+                // Hold the lock only to take a job, not while compressing it.
+                let job = match rx.lock() {
+                    Ok(guard) => guard.recv(),
+                    Err(_) => return,
+                };
+                match job {
+                    Ok(job) => work(job),
+                    Err(_) => return,
+                }
+            })?;
+    }
+    Ok(Pool {
+        jobs: Mutex::new(tx),
+    })
+}
+
+/// The pool, started on first use; an error if its threads could not be started (callers
+/// then compress on their own thread).
 fn pool() -> io::Result<&'static Pool> {
     let res = POOL.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = std::sync::Arc::new(Mutex::new(rx));
-        for i in 0..default_threads() {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("lz4-{i}"))
-                .spawn(move || loop {
-                    // Hold the lock only to take a job, not while compressing it.
-                    let job = match rx.lock() {
-                        Ok(guard) => guard.recv(),
-                        Err(_) => return,
-                    };
-                    match job {
-                        Ok(job) => work(job),
-                        Err(_) => return,
-                    }
-                })?;
+        let started = start_pool();
+        if let Err(e) = &started {
+            tracing::warn!(error = %e, "cannot start lz4 worker threads; compressing on one thread");
         }
-        Ok(Pool {
-            jobs: Mutex::new(tx),
-        })
+        started
     });
     res.as_ref()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot start lz4 workers: {e}")))
@@ -298,21 +308,26 @@ impl<W: Write> Lz4ParWriter<W> {
         while self.pending.len() > self.threads {
             self.emit_oldest()?;
         }
-        if inline || self.threads == 1 || !try_reserve(self.threads + 1) {
+        // Without workers (one core, or threads could not be started) compress here.
+        let workers = if inline || self.threads == 1 {
+            None
+        } else {
+            pool().ok()
+        };
+        let reserved = workers.is_some() && try_reserve(self.threads + 1);
+        let (Some(workers), true) = (workers, reserved) else {
             // Blocks in the pool are written before this one: keep the order.
             while !self.pending.is_empty() {
                 self.emit_oldest()?;
             }
             compress_block(&block, &mut packed)?;
             return self.emit(block, packed);
-        }
+        };
         let (reply, rx) = mpsc::sync_channel(1);
-        let sent = pool().and_then(|p| {
-            p.send(Job {
-                block,
-                packed,
-                reply,
-            })
+        let sent = workers.send(Job {
+            block,
+            packed,
+            reply,
         });
         if let Err(e) = sent {
             release(1);
