@@ -181,13 +181,15 @@ pub async fn start_backup(client: &Client, version: i64, label: &str) -> Result<
     Ok((lsn, tli as u32))
 }
 
-/// Stops the backup, waiting until its last segment is archived. Returns the stop LSN, the
-/// backup_label and the tablespace_map contents.
+/// Stops the backup without waiting for the archiver: the server's own wait sleeps in whole
+/// seconds, so the caller polls the archive for the last segment instead (and must, before it
+/// declares the backup complete). Returns the stop LSN, the backup_label and the
+/// tablespace_map contents.
 pub async fn stop_backup(client: &Client, version: i64) -> Result<(Lsn, String, String)> {
     let sql = if version >= 150000 {
-        "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(true)"
+        "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(false)"
     } else {
-        "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_stop_backup(false, true)"
+        "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_stop_backup(false, false)"
     };
     let row = client
         .query_one(sql, &[])

@@ -193,6 +193,17 @@ fn walk(root: &Path, prefix: &str, out: &mut Vec<Entry>, is_pgdata: bool) -> Res
     Ok(())
 }
 
+/// Partitions smaller than this are not split further for parallelism.
+const MIN_SPLIT: u64 = 64 * 1024 * 1024;
+
+/// The partition size to cut at: the configured threshold, but small enough that a data
+/// directory below `concurrency` × threshold still gives every upload slot a partition
+/// (a 750 MB cluster would otherwise be one partition, read and written by one thread).
+fn effective_part_size(total: u64, threshold: u64, concurrency: usize) -> u64 {
+    let share = total.div_ceil(concurrency.max(1) as u64);
+    threshold.min(share.max(MIN_SPLIT)).max(1)
+}
+
 /// Splits entries into partitions of about `part_size` uncompressed bytes, in walk order.
 fn partition(entries: Vec<Entry>, part_size: u64) -> Vec<Vec<Entry>> {
     let mut parts: Vec<Vec<Entry>> = vec![Vec::new()];
@@ -291,6 +302,9 @@ fn write_tar(
                     inner: f.chain(io::repeat(0)).take(e.size),
                     limit,
                 };
+                // tar copies through a small stack buffer; a large one means fewer reads and
+                // whole blocks for the compressor.
+                let body = io::BufReader::with_capacity(codec::CHUNK, body);
                 tar.append_data(&mut h, &e.name, body)?;
             }
         }
@@ -322,7 +336,20 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
     let name = format!("base_{}", start_lsn.segment(timeline, info.seg_size).name());
     tracing::info!(backup = name, start_lsn = %start_lsn, timeline, "backup started");
 
+    let data_started = Instant::now();
     let result = upload_body(&archive, &opts, &pgdata, &name).await;
+    if let Ok((uncompressed, compressed, _, partitions)) = &result {
+        let secs = data_started.elapsed().as_secs_f64();
+        tracing::info!(
+            backup = name,
+            uncompressed,
+            compressed,
+            partitions,
+            seconds = format!("{secs:.2}"),
+            mb_per_s = format!("{:.0}", *uncompressed as f64 / 1e6 / secs.max(1e-6)),
+            "data directory uploaded"
+        );
+    }
     // Stop the backup whatever happened, so the server leaves backup mode.
     let stopped = pg::stop_backup(&client, info.version_num).await;
     let (uncompressed, compressed, spec, partitions) = result?;
@@ -467,7 +494,8 @@ async fn upload_body(
         .await
         .map_err(|e| Error::io(pgdata, io::Error::other(e.to_string())))??;
     let uncompressed: u64 = entries.iter().map(|e| e.size).sum();
-    let parts = partition(entries, opts.part_size.max(1));
+    let part_size = effective_part_size(uncompressed, opts.part_size, opts.concurrency);
+    let parts = partition(entries, part_size);
     let partitions = parts.len() as u32;
     let limit = opts.read_rate_limit.map(|r| Arc::new(RateLimit::new(r)));
     let compression: Compression = archive.settings.compression;
@@ -549,9 +577,13 @@ async fn upload_body(
 async fn wait_archived(archive: &Archive, wal: &WalName) -> Result<()> {
     let stem = wal.key_stem();
     let exts: Vec<&str> = Compression::ALL.iter().map(|c| c.ext()).collect();
-    let deadline = Instant::now() + archive.settings.retry_timeout.max(Duration::from_secs(60));
+    let started = Instant::now();
+    let deadline = started + archive.settings.retry_timeout.max(Duration::from_secs(60));
+    // The archiver usually needs one archive_command call: poll often at first.
+    let mut delay = Duration::from_millis(20);
     loop {
         if !archive.store.find_stem(&stem, &exts).await?.is_empty() {
+            tracing::debug!(segment = %wal, ms = started.elapsed().as_millis() as u64, "stop segment archived");
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -559,7 +591,8 @@ async fn wait_archived(archive: &Archive, wal: &WalName) -> Result<()> {
                 "the backup's last WAL segment {wal} is not in the archive; is archive_command walkeeper wal-push? The backup stays incomplete (no sentinel)"
             )));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 3 / 2).min(Duration::from_millis(500));
     }
 }
 
@@ -584,6 +617,20 @@ mod tests {
             .map(|p| p.iter().map(|e| e.name.as_str()).collect())
             .collect();
         assert_eq!(names, vec![vec!["a", "b"], vec!["c", "d"], vec!["f"]]);
+    }
+
+    #[test]
+    fn small_clusters_are_split_across_the_upload_slots() {
+        const M: u64 = 1024 * 1024;
+        // 750 MB with the 1 GiB default and two slots: two partitions of about half.
+        assert_eq!(effective_part_size(750 * M, 1024 * M, 2), 375 * M);
+        // Large clusters keep the threshold.
+        assert_eq!(effective_part_size(10_000 * M, 1024 * M, 2), 1024 * M);
+        // Tiny clusters are not cut into tiny partitions.
+        assert_eq!(effective_part_size(20 * M, 1024 * M, 2), MIN_SPLIT);
+        // A smaller configured threshold always wins.
+        assert_eq!(effective_part_size(750 * M, 10 * M, 2), 10 * M);
+        assert_eq!(effective_part_size(0, 1024 * M, 0), MIN_SPLIT);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! Every layer works on bounded buffers; nothing holds a whole segment or tar part.
 
 pub mod crypt;
+pub mod lz4par;
 pub mod lzop;
+pub mod xxh32;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
@@ -78,7 +80,21 @@ pub fn encode<R: Read, W: Write>(
     compression: Compression,
     enc: Option<&Encryption>,
 ) -> io::Result<(W, EncodeStats)> {
-    encode_with(sink, compression, enc, |w| pump(&mut src, w).map(|_| ()))
+    match (compression, enc) {
+        (Compression::Lz4, None) => lz4_from_reader(&mut src, sink),
+        (Compression::Lz4, Some(e)) => {
+            let (wrapped, stats) = lz4_from_reader(&mut src, e.wrap(sink)?)?;
+            Ok((wrapped.finish()?, stats))
+        }
+        _ => encode_with(sink, compression, enc, |w| pump(&mut src, w).map(|_| ())),
+    }
+}
+
+/// lz4 reads the source straight into its block buffers (no intermediate copy).
+fn lz4_from_reader<R: Read, S: Write>(src: &mut R, sink: S) -> io::Result<(S, EncodeStats)> {
+    let mut w = lz4par::Lz4ParWriter::new(sink, lz4par::default_threads())?;
+    let n = w.fill_from(src)?;
+    Ok((w.finish()?, EncodeStats { bytes_in: n }))
 }
 
 /// Like [`encode`], with the plaintext written by `produce` (a tar builder, say).
@@ -111,19 +127,12 @@ where
 {
     match compression {
         Compression::Lz4 => {
-            let prefs = lz4f::PreferencesBuilder::new()
-                .compression_level(1)
-                .block_size(lz4f::BlockSize::Max256KB)
-                .content_checksum(lz4f::ContentChecksum::Enabled)
-                .build();
-            let w = lz4f::WriteCompressor::new(Latch::new(sink), prefs).map_err(io_other)?;
+            // Independent 256 KiB blocks, compressed on every core, content checksum.
+            let w = lz4par::Lz4ParWriter::new(sink, lz4par::default_threads())?;
             let mut counted = Counting { inner: w, n: 0 };
             produce(&mut counted)?;
-            counted.flush()?;
             let n = counted.n;
-            // WriteCompressor::into_inner finishes the frame but drops the error; the latch keeps it.
-            let latch = counted.inner.into_inner();
-            Ok((latch.into_result()?, EncodeStats { bytes_in: n }))
+            Ok((counted.inner.finish()?, EncodeStats { bytes_in: n }))
         }
         Compression::Zstd => {
             let w = zstd::Encoder::new(sink, 1)?;
@@ -301,43 +310,6 @@ pub fn pump<R: Read + ?Sized, W: Write + ?Sized>(src: &mut R, dst: &mut W) -> io
 
 fn io_other(e: lzzzz::lz4f::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("lz4: {e}"))
-}
-
-/// Keeps the first write error of the inner writer, for callers that swallow errors.
-struct Latch<W> {
-    inner: W,
-    err: Option<io::Error>,
-}
-
-impl<W: Write> Latch<W> {
-    fn new(inner: W) -> Self {
-        Latch { inner, err: None }
-    }
-    fn into_result(self) -> io::Result<W> {
-        match self.err {
-            Some(e) => Err(e),
-            None => Ok(self.inner),
-        }
-    }
-}
-
-impl<W: Write> Write for Latch<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if let Some(e) = &self.err {
-            return Err(io::Error::new(e.kind(), e.to_string()));
-        }
-        self.inner.write(buf).inspect_err(|e| {
-            self.err = Some(io::Error::new(e.kind(), e.to_string()));
-        })
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        if let Some(e) = &self.err {
-            return Err(io::Error::new(e.kind(), e.to_string()));
-        }
-        self.inner.flush().inspect_err(|e| {
-            self.err = Some(io::Error::new(e.kind(), e.to_string()));
-        })
-    }
 }
 
 /// Remembers the last bytes read, to check how an lz4 frame ended.

@@ -1,0 +1,135 @@
+# Part B: base backups of a pgbench cluster: walkeeper backup-push / backup-fetch, pgBackRest
+# full backup / restore (process-max=2, lz4), and the machine's limits on the same data.
+# Sourced by bench/run.
+
+SCALES=${BENCH_SCALES:-25 50}
+
+bench_backup() {
+  local d=$TMP/pgB port
+  rm -rf "$d"; mkdir -p "$d"
+  chown postgres: "$d"
+  port=$(free_port)
+  local data=$d/data
+  as_pg mkdir -p "$d/wkenv" "$d/wk-archive" "$d/pgbr-repo" "$d/pgbr-log" "$d/pgbr-lock" "$d/pgbr-spool"
+  echo "file://$d/wk-archive" | as_pg tee "$d/wkenv/WALG_FILE_PREFIX" >/dev/null
+  as_pg initdb -D "$data" --auth=trust >/dev/null
+  cat >>"$data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$d'
+wal_level = replica
+archive_mode = on
+archive_command = '$BIN --envdir $d/wkenv wal-push %p'
+max_wal_size = 4GB
+shared_buffers = 256MB
+CONF
+  as_pg tee "$d/pgbr.conf" >/dev/null <<CONF
+[global]
+log-level-console=warn
+log-level-file=off
+log-path=$d/pgbr-log
+lock-path=$d/pgbr-lock
+spool-path=$d/pgbr-spool
+repo1-path=$d/pgbr-repo
+compress-type=lz4
+process-max=2
+start-fast=y
+archive-async=n
+[bench]
+pg1-path=$data
+pg1-port=$port
+pg1-socket-path=$d
+CONF
+  pg_start "$data" "$OUT/logs/backup-pg.log"
+  local psql=(as_pg psql -h "$d" -p "$port" -d postgres -qAt)
+  local WK_ENV=(env WALKEEPER_LOG=info)
+  local conn="host=$d port=$port user=postgres dbname=postgres"
+  local pgbr=(pgbackrest --config="$d/pgbr.conf" --stanza=bench)
+  set_archive() {
+    "${psql[@]}" -c "ALTER SYSTEM SET archive_command = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
+    sleep 0.5
+  }
+  local first=1 scale
+  for scale in $SCALES; do
+    log "B: pgbench -i -s $scale"
+    as_pg pgbench -h "$d" -p "$port" -i -s "$scale" -q postgres >/dev/null 2>&1
+    "${psql[@]}" -c "CHECKPOINT" >/dev/null
+    local bytes
+    bytes=$(( $(du -sb "$data" | cut -f1) - $(du -sb "$data/pg_wal" | cut -f1) ))
+    local x="\"part\":\"backup\",\"scale\":$scale,\"bytes\":$bytes"
+
+    log "B1: walkeeper backup-push, file:// (scale $scale)"
+    set_archive "$BIN --envdir $d/wkenv wal-push %p"
+    "${psql[@]}" -c "CHECKPOINT" >/dev/null
+    sync
+    drive once --label wk-backup-push --log "$OUT/logs/backup-wk-push-$scale.log" \
+      --extra "{$x,\"store\":\"file\"}" -- \
+      "${AS_PG[@]}" "${WK_ENV[@]}" "$BIN" --envdir "$d/wkenv" backup-push "$data" --connstring "$conn"
+    # The data phase alone (walkeeper logs it): reading, compressing and writing the partitions.
+    local phase
+    phase=$(grep 'data directory uploaded' "$OUT/logs/backup-wk-push-$scale.log" | tail -n1 |
+      sed -n 's/.*seconds="\([0-9.]*\)".*/\1/p')
+    [ -z "$phase" ] || echo "{\"label\":\"wk-backup-data-phase\",$x,\"seconds\":$phase}" >>"$RESULTS"
+    local name
+    name=$(ls -t "$d/wk-archive/basebackups_005/" | grep _backup_stop_sentinel.json | head -n1)
+    local stored
+    stored=$(du -sb "$d/wk-archive/basebackups_005/${name%_backup_stop_sentinel.json}" | cut -f1)
+    echo "{\"label\":\"wk-backup-size\",$x,\"stored\":$stored}" >>"$RESULTS"
+
+    log "B2: walkeeper backup-fetch, file:// (scale $scale)"
+    rm -rf "$d/restore-wk"
+    sync
+    drive once --label wk-backup-fetch --log "$OUT/logs/backup-wk-fetch-$scale.log" \
+      --extra "{$x,\"store\":\"file\"}" -- \
+      "${AS_PG[@]}" "${WK_ENV[@]}" "$BIN" --envdir "$d/wkenv" backup-fetch "$d/restore-wk" LATEST
+    rm -rf "$d/restore-wk"
+
+    if [ -n "${BASELINE:-}" ]; then
+      log "B2b: baseline walkeeper ($BASELINE_DESC) backup-push and backup-fetch (scale $scale)"
+      "${psql[@]}" -c "CHECKPOINT" >/dev/null
+      sync
+      drive once --label wk-backup-push-baseline --log "$OUT/logs/backup-wk-push-$scale.log" \
+        --extra "{$x,\"store\":\"file\"}" -- \
+        "${AS_PG[@]}" "${WK_ENV[@]}" "$BASELINE" --envdir "$d/wkenv" backup-push "$data" --connstring "$conn"
+      rm -rf "$d/restore-wk"
+      sync
+      drive once --label wk-backup-fetch-baseline --log "$OUT/logs/backup-wk-fetch-$scale.log" \
+        --extra "{$x,\"store\":\"file\"}" -- \
+        "${AS_PG[@]}" "${WK_ENV[@]}" "$BASELINE" --envdir "$d/wkenv" backup-fetch "$d/restore-wk" LATEST
+      rm -rf "$d/restore-wk"
+    fi
+
+    log "B3: pgBackRest full backup, process-max=2, lz4 (scale $scale)"
+    set_archive "pgbackrest --config=$d/pgbr.conf --stanza=bench archive-push %p"
+    if [ $first = 1 ]; then
+      as_pg "${pgbr[@]}" stanza-create >>"$OUT/logs/backup-pgbr.log" 2>&1
+      first=0
+    fi
+    "${psql[@]}" -c "CHECKPOINT" >/dev/null
+    sync
+    drive once --label pgbr-backup --log "$OUT/logs/backup-pgbr.log" \
+      --extra "{$x,\"store\":\"file\"}" -- "${AS_PG[@]}" "${pgbr[@]}" --type=full backup
+    stored=$(du -sb "$(ls -td "$d/pgbr-repo/backup/bench/"*F | head -n1)" | cut -f1)
+    echo "{\"label\":\"pgbr-backup-size\",$x,\"stored\":$stored}" >>"$RESULTS"
+
+    log "B4: pgBackRest restore, process-max=2 (scale $scale)"
+    rm -rf "$d/restore-pgbr"
+    as_pg mkdir -m 700 "$d/restore-pgbr"
+    sync
+    drive once --label pgbr-restore --log "$OUT/logs/backup-pgbr.log" \
+      --extra "{$x,\"store\":\"file\"}" -- "${AS_PG[@]}" "${pgbr[@]}" --pg1-path="$d/restore-pgbr" restore
+    rm -rf "$d/restore-pgbr"
+    set_archive "$BIN --envdir $d/wkenv wal-push %p"
+
+    log "B5: limits: tar of the data directory, lz4 -1 over it (1 core), O_DIRECT read"
+    tar -cf "$TMP/data.tar" --exclude=./pg_wal -C "$data" . 2>/dev/null || true
+    drive once --label lz4-cli-tar --log "$OUT/logs/backup-limits.log" --extra "{$x}" -- \
+      sh -c "lz4 -1 -q -c '$TMP/data.tar' >/dev/null"
+    drive once --label disk-read-direct --log "$OUT/logs/backup-limits.log" --extra "{$x}" -- \
+      dd if="$TMP/data.tar" of=/dev/null bs=4M iflag=direct status=none
+    rm -f "$TMP/data.tar"
+  done
+  unset -f set_archive
+  pg_stop "$data"
+  rm -rf "$d"
+}

@@ -1,0 +1,206 @@
+#!/usr/bin/python3
+"""Renders bench/out/results.jsonl (written by bench/run) as markdown tables with the targets."""
+import json
+import sys
+
+MIB = 1024 * 1024
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def best(recs, **kw):
+    """The fastest run (least wall time) among the records that match kw."""
+    m = [r for r in recs if all(r.get(k) == v for k, v in kw.items())]
+    return min(m, key=lambda r: r["wall_s"]) if m else None
+
+
+def fmt(v, nd=1):
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def verdict(ok):
+    return "**met**" if ok else "**not met**"
+
+
+def wal(recs, out):
+    rows = [
+        ("lz4 -1 CLI (+ fsync)", "lz4-cli", "file", None),
+        ("walkeeper wal-push", "walkeeper-file", "file", None),
+        ("walkeeper wal-push, baseline {base}", "walkeeper-file-baseline", "file", None),
+        ("pgBackRest 2.45 archive-push (sync, lz4)", "pgbackrest-posix", "file", None),
+        ("WAL-E 1.1.1 wal-push (lzop)", "wal-e-file", "file", None),
+        ("walkeeper wal-push", "walkeeper-s3", "s3", "off"),
+        ("walkeeper wal-push", "walkeeper-s3", "s3", "on"),
+        ("pgBackRest archive-push (TLS via stunnel)", "pgbackrest-s3", "s3", "on"),
+        ("WAL-E wal-push", "wal-e-s3", "s3", "on"),
+    ]
+    ws = [r for r in recs if r.get("part") == "wal"]
+    if not ws:
+        return
+    base = next((r["rev"] for r in recs if r.get("label") == "baseline"), "?")
+    n = max(r["n"] for r in ws if r["label"] == "walkeeper-file") if best(ws, label="walkeeper-file") else "?"
+    out.append(f"### WAL archiving: one process per segment ({n} real pgbench segments of 16 MiB)\n")
+    out.append("| tool | store | quickack | segments/s | MB/s | p50 ms | p99 ms | CPU ms/segment | peak RSS MiB |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    got = {}
+    for name, label, store, qa in rows:
+        kw = {"label": label}
+        if qa:
+            kw["quickack"] = qa
+        r = best(ws, **kw)
+        if not r:
+            continue
+        got[(label, qa)] = r
+        where = "file (posix repo)" if store == "file" else "S3 (s3s-fs, loopback)"
+        mbs = r["n"] * 16 / r["wall_s"] * 1.048576
+        name = name.format(base=base)
+        out.append(
+            f"| {name} | {where} | {qa or '–'} | {fmt(r['per_s'])} | {fmt(mbs, 0)} | {fmt(r['p50_ms'])} "
+            f"| {fmt(r['p99_ms'])} | {fmt(1000 * r['cpu_s'] / r['n'])} | {fmt(r['max_rss_kib'] / 1024)} |")
+    out.append("")
+    bursts = sorted({r["label"] for r in ws if r["label"].startswith("burst")})
+    if bursts:
+        out.append(f"### WAL look-ahead: a burst of .ready segments drained by successive archive_command calls\n")
+        out.append("| mode | store | quickack | segments | segments/s | vs look-ahead 0 | cores used (CPU s / wall s) | peak RSS MiB |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for label in bursts:
+            r = best(ws, label=label)
+            zero = label.rsplit("-", 1)[0] + "-0"
+            b0 = best(ws, label=zero.replace("-baseline", ""))
+            ratio = r["per_s"] / b0["per_s"] if b0 else None
+            got[(label, None)] = r
+            out.append(
+                f"| {label} | {r['store']} | {r['quickack']} | {r['n']} | {fmt(r['per_s'])} | {fmt(ratio, 2)}× "
+                f"| {fmt(r['cpu_s'] / r['wall_s'], 2)} | {fmt(r['max_rss_kib'] / 1024)} |")
+        out.append("")
+    # Targets.
+    t = []
+    lz, wk = got.get(("lz4-cli", None)), got.get(("walkeeper-file", None))
+    if lz and wk:
+        q = wk["p50_ms"] / lz["p50_ms"]
+        t.append(f"| wal-push per segment ≤ 1.2 × `lz4 -1` CLI (p50, file://) | {wk['p50_ms']:.1f} ms vs {lz['p50_ms']:.1f} ms = {q:.2f}× | {verdict(q <= 1.2)} |")
+    bl = [k for k in got if k[0].startswith("burst-lookahead-") and not k[0].endswith("-0")]
+    for k in bl:
+        r, base = got[k], got.get(("burst-lookahead-0", None))
+        if base:
+            q = r["per_s"] / base["per_s"]
+            cores = r["cpu_s"] / r["wall_s"]
+            t.append(f"| look-ahead burst ≥ 1.8 × one-process rate (file://) | {r['per_s']:.1f} vs {base['per_s']:.1f} segments/s = {q:.2f}×, {cores:.2f} cores busy | {verdict(q >= 1.8)} |")
+    bb, bl8 = got.get(("walkeeper-file-baseline", None)), [k for k in got if k[0].startswith("burst-lookahead-") and not k[0].endswith("-0")]
+    if bb and bl8:
+        r = got[bl8[0]]
+        t.append(f"| (context) look-ahead burst vs the baseline's one-process rate (file://) | {r['per_s']:.1f} vs {bb['per_s']:.1f} segments/s = {r['per_s'] / bb['per_s']:.2f}× | – |")
+    for store, wkl, peers in [("file", ("walkeeper-file", None), [("pgbackrest-posix", None), ("wal-e-file", None)]),
+                              ("S3", ("walkeeper-s3", "on"), [("pgbackrest-s3", "on"), ("wal-e-s3", "on")])]:
+        w = got.get(wkl)
+        for p in peers:
+            r = got.get(p)
+            if w and r:
+                q = w["per_s"] / r["per_s"]
+                t.append(f"| faster than {p[0]} ({store}) | {w['per_s']:.1f} vs {r['per_s']:.1f} segments/s = {q:.1f}× | {verdict(q > 1.2)} |")
+    wkr = [r for r in ws if r["label"].startswith(("walkeeper", "burst")) and "baseline" not in r["label"]]
+    if wkr:
+        groups = {}
+        for r in wkr:
+            kind = ("look-ahead " if r["label"].startswith("burst") else "one-process ") + r["store"]
+            groups[kind] = max(groups.get(kind, 0), r["max_rss_kib"] / 1024)
+        rss = max(groups.values())
+        desc = ", ".join(f"{k} {v:.1f}" for k, v in sorted(groups.items()))
+        t.append(f"| wal-push peak RSS ≤ 32 MiB (every walkeeper run, MiB) | {desc} | {verdict(rss <= 32)} |")
+    for key, what, limit in [(("walkeeper-file", None), "file://", 50), (("walkeeper-s3", "on"), "S3, quickack on", 50),
+                             (("walkeeper-s3", "off"), "S3, quickack off", 50)]:
+        r = got.get(key)
+        if r:
+            t.append(f"| wal-push p99 well under 100 ms (≤ {limit} ms), {what} | {r['p99_ms']:.1f} ms (p50 {r['p50_ms']:.1f}) | {verdict(r['p99_ms'] <= limit)} |")
+    if t:
+        out.append("| WAL target | measured | |")
+        out.append("|---|---|---|")
+        out.extend(t)
+        out.append("")
+
+
+def backup(recs, out):
+    bs = [r for r in recs if r.get("part") == "backup"]
+    if not bs:
+        return
+    scales = sorted({r["scale"] for r in bs})
+    out.append("### Base backups (file://; pgbench cluster, data directory without pg_wal, in page cache)\n")
+    out.append("| scale | data MB | what | wall s | MB/s | CPU s | peak RSS MiB (one process) | stored MB |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    base = next((r["rev"] for r in recs if r.get("label") == "baseline"), "?")
+    names = [("wk-backup-push", "walkeeper backup-push", "wk-backup-size"),
+             ("wk-backup-fetch", "walkeeper backup-fetch", None),
+             ("wk-backup-push-baseline", f"walkeeper backup-push, baseline {base}", None),
+             ("wk-backup-fetch-baseline", f"walkeeper backup-fetch, baseline {base}", None),
+             ("pgbr-backup", "pgBackRest backup (full, process-max=2, lz4)", "pgbr-backup-size"),
+             ("pgbr-restore", "pgBackRest restore (process-max=2)", None),
+             ("lz4-cli-tar", "limit: `lz4 -1` CLI over a tar of it (1 core)", None),
+             ("disk-read-direct", "limit: disk read of that tar (dd, O_DIRECT)", None)]
+    targets = []
+    rss_by_scale = {}
+    for sc in scales:
+        got = {}
+        for label, name, size_label in names:
+            r = best(bs, label=label, scale=sc)
+            if not r:
+                continue
+            got[label] = r
+            mb = r["bytes"] / 1e6
+            size = next((x for x in reversed(recs) if x.get("label") == size_label and x.get("scale") == sc), None)
+            rss = r["max_rss_kib"] / 1024 if not label.startswith(("lz4", "disk")) else None
+            out.append(f"| {sc} | {mb:.0f} | {name} | {r['wall_s']:.2f} | {mb / r['wall_s']:.0f} | {r['cpu_s']:.2f} "
+                       f"| {fmt(rss)} | {fmt(size['stored'] / 1e6, 0) if size else '–'} |")
+        push, lz, disk, pgbr = (got.get(k) for k in ("wk-backup-push", "lz4-cli-tar", "disk-read-direct", "pgbr-backup"))
+        if push and lz and disk:
+            mb = push["bytes"] / 1e6
+            bound = min(mb / disk["wall_s"], 2 * mb / lz["wall_s"])
+            rate = mb / push["wall_s"]
+            targets.append(f"| scale {sc}: backup-push ≥ 90 % of min(disk read, 2 × lz4 1-core) | {rate:.0f} MB/s vs bound {bound:.0f} MB/s = {100 * rate / bound:.0f} % | {verdict(rate >= 0.9 * bound)} |")
+        phase = next((x for x in reversed(recs) if x.get("label") == "wk-backup-data-phase" and x.get("scale") == sc), None)
+        if phase and lz and phase["seconds"] > 0:
+            mb = phase["bytes"] / 1e6
+            rate, cpu_bound = mb / phase["seconds"], 2 * mb / lz["wall_s"]
+            targets.append(f"| (context) scale {sc}: data phase only (page cache) vs 2 × lz4 1-core | {rate:.0f} MB/s in {phase['seconds']:.2f} s vs {cpu_bound:.0f} MB/s = {100 * rate / cpu_bound:.0f} % | – |")
+        if push and pgbr:
+            q = pgbr["wall_s"] / push["wall_s"]
+            targets.append(f"| scale {sc}: backup-push faster than pgBackRest backup | {push['wall_s']:.2f} s vs {pgbr['wall_s']:.2f} s = {q:.1f}× | {verdict(q > 1)} |")
+        f, pr = got.get("wk-backup-fetch"), got.get("pgbr-restore")
+        if f and pr:
+            q = pr["wall_s"] / f["wall_s"]
+            targets.append(f"| scale {sc}: backup-fetch faster than pgBackRest restore | {f['wall_s']:.2f} s vs {pr['wall_s']:.2f} s = {q:.1f}× | {verdict(q > 1)} |")
+        if push:
+            rss_by_scale[sc] = (push["max_rss_kib"] / 1024, got.get("wk-backup-fetch", {}).get("max_rss_kib", 0) / 1024)
+    out.append("")
+    if rss_by_scale:
+        worst = max(max(v) for v in rss_by_scale.values())
+        desc = ", ".join(f"scale {s}: push {p:.1f} / fetch {f:.1f} MiB" for s, (p, f) in sorted(rss_by_scale.items()))
+        vals = [max(v) for _, v in sorted(rss_by_scale.items())]
+        flat = len(vals) < 2 or vals[-1] <= vals[0] * 1.25 + 4
+        targets.append(f"| peak RSS ≤ 64 MiB and flat in data size | {desc} | {verdict(worst <= 64 and flat)} |")
+    if targets:
+        out.append("| backup target | measured | |")
+        out.append("|---|---|---|")
+        out.extend(targets)
+        out.append("")
+
+
+def main():
+    recs = load(sys.argv[1])
+    out = []
+    m = next((r for r in recs if r.get("label") == "machine"), None)
+    if m:
+        out.append(f"Machine: {m['cores']} cores ({m['cpu']}), {m['mem']} RAM, disk {m['disk']} ({m['fs']}); "
+                   f"{m['date']}; load at start {m['load']}; walkeeper {m['walkeeper']}.\n")
+    wal(recs, out)
+    backup(recs, out)
+    tot = next((r for r in recs if r.get("label") == "total"), None)
+    if tot:
+        out.append(f"Benchmark wall time: {tot['wall_s'] // 60} min {tot['wall_s'] % 60} s.")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
