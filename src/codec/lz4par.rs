@@ -22,7 +22,7 @@ use std::sync::{Mutex, OnceLock};
 
 use lzzzz::lz4;
 
-use super::xxh32::Xxh32;
+use xxhash_rust::xxh32::{xxh32, Xxh32};
 
 /// Plaintext bytes per block; the frame declares 256 KiB blocks (block size code 5).
 pub const BLOCK: usize = 256 * 1024;
@@ -240,7 +240,7 @@ impl<W: Write> Lz4ParWriter<W> {
         let mut header = Vec::with_capacity(7);
         header.extend_from_slice(&MAGIC.to_le_bytes());
         header.extend_from_slice(&[FLG, BD]);
-        header.push((Xxh32::oneshot(0, &[FLG, BD]) >> 8) as u8);
+        header.push((xxh32(&[FLG, BD], 0) >> 8) as u8);
         sink.write_all(&header)?;
         Ok(Lz4ParWriter {
             sink: Some(sink),

@@ -7,7 +7,6 @@
 pub mod crypt;
 pub mod lz4par;
 pub mod lzop;
-pub mod xxh32;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
