@@ -12,7 +12,13 @@ use support::*;
 /// byte-identical; a second server recovers from a base copy plus the archive alone, reaches the
 /// same rows, probes timelines through restore_command and promotes onto timeline 2.
 fn archive_and_recover(backend: Backend, scratch: &Scratch) {
-    let env = backend.envdir(scratch, &[("WALKEEPER_PREFETCH", "3")]);
+    let env = backend.envdir(
+        scratch,
+        &[
+            ("WALKEEPER_PREFETCH", "3"),
+            ("WALKEEPER_PUSH_LOOKAHEAD", "4"),
+        ],
+    );
     let copies = scratch.mkdir("copies");
     let wk = walkeeper();
     let mut primary = Pg::init(
@@ -421,8 +427,20 @@ fn lookahead(backend: Backend) {
         &pgdata,
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The call returned once its own segment was durable; the others arrive from the detached
+    // look-ahead process, each recorded for PostgreSQL's later call.
+    assert!(backend
+        .objects()
+        .contains(&format!("wal_005/{}.lz4", names[0])));
     let want: Vec<String> = names.iter().map(|n| format!("wal_005/{n}.lz4")).collect();
-    assert_eq!(backend.objects(), want);
+    wait_until("the look-ahead uploads", Duration::from_secs(60), || {
+        backend.objects() == want
+            && names[1..].iter().all(|n| {
+                pgdata
+                    .join(format!("pg_wal/.walkeeper/pushed/{n}"))
+                    .exists()
+            })
+    });
     // PostgreSQL's status files are PostgreSQL's: untouched.
     for n in &names {
         assert!(pgdata

@@ -188,7 +188,7 @@ async fn wal_push(State(agent): Shared, Path(file): Path<String>) -> Response {
     let result = async {
         let ctx = agent.wal_context()?;
         let path = ctx.pg_wal.join(name.to_string());
-        push::wal_push(ctx, Arc::new(agent.leadership()), &path).await
+        push::wal_push(ctx, Arc::new(agent.leadership()), &path, None).await
     }
     .await;
     match result {

@@ -11,6 +11,7 @@ mod restore;
 mod wal_fetch;
 mod wal_prefetch;
 mod wal_push;
+mod wal_push_ahead;
 mod wal_verify;
 
 pub use backup_list::render as render_backup_list;
@@ -44,6 +45,9 @@ pub struct Cli {
 pub enum Command {
     /// archive_command: archive one WAL file (`walkeeper wal-push %p`).
     WalPush(wal_push::Args),
+    /// Upload other `.ready` segments in the background (started by wal-push's look-ahead).
+    #[command(hide = true)]
+    WalPushAhead(wal_push_ahead::Args),
     /// restore_command: fetch one WAL file (`walkeeper wal-fetch %f %p`).
     WalFetch(wal_fetch::Args),
     /// Download the segments after one into the prefetch directory (started by wal-fetch).
@@ -162,6 +166,7 @@ pub fn main() -> i32 {
         match &cli.command {
             Command::WalPush(a) => wal_push::run(&cli, a).await,
             Command::WalFetch(a) => wal_fetch::run(&cli, a).await,
+            Command::WalPushAhead(a) => wal_push_ahead::run(&cli, a).await,
             Command::WalPrefetch(a) => wal_prefetch::run(&cli, a).await,
             Command::WalVerify(a) => wal_verify::run(&cli, a).await,
             Command::BackupPush(a) => backup_push::run(&cli, a).await,

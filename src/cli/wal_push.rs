@@ -23,7 +23,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
         let settings = cli.settings()?;
         let leadership = Arc::new(Leadership::from_settings(&settings)?);
         let ctx = Arc::new(WalContext::new(settings, args.pgdata.as_deref())?);
-        push::wal_push(ctx, leadership, &args.path).await
+        push::wal_push(ctx, leadership, &args.path, Some(&cli.global_args())).await
     }
     .await;
     match result {

@@ -1,9 +1,11 @@
 //! `wal-push`: archive_command.
 //!
 //! Exit 0 only once the object is durable. An identical existing object is success without an
-//! upload; a different one is refused. With look-ahead, one call also uploads other `.ready`
-//! segments and records them, so PostgreSQL's later calls for them return after a stat.
+//! upload; a different one is refused. With look-ahead, one call also starts the upload of other
+//! `.ready` segments in a detached process, which records them, so PostgreSQL's later calls for
+//! them return after a stat.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -20,7 +22,8 @@ use crate::storage::local::ensure_dir;
 use crate::wal::names::WalName;
 use crate::wal::WalContext;
 
-/// Look-ahead uploads run at most this many at once, to keep memory bounded.
+/// Look-ahead uploads run at most this many at once (and at most one per core), to keep memory
+/// bounded.
 const MAX_PARALLEL: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,47 +81,109 @@ pub fn validate_source(ctx: &WalContext, arg: &Path) -> Result<(WalName, PathBuf
     Ok((name, path))
 }
 
-/// Archives the file PostgreSQL asked for, and look-ahead segments when configured.
+/// Archives the file PostgreSQL asked for. With look-ahead configured and `spawn_with` given
+/// (the global options to start walkeeper with), it first hands up to N other `.ready` segments
+/// to a detached `wal-push-ahead` process: they upload while this call uploads its own, and
+/// PostgreSQL's later calls for them wait on their locks and find them recorded. This call
+/// returns as soon as its own segment is durable.
 pub async fn wal_push(
     ctx: Arc<WalContext>,
     leadership: Arc<Leadership>,
     arg: &Path,
+    spawn_with: Option<&[OsString]>,
 ) -> Result<(WalName, PushOutcome)> {
     let (name, path) = validate_source(&ctx, arg)?;
-    let lookahead = if ctx.settings.push_lookahead > 0 {
-        let others = lookahead_candidates(&ctx, &name, ctx.settings.push_lookahead);
-        let sem = Arc::new(tokio::sync::Semaphore::new(MAX_PARALLEL - 1));
-        others
-            .into_iter()
-            .map(|(n, p)| {
-                let (ctx, leadership, sem) = (ctx.clone(), leadership.clone(), sem.clone());
-                tokio::spawn(async move {
-                    let _permit = sem.acquire_owned().await;
-                    let res = push_one(&ctx, &leadership, &n, &p, true).await;
-                    (n, res)
-                })
-            })
-            .collect::<Vec<_>>()
-    } else {
-        Vec::new()
+    if let (Some(global), true) = (spawn_with, ctx.settings.push_lookahead > 0) {
+        let ahead = lookahead_candidates(&ctx, &name, ctx.settings.push_lookahead);
+        if !ahead.is_empty() {
+            spawn_push_ahead(&ctx, &ahead, global);
+        }
+    }
+    push_one(&ctx, &leadership, &name, &path, false)
+        .await
+        .map(|o| (name, o))
+}
+
+/// Starts `walkeeper wal-push-ahead` for `names`, detached (its own process group), so that
+/// PostgreSQL's archiver is not held up by it.
+fn spawn_push_ahead(ctx: &WalContext, names: &[WalName], global: &[OsString]) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
     };
-    let result = push_one(&ctx, &leadership, &name, &path, false).await;
-    for task in lookahead {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(global)
+        .arg("wal-push-ahead")
+        .arg("--pgdata")
+        .arg(&ctx.pgdata)
+        .args(names.iter().map(|n| n.to_string()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    match cmd.spawn() {
+        Ok(_) => tracing::debug!(segments = names.len(), "look-ahead started"),
+        Err(e) => tracing::warn!(error = %e, "could not start look-ahead"),
+    }
+}
+
+/// `wal-push-ahead`: uploads `names` (claimed first: any one whose lock another process holds
+/// is left to it), at most one per core at once, and records each, so that PostgreSQL's own
+/// call for it costs a `stat`. A segment whose `.ready` file is gone was archived by
+/// PostgreSQL's own call meanwhile. Failures are only logged: PostgreSQL retries the segment.
+pub async fn push_ahead(
+    ctx: Arc<WalContext>,
+    leadership: Arc<Leadership>,
+    names: &[WalName],
+) -> usize {
+    let mut claimed = Vec::new();
+    for n in names {
+        match NameLock::try_acquire(&ctx, n).await {
+            Ok(Some(lock)) => claimed.push((n.clone(), lock)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(segment = %n, error = %e, "look-ahead: cannot lock"),
+        }
+    }
+    let parallel = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, MAX_PARALLEL);
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let tasks: Vec<_> = claimed
+        .into_iter()
+        .map(|(n, lock)| {
+            let (ctx, leadership, sem) = (ctx.clone(), leadership.clone(), sem.clone());
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let ready = ctx.archive_status_dir().join(format!("{n}.ready"));
+                if !ready.exists() {
+                    return None;
+                }
+                let path = ctx.pg_wal.join(n.to_string());
+                let res = push_locked(&ctx, &leadership, &n, &path, true).await;
+                drop(lock);
+                Some((n, res))
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for task in tasks {
         match task.await {
-            Ok((n, Ok(outcome))) => {
+            Ok(Some((n, Ok(outcome)))) => {
+                done += 1;
                 tracing::debug!(segment = %n, outcome = outcome.label(), "look-ahead")
             }
-            Ok((n, Err(e))) => {
+            Ok(Some((n, Err(e)))) => {
                 tracing::warn!(segment = %n, error = %e, "look-ahead upload failed; PostgreSQL will retry it")
             }
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "look-ahead task failed"),
         }
     }
-    result.map(|o| (name, o))
+    done
 }
 
 /// The oldest `.ready` files other than `current`, not yet recorded as pushed.
-fn lookahead_candidates(ctx: &WalContext, current: &WalName, n: usize) -> Vec<(WalName, PathBuf)> {
+fn lookahead_candidates(ctx: &WalContext, current: &WalName, n: usize) -> Vec<WalName> {
     let Ok(entries) = std::fs::read_dir(ctx.archive_status_dir()) else {
         return Vec::new();
     };
@@ -134,12 +199,8 @@ fn lookahead_candidates(ctx: &WalContext, current: &WalName, n: usize) -> Vec<(W
     names.sort_by_key(|w| w.to_string());
     names
         .into_iter()
-        .filter(|w| !record_path(ctx, w).exists())
+        .filter(|w| !record_path(ctx, w).exists() && !NameLock::is_held(ctx, w))
         .take(n)
-        .map(|w| {
-            let p = ctx.pg_wal.join(w.to_string());
-            (w, p)
-        })
         .collect()
 }
 
@@ -178,8 +239,19 @@ async fn push_one(
     path: &Path,
     record: bool,
 ) -> Result<PushOutcome> {
-    let started = Instant::now();
     let _lock = NameLock::acquire(ctx, name).await?;
+    push_locked(ctx, leadership, name, path, record).await
+}
+
+/// Archives one file; the caller holds its lock.
+async fn push_locked(
+    ctx: &Arc<WalContext>,
+    leadership: &Leadership,
+    name: &WalName,
+    path: &Path,
+    record: bool,
+) -> Result<PushOutcome> {
+    let started = Instant::now();
 
     // A look-ahead upload of this very file, recorded once durable.
     let rec = record_path(ctx, name);
@@ -393,6 +465,51 @@ impl NameLock {
         })
         .await
         .map_err(|e| Error::io("lock", io::Error::other(e.to_string())))?
+    }
+}
+
+impl NameLock {
+    /// The lock if nobody holds it now, else None.
+    async fn try_acquire(ctx: &WalContext, name: &WalName) -> Result<Option<Self>> {
+        let dir = ctx.state_dir.join("locks");
+        let path = dir.join(name.to_string());
+        tokio::task::spawn_blocking(move || -> Result<Option<NameLock>> {
+            ensure_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
+            let held = file.metadata().map_err(|e| Error::io(&path, e))?.ino();
+            match std::fs::metadata(&path) {
+                Ok(m) if m.ino() == held => Ok(Some(NameLock { path, _file: file })),
+                // Its holder removed it as we opened it: it was just done.
+                _ => Ok(None),
+            }
+        })
+        .await
+        .map_err(|e| Error::io("lock", io::Error::other(e.to_string())))?
+    }
+
+    /// Does another process hold the lock of `name` right now?
+    fn is_held(ctx: &WalContext, name: &WalName) -> bool {
+        let path = ctx.state_dir.join("locks").join(name.to_string());
+        let Ok(file) = File::open(&path) else {
+            return false;
+        };
+        match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(_) => true,
+        }
     }
 }
 
