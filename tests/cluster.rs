@@ -246,6 +246,19 @@ fn split_brain_old_primary_cannot_archive_divergent_wal_but_a_plain_cp_would() {
         "switch point {:X}: a plain cp archive_command copied divergent {baseline:?}; walkeeper archived none",
         switch
     );
+
+    // Patroni comes back on the old primary: it demotes it, runs archive_command on its .ready
+    // segments before pg_rewind (history up to the switch point may go in, nothing after), and
+    // the member rejoins as a replica of the new leader.
+    c.start_patroni(old);
+    c.wait_streaming(old, Duration::from_secs(180));
+    let archived = archived_wal(&c);
+    assert_eq!(divergent(&archived), Vec::<String>::new(), "{archived:?}");
+    assert!(
+        c.members[old].patroni_log_text().contains("rewind"),
+        "{}",
+        c.members[old].patroni_log_text()
+    );
 }
 
 #[test]

@@ -250,6 +250,33 @@ fn a_segment_archived_after_its_backup_history_file_is_not_confused_with_it_on_s
     segment_after_its_backup_file(Backend::s3());
 }
 
+/// Patroni's pre-rewind archive run and pg_rewind run the commands outside the data directory,
+/// with absolute `<PGDATA>/pg_wal/<file>` paths: those name their data directory.
+#[test]
+fn absolute_pg_wal_paths_work_from_any_working_directory() {
+    let scratch = Scratch::new();
+    let backend = Backend::file(&scratch);
+    let pgdata = fake_pgdata(&scratch, "data");
+    let name = "000000010000000000000021";
+    put_segment(&pgdata, name, &synthetic_segment(name, 21));
+    let elsewhere = scratch.mkdir("elsewhere");
+    let seg = pgdata.join("pg_wal").join(name);
+    let out = run(
+        &["wal-push", seg.to_str().unwrap()],
+        &backend.vars(),
+        &elsewhere,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let dest = pgdata.join("pg_wal/RECOVERYXLOG");
+    let out = run(
+        &["wal-fetch", name, dest.to_str().unwrap()],
+        &backend.vars(),
+        &elsewhere,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&seg).unwrap());
+}
+
 /// Identical re-push: success, no upload. Different content: exit 3, the stored object unchanged.
 fn overwrite_refusal(backend: Backend) {
     let scratch = Scratch::new();

@@ -19,14 +19,19 @@ pub struct Args {
     pub name: String,
     /// Where to write it (`%p`), relative to the data directory or absolute.
     pub dest: PathBuf,
-    /// The data directory (default: the current directory, as PostgreSQL runs restore_command).
+    /// The data directory (default: the one an absolute `<PGDATA>/pg_wal/<file>` destination
+    /// names, else the current directory, as PostgreSQL runs restore_command there).
     #[arg(long, value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
 }
 
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
-        let ctx = Arc::new(WalContext::new(cli.settings()?, args.pgdata.as_deref())?);
+        let pgdata = args
+            .pgdata
+            .clone()
+            .or_else(|| WalContext::pgdata_of(&args.dest));
+        let ctx = Arc::new(WalContext::new(cli.settings()?, pgdata.as_deref())?);
         let res = fetch::wal_fetch(ctx.clone(), &args.name, &args.dest).await?;
         Ok::<_, Error>((ctx, res))
     }

@@ -13,7 +13,8 @@ use crate::wal::{push, WalContext};
 pub struct Args {
     /// The WAL file (`%p`), relative to the data directory or absolute.
     pub path: PathBuf,
-    /// The data directory (default: the current directory, as PostgreSQL runs archive_command).
+    /// The data directory (default: the one an absolute `<PGDATA>/pg_wal/<file>` path names,
+    /// else the current directory, as PostgreSQL runs archive_command there).
     #[arg(long, value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
 }
@@ -22,7 +23,11 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
         let settings = cli.settings()?;
         let leadership = Arc::new(Leadership::from_settings(&settings)?);
-        let ctx = Arc::new(WalContext::new(settings, args.pgdata.as_deref())?);
+        let pgdata = args
+            .pgdata
+            .clone()
+            .or_else(|| WalContext::pgdata_of(&args.path));
+        let ctx = Arc::new(WalContext::new(settings, pgdata.as_deref())?);
         push::wal_push(ctx, leadership, &args.path, Some(&cli.global_args())).await
     }
     .await;

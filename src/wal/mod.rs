@@ -59,6 +59,17 @@ impl WalContext {
         })
     }
 
+    /// The data directory a WAL path names by itself: `<PGDATA>/pg_wal/<file>` given as an
+    /// absolute path (Patroni's pre-rewind archive run and pg_rewind do not run the command in
+    /// the data directory, but pass such paths). None for anything else.
+    pub fn pgdata_of(arg: &Path) -> Option<PathBuf> {
+        if !arg.is_absolute() {
+            return None;
+        }
+        let dir = arg.parent()?;
+        (dir.file_name()? == "pg_wal").then(|| dir.parent().map(Path::to_path_buf))?
+    }
+
     /// Resolves a path argument (relative to the data directory) lexically, refusing anything
     /// that leaves the data directory.
     pub fn resolve_in_pgdata(&self, arg: &Path) -> Result<PathBuf> {
@@ -105,5 +116,23 @@ impl WalContext {
 
     pub fn archive_status_dir(&self) -> PathBuf {
         self.pg_wal.join("archive_status")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absolute_pg_wal_path_names_its_data_directory() {
+        assert_eq!(
+            WalContext::pgdata_of(Path::new("/srv/pg/data/pg_wal/000000010000000000000001")),
+            Some(PathBuf::from("/srv/pg/data"))
+        );
+        assert_eq!(
+            WalContext::pgdata_of(Path::new("pg_wal/000000010000000000000001")),
+            None
+        );
+        assert_eq!(WalContext::pgdata_of(Path::new("/etc/passwd")), None);
     }
 }
