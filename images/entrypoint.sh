@@ -48,7 +48,7 @@ MEMBER_NAME=${PATRONI_NAME:-${WALKEEPER_NAME:-$(hostname)}}
 CONNECT_HOST=${CONNECT_HOST:-$(hostname)}
 ETCD_HOSTS=${ETCD_HOSTS:-${PATRONI_ETCD3_HOSTS:-${WALKEEPER_ETCD_HOSTS:-etcd:2379}}}
 NAMESPACE=${PATRONI_NAMESPACE:-${WALKEEPER_NAMESPACE:-/service}}
-PGDATA=${PGDATA:-$PG_HOME/data}
+PGDATA=${PGDATA:-$PG_HOME/data/pgdata}
 PG_BIN_DIR=${WALKEEPER_PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
 SUPERUSER=postgres
 REPLICATION_USER=${PATRONI_REPLICATION_USERNAME:-replicator}
@@ -126,7 +126,7 @@ done < <(compgen -e)
 chown -R postgres:postgres "$WALKEEPER_ENVDIR"
 
 install -d -o postgres -g postgres -m 2775 /var/run/postgresql
-install -d -o postgres -g postgres -m 0700 "$PGDATA"
+install -d -o postgres -g postgres -m 0700 "$(dirname "$PGDATA")" "$PGDATA"
 install -d -m 0755 "$(dirname "$PATRONI_CONFIG")"
 export SCOPE NAMESPACE MEMBER_NAME CONNECT_HOST ETCD_HOSTS PGDATA PG_BIN_DIR SUPERUSER \
   REPLICATION_USER PATRONI_TTL PATRONI_LOOP_WAIT PATRONI_RETRY_TIMEOUT PATRONI_LOG_LEVEL \

@@ -37,7 +37,8 @@ pub const API_TOKEN: &str = "container-test-api-token";
 pub const SEG: u64 = 16 << 20;
 const LABEL: &str = "org.walkeeper.test";
 const PID_LABEL: &str = "org.walkeeper.test.pid";
-const PGDATA: &str = "/var/lib/postgresql/data";
+/// The members' data directory (the image's PGDATA).
+pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
 const ENVDIR: &str = "/run/walkeeper/env";
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -150,6 +151,7 @@ pub struct Cluster {
     networks: Vec<String>,
     /// Extra environment of each member (index i is member `pg{i+1}`).
     member_env: Vec<Vec<String>>,
+    started: Instant,
     _one: MutexGuard<'static, ()>,
 }
 
@@ -170,6 +172,7 @@ impl Cluster {
             containers: Vec::new(),
             networks: Vec::new(),
             member_env: Vec::new(),
+            started: Instant::now(),
             _one: one,
         };
         c.remove_leftovers();
@@ -789,13 +792,14 @@ sys.stdout.write("%d\n%s" % (code, text.decode()))
     /// Restores the newest backup and all archived WAL into a new, standalone container (no
     /// Patroni, no etcd), starts PostgreSQL there, waits for the end of recovery and runs `sql`.
     pub fn standalone_restore_query(&mut self, sql: &str) -> String {
+        // The same data directory path as the members': the backup's configuration names it.
         const SCRIPT: &str = r#"set -eu
-install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data
+install -d -o postgres -g postgres -m 0700 "$PGDATA"
 install -d -o postgres -g postgres -m 2775 /var/run/postgresql
 cd /var/lib/postgresql
-setpriv --reuid=postgres --regid=postgres --init-groups walkeeper restore /var/lib/postgresql/data
+setpriv --reuid=postgres --regid=postgres --init-groups walkeeper restore "$PGDATA"
 exec setpriv --reuid=postgres --regid=postgres --init-groups /usr/lib/postgresql/15/bin/postgres \
-  -D /var/lib/postgresql/data -c archive_mode=off -c listen_addresses=''
+  -D "$PGDATA" -c archive_mode=off -c listen_addresses=''
 "#;
         let body = ContainerCreateBody {
             image: Some(format!("walkeeper-patroni:{TAG}")),
@@ -859,6 +863,18 @@ exec setpriv --reuid=postgres --regid=postgres --init-groups /usr/lib/postgresql
 impl Drop for Cluster {
     fn drop(&mut self) {
         let d = self.engine.docker.clone();
+        if std::thread::panicking() {
+            // The whole logs, for the post-mortem, before the containers go.
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("container-logs");
+            let _ = std::fs::create_dir_all(&dir);
+            for name in &self.containers {
+                let logical = name.strip_prefix(&format!("{}-", self.id)).unwrap_or(name);
+                let file = dir.join(format!("{}-{logical}.log", self.scope));
+                if std::fs::write(&file, self.logs_tail(logical, "all")).is_ok() {
+                    say(&format!("log of {logical}: {}", file.display()));
+                }
+            }
+        }
         for name in std::mem::take(&mut self.containers).iter().rev() {
             let r = self.block(
                 d.remove_container(
@@ -880,6 +896,11 @@ impl Drop for Cluster {
                 say(&format!("removing network {net}: {e}"));
             }
         }
+        say(&format!(
+            "container scenario {}: {:.1}s (removed its containers and networks)",
+            self.scope,
+            self.started.elapsed().as_secs_f64()
+        ));
     }
 }
 
