@@ -175,7 +175,12 @@ agent_pid=$!
 health=http://127.0.0.1:$AGENT_PORT/health
 until python3 -c 'import sys, urllib.request
 sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)' "$health" 2>/dev/null; do
-  if [ -n "$terminating" ] || ! kill -0 "$agent_pid" 2>/dev/null; then
+  if [ -n "$terminating" ]; then
+    while kill -0 "$agent_pid" 2>/dev/null; do wait "$agent_pid" || true; done
+    log "stopped before Patroni started"
+    exit 0
+  fi
+  if ! kill -0 "$agent_pid" 2>/dev/null; then
     wait "$agent_pid" && status=0 || status=$?
     log "the agent stopped before it was ready (exit $status)"
     exit $((status == 0 ? 1 : status))

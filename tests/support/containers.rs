@@ -81,15 +81,20 @@ pub fn engine(test: &str) -> Option<Engine> {
         .build()
         .expect("a tokio runtime");
     let connected = rt.block_on(async {
-        let docker = Docker::connect_with_defaults()?;
-        // The engine here is 20.10 (API 1.41); bollard would otherwise speak its newer default.
-        let docker = docker.negotiate_version().await?;
-        docker.ping().await?;
-        Ok::<_, bollard::errors::Error>(docker)
+        let connect = async {
+            let docker = Docker::connect_with_defaults()?;
+            // The engine here is 20.10 (API 1.41); bollard would otherwise speak its newer
+            // default version.
+            let docker = docker.negotiate_version().await?;
+            docker.ping().await?;
+            Ok::<_, bollard::errors::Error>(docker)
+        };
+        tokio::time::timeout(Duration::from_secs(15), connect).await
     });
     match connected {
-        Ok(docker) => Some(Engine { rt, docker }),
-        Err(e) => skip(format!("the Docker engine does not answer: {e}")),
+        Ok(Ok(docker)) => Some(Engine { rt, docker }),
+        Ok(Err(e)) => skip(format!("the Docker engine does not answer: {e}")),
+        Err(_) => skip("the Docker engine did not answer within 15 s".into()),
     }
 }
 
