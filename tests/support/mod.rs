@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod containers;
 
 use std::io::Write;
 use std::net::TcpListener;
