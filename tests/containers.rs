@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::containers::*;
+use support::{parse_lsn, seg_of};
 
 /// A cluster of `n` members: pg1 first, until it leads and its agent has taken the first
 /// backup, then the others, until they stream.

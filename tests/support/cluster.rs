@@ -548,8 +548,6 @@ postgresql:
             wait_until("the postmaster to die", Duration::from_secs(30), || {
                 !alive(pid)
             });
-            // Its children exit once the postmaster is gone.
-            std::thread::sleep(Duration::from_millis(500));
         }
     }
 

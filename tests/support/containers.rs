@@ -913,19 +913,3 @@ impl Drop for Cluster {
 pub fn member(i: usize) -> String {
     format!("pg{}", i + 1)
 }
-
-/// (timeline, segment number) of a full segment name.
-pub fn seg_of(name: &str) -> Option<(u32, u64)> {
-    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let tli = u32::from_str_radix(&name[0..8], 16).ok()?;
-    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
-    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
-    Some((tli, log * 0x100 + seg))
-}
-
-pub fn parse_lsn(s: &str) -> u64 {
-    let (hi, lo) = s.trim().split_once('/').expect("an LSN");
-    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-}

@@ -478,3 +478,20 @@ pub fn synthetic_segment(name: &str, seed: u64) -> Vec<u8> {
     v[36..40].copy_from_slice(&8192u32.to_le_bytes());
     v
 }
+
+/// (timeline, segment number) of a full 16 MiB segment name.
+pub fn seg_of(name: &str) -> Option<(u32, u64)> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let tli = u32::from_str_radix(&name[0..8], 16).ok()?;
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    Some((tli, log * 0x100 + seg))
+}
+
+/// PostgreSQL's `X/Y` LSN text as a number.
+pub fn parse_lsn(s: &str) -> u64 {
+    let (hi, lo) = s.trim().split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
