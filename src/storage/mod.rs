@@ -178,6 +178,11 @@ impl Store {
         .await
     }
 
+    /// Is this a file:// store (uploads are writes to a local directory)?
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     /// Stores a small object durably; fails if it exists on file://.
     pub async fn put_bytes(&self, rel: &str, body: Bytes) -> Result<u64> {
         self.put_stream(rel, move |w| w.write_all(&body)).await
@@ -452,7 +457,7 @@ struct ChannelWriter {
     buf: Vec<u8>,
 }
 
-const CHANNEL_CHUNK: usize = 1024 * 1024;
+const CHANNEL_CHUNK: usize = 256 * 1024;
 
 impl ChannelWriter {
     fn new(tx: tokio::sync::mpsc::Sender<Bytes>) -> Self {

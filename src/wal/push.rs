@@ -94,7 +94,7 @@ pub async fn wal_push(
 ) -> Result<(WalName, PushOutcome)> {
     let (name, path) = validate_source(&ctx, arg)?;
     if let (Some(global), true) = (spawn_with, ctx.settings.push_lookahead > 0) {
-        let ahead = lookahead_candidates(&ctx, &name, ctx.settings.push_lookahead);
+        let ahead = lookahead_candidates(&ctx, Some(&name), None, ctx.settings.push_lookahead);
         if !ahead.is_empty() {
             spawn_push_ahead(&ctx, &ahead, global);
         }
@@ -105,8 +105,12 @@ pub async fn wal_push(
 }
 
 /// Starts `walkeeper wal-push-ahead` for `names`, detached (its own process group), so that
-/// PostgreSQL's archiver is not held up by it.
+/// PostgreSQL's archiver is not held up by it. Not when one is already running for this data
+/// directory: that one goes on to the newer `.ready` files itself.
 fn spawn_push_ahead(ctx: &WalContext, names: &[WalName], global: &[OsString]) {
+    if AheadLock::is_held(ctx) {
+        return;
+    }
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
@@ -126,64 +130,96 @@ fn spawn_push_ahead(ctx: &WalContext, names: &[WalName], global: &[OsString]) {
     }
 }
 
-/// `wal-push-ahead`: uploads `names` (claimed first: any one whose lock another process holds
-/// is left to it), at most one per core at once, and records each, so that PostgreSQL's own
-/// call for it costs a `stat`. A segment whose `.ready` file is gone was archived by
-/// PostgreSQL's own call meanwhile. Failures are only logged: PostgreSQL retries the segment.
+/// `wal-push-ahead`: the one look-ahead uploader of a data directory (a second one exits at
+/// once). It uploads `names`, then the newer `.ready` files as they appear, until none is
+/// left, keeping at most `parallel` uploads in flight: one per core on file://, one on a
+/// remote store (whose upload holds the compressed object in memory until its PUT;
+/// PostgreSQL's own call uploads beside it). Each is claimed first (one whose lock another
+/// process holds is left to it) and recorded once durable, so that PostgreSQL's own call for
+/// it costs a `stat`. A segment whose `.ready` file is gone was archived by PostgreSQL's own
+/// call meanwhile. Failures are only logged, and stop the look-ahead: PostgreSQL retries.
 pub async fn push_ahead(
     ctx: Arc<WalContext>,
     leadership: Arc<Leadership>,
     names: &[WalName],
 ) -> usize {
-    let mut claimed = Vec::new();
-    for n in names {
-        match NameLock::try_acquire(&ctx, n).await {
-            Ok(Some(lock)) => claimed.push((n.clone(), lock)),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(segment = %n, error = %e, "look-ahead: cannot lock"),
+    let _ahead = match AheadLock::try_acquire(&ctx) {
+        Ok(Some(l)) => l,
+        Ok(None) => return 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "look-ahead: cannot lock");
+            return 0;
         }
-    }
+    };
+    let window = ctx.settings.push_lookahead.max(1);
     let parallel = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
-        .clamp(1, MAX_PARALLEL);
-    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
-    let tasks: Vec<_> = claimed
-        .into_iter()
-        .map(|(n, lock)| {
-            let (ctx, leadership, sem) = (ctx.clone(), leadership.clone(), sem.clone());
-            tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                let ready = ctx.archive_status_dir().join(format!("{n}.ready"));
-                if !ready.exists() {
-                    return None;
-                }
-                let path = ctx.pg_wal.join(n.to_string());
-                let res = push_locked(&ctx, &leadership, &n, &path, true).await;
-                drop(lock);
-                Some((n, res))
-            })
-        })
-        .collect();
-    let mut done = 0;
-    for task in tasks {
-        match task.await {
-            Ok(Some((n, Ok(outcome)))) => {
-                done += 1;
-                tracing::debug!(segment = %n, outcome = outcome.label(), "look-ahead")
-            }
-            Ok(Some((n, Err(e)))) => {
-                tracing::warn!(segment = %n, error = %e, "look-ahead upload failed; PostgreSQL will retry it")
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "look-ahead task failed"),
+        .clamp(1, MAX_PARALLEL)
+        .min(window);
+    let mut queue: std::collections::VecDeque<WalName> = names.iter().cloned().collect();
+    let mut last: Option<WalName> = None;
+    let mut tasks: tokio::task::JoinSet<Option<(WalName, Result<PushOutcome>)>> =
+        tokio::task::JoinSet::new();
+    let (mut done, mut failed) = (0, false);
+    loop {
+        if queue.is_empty() && !failed && tasks.len() < parallel {
+            queue = lookahead_candidates(&ctx, None, last.as_ref(), window).into();
         }
+        let next = if tasks.len() < parallel && !failed {
+            queue.pop_front()
+        } else {
+            None
+        };
+        let Some(n) = next else {
+            // A full window, or nothing new: wait for an upload to end.
+            match tasks.join_next().await {
+                None => break,
+                Some(Ok(Some((n, Ok(outcome))))) => {
+                    done += 1;
+                    tracing::debug!(segment = %n, outcome = outcome.label(), "look-ahead")
+                }
+                Some(Ok(Some((n, Err(e))))) => {
+                    failed = true;
+                    tracing::warn!(segment = %n, error = %e, "look-ahead upload failed; PostgreSQL will retry it")
+                }
+                Some(Ok(None)) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "look-ahead task failed"),
+            }
+            continue;
+        };
+        last = Some(n.clone());
+        let lock = match NameLock::try_acquire(&ctx, &n).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(segment = %n, error = %e, "look-ahead: cannot lock");
+                continue;
+            }
+        };
+        let (ctx, leadership) = (ctx.clone(), leadership.clone());
+        tasks.spawn(async move {
+            let ready = ctx.archive_status_dir().join(format!("{n}.ready"));
+            if !ready.exists() {
+                return None;
+            }
+            let path = ctx.pg_wal.join(n.to_string());
+            let res = push_locked(&ctx, &leadership, &n, &path, true).await;
+            drop(lock);
+            Some((n, res))
+        });
     }
     done
 }
 
-/// The oldest `.ready` files other than `current`, not yet recorded as pushed.
-fn lookahead_candidates(ctx: &WalContext, current: &WalName, n: usize) -> Vec<WalName> {
+/// The oldest `.ready` files other than `current` (and newer than `after`), not yet recorded
+/// as pushed nor being pushed.
+fn lookahead_candidates(
+    ctx: &WalContext,
+    current: Option<&WalName>,
+    after: Option<&WalName>,
+    n: usize,
+) -> Vec<WalName> {
     let Ok(entries) = std::fs::read_dir(ctx.archive_status_dir()) else {
         return Vec::new();
     };
@@ -194,7 +230,7 @@ fn lookahead_candidates(ctx: &WalContext, current: &WalName, n: usize) -> Vec<Wa
             let base = f.to_str()?.strip_suffix(".ready")?.to_string();
             WalName::parse(&base).ok()
         })
-        .filter(|w| w != current)
+        .filter(|w| Some(w) != current && after.is_none_or(|a| w > a))
         .collect();
     names.sort_by_key(|w| w.to_string());
     names
@@ -501,6 +537,48 @@ impl NameLock {
     fn is_held(ctx: &WalContext, name: &WalName) -> bool {
         let path = ctx.state_dir.join("locks").join(name.to_string());
         let Ok(file) = File::open(&path) else {
+            return false;
+        };
+        match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(_) => true,
+        }
+    }
+}
+
+/// Held by the running look-ahead uploader of a data directory, for its lifetime.
+struct AheadLock {
+    _file: File,
+}
+
+impl AheadLock {
+    fn path(ctx: &WalContext) -> PathBuf {
+        ctx.state_dir.join("ahead.lock")
+    }
+
+    /// The lock if no other uploader holds it, else None.
+    fn try_acquire(ctx: &WalContext) -> Result<Option<Self>> {
+        ensure_dir(&ctx.state_dir).map_err(|e| Error::io(&ctx.state_dir, e))?;
+        let path = Self::path(ctx);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(AheadLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
+    }
+
+    /// Is an uploader running for this data directory?
+    fn is_held(ctx: &WalContext) -> bool {
+        let Ok(file) = File::open(Self::path(ctx)) else {
             return false;
         };
         match file.try_lock_shared() {
