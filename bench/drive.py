@@ -11,11 +11,15 @@
 
 Both append one JSON object per run to --results: wall time, per-call percentiles, CPU seconds
 (user + system of the process and every descendant it waited for, from wait4()) and the
-largest peak RSS of one process. The peak RSS comes from GNU time (%M), which the command runs
+largest peak RSS of one process. The driver is a child subreaper, so processes a command leaves
+running detached (wal-push's look-ahead uploader) are reaped here and their CPU time and peak
+RSS count too: between calls as they end, and after the last call (outside the wall time,
+which ends when the last call returns). The peak RSS comes from GNU time (%M), which the command runs
 under: a child forked from this Python process would report Python's own RSS as its floor,
 because Linux keeps the pre-exec high-water mark. GNU time's own floor is about 2 MiB.
 """
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -25,6 +29,30 @@ import tempfile
 import time
 
 TIME = "/usr/bin/time"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def reap_orphans(block):
+    """Reaps detached descendants that were re-parented to this process; returns their CPU
+    seconds and largest peak RSS (KiB). With block, waits until none is left."""
+    cpu, rss = 0.0, 0
+    while True:
+        try:
+            pid, _, ru = os.wait4(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        cpu += ru.ru_utime + ru.ru_stime
+        rss = max(rss, ru.ru_maxrss)
+    return cpu, rss
+
 
 def run_one(argv, cwd, env, log, rss_file):
     """Runs argv under GNU time; returns exit code, rusage and peak RSS in KiB."""
@@ -85,6 +113,7 @@ def main():
     if not cmd:
         ap.error("no command")
     env = dict(os.environ)
+    become_subreaper()
     calls, failed = [], 0
     cpu = 0.0
     rss = 0
@@ -120,7 +149,11 @@ def main():
             calls.append(dt)
             cpu += ru.ru_utime + ru.ru_stime
             rss = max(rss, one_rss)
+            o_cpu, o_rss = reap_orphans(block=False)
+            cpu, rss = cpu + o_cpu, max(rss, o_rss)
         wall = time.perf_counter() - t_start
+        o_cpu, o_rss = reap_orphans(block=True)
+        cpu, rss = cpu + o_cpu, max(rss, o_rss)
     if os.path.exists(rss_file):
         os.unlink(rss_file)
     s = sorted(calls)
