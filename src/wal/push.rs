@@ -535,17 +535,21 @@ impl NameLock {
 
     /// Does another process hold the lock of `name` right now?
     fn is_held(ctx: &WalContext, name: &WalName) -> bool {
-        let path = ctx.state_dir.join("locks").join(name.to_string());
-        let Ok(file) = File::open(&path) else {
-            return false;
-        };
-        match file.try_lock_shared() {
-            Ok(()) => {
-                let _ = file.unlock();
-                false
-            }
-            Err(_) => true,
+        lock_is_held(&ctx.state_dir.join("locks").join(name.to_string()))
+    }
+}
+
+/// Does a process hold the exclusive lock on `path` right now?
+fn lock_is_held(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
         }
+        Err(_) => true,
     }
 }
 
@@ -578,16 +582,7 @@ impl AheadLock {
 
     /// Is an uploader running for this data directory?
     fn is_held(ctx: &WalContext) -> bool {
-        let Ok(file) = File::open(Self::path(ctx)) else {
-            return false;
-        };
-        match file.try_lock_shared() {
-            Ok(()) => {
-                let _ = file.unlock();
-                false
-            }
-            Err(_) => true,
-        }
+        lock_is_held(&Self::path(ctx))
     }
 }
 
