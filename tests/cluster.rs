@@ -10,9 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::cluster::*;
-use support::{chown_pg_recursive, parse_lsn, seg_of, stderr, Pg};
-
-const SEG: u64 = 16 << 20;
+use support::{chown_pg_recursive, parse_lsn, stderr, timeline_1_past, Pg};
 
 /// Starts member 0, waits until it leads and its agent has taken the first backup, then starts
 /// the others and waits until they stream.
@@ -177,13 +175,7 @@ fn split_brain_old_primary_cannot_archive_divergent_wal_but_a_plain_cp_would() {
     }
     let switch = switch_point_of_timeline_1(&c.members[new].data);
     let cp_dir = c.members[old].dir.join("cp-archive");
-    let divergent = |names: &BTreeSet<String>| -> Vec<String> {
-        names
-            .iter()
-            .filter(|n| matches!(seg_of(n), Some((1, segno)) if (segno + 1) * SEG > switch))
-            .cloned()
-            .collect()
-    };
+    let divergent = |names: &BTreeSet<String>| timeline_1_past(names, switch);
     // Its archiver tries: the plain cp in front of wal-push copies what it is given.
     wait_until_or(
         "the old primary's archiver to try a divergent segment",

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::containers::*;
-use support::{parse_lsn, seg_of};
+use support::{parse_lsn, seg_of, timeline_1_past};
 
 /// A cluster of `n` members: pg1 first, until it leads and its agent has taken the first
 /// backup, then the others, until they stream.
@@ -344,13 +344,7 @@ fn partition_a_leader_cut_off_from_etcd_archives_none_of_its_divergent_wal_and_r
         .find(|l| l.starts_with('1'))
         .map(|l| parse_lsn(l.split_whitespace().nth(1).unwrap()))
         .expect("a line for timeline 1");
-    let divergent = |names: &BTreeSet<String>| -> Vec<String> {
-        names
-            .iter()
-            .filter(|n| matches!(seg_of(n), Some((1, segno)) if (segno + 1) * SEG > switch))
-            .cloned()
-            .collect()
-    };
+    let divergent = |names: &BTreeSet<String>| timeline_1_past(names, switch);
     let made = divergent(&isolated_segments);
     assert!(
         !made.is_empty(),

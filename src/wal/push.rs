@@ -93,7 +93,11 @@ pub async fn wal_push(
     spawn_with: Option<&[OsString]>,
 ) -> Result<(WalName, PushOutcome)> {
     let (name, path) = validate_source(&ctx, arg)?;
-    if let (Some(global), true) = (spawn_with, ctx.settings.push_lookahead > 0) {
+    // A running uploader goes on to the newer `.ready` files itself: no listing, no spawn.
+    if let (Some(global), true) = (
+        spawn_with,
+        ctx.settings.push_lookahead > 0 && !AheadLock::is_held(&ctx),
+    ) {
         let ahead = lookahead_candidates(&ctx, Some(&name), None, ctx.settings.push_lookahead);
         if !ahead.is_empty() {
             spawn_push_ahead(&ctx, &ahead, global);
@@ -105,12 +109,8 @@ pub async fn wal_push(
 }
 
 /// Starts `walkeeper wal-push-ahead` for `names`, detached (its own process group), so that
-/// PostgreSQL's archiver is not held up by it. Not when one is already running for this data
-/// directory: that one goes on to the newer `.ready` files itself.
+/// PostgreSQL's archiver is not held up by it.
 fn spawn_push_ahead(ctx: &WalContext, names: &[WalName], global: &[OsString]) {
-    if AheadLock::is_held(ctx) {
-        return;
-    }
     let Ok(exe) = std::env::current_exe() else {
         return;
     };

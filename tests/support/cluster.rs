@@ -88,10 +88,7 @@ impl Etcd {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        super::kill_and_reap(&mut self.child);
     }
 
     /// Starts etcd again (after [`Etcd::stop`]) with its data, on the same port.

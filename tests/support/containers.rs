@@ -34,7 +34,6 @@ pub const S3_SECRET: &str = "walkeeper-container-test-secret";
 pub const SU_PASSWORD: &str = "container-su-secret";
 pub const REPL_PASSWORD: &str = "container-repl-secret";
 pub const API_TOKEN: &str = "container-test-api-token";
-pub const SEG: u64 = 16 << 20;
 const LABEL: &str = "org.walkeeper.test";
 const PID_LABEL: &str = "org.walkeeper.test.pid";
 /// The members' data directory (the image's PGDATA).
@@ -609,8 +608,13 @@ impl Cluster {
     }
 
     fn psql_exec(&self, i: usize, sql: &str) -> Exec {
+        self.psql_in(&member(i), sql)
+    }
+
+    /// Runs `sql` through psql as postgres in the container `logical`.
+    fn psql_in(&self, logical: &str, sql: &str) -> Exec {
         self.exec(
-            &member(i),
+            logical,
             "postgres",
             &[
                 "psql",
@@ -844,21 +848,7 @@ exec setpriv --reuid=postgres --regid=postgres --init-groups /usr/lib/postgresql
             ready,
             |c| c.logs("restore"),
         );
-        let e = self.exec(
-            "restore",
-            "postgres",
-            &[
-                "psql",
-                "-XqAt",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ],
-            &[],
-        );
+        let e = self.psql_in("restore", sql);
         assert!(e.ok(), "{sql} on the restored server: {}", e.stderr);
         self.remove("restore");
         e.stdout.trim().to_string()

@@ -295,10 +295,7 @@ impl S3 {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_and_reap(&mut self.child);
     }
 
     /// Starts the server again on the same port and files, after [`S3::stop`].
@@ -494,4 +491,23 @@ pub fn seg_of(name: &str) -> Option<(u32, u64)> {
 pub fn parse_lsn(s: &str) -> u64 {
     let (hi, lo) = s.trim().split_once('/').expect("an LSN");
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// The timeline-1 segment names in `names` that end past `switch` (the LSN where timeline 2
+/// began): WAL only the old primary wrote.
+pub fn timeline_1_past(names: &std::collections::BTreeSet<String>, switch: u64) -> Vec<String> {
+    const SEG: u64 = 16 << 20;
+    names
+        .iter()
+        .filter(|n| matches!(seg_of(n), Some((1, segno)) if (segno + 1) * SEG > switch))
+        .cloned()
+        .collect()
+}
+
+/// Kills a server the test started, if it still runs, and waits for it.
+pub fn kill_and_reap(child: &mut Option<std::process::Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
