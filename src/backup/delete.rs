@@ -99,7 +99,7 @@ pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
             // older than everything kept are removed.
             match (floor, backup_start_segno(name)) {
                 (None, _) => true,
-                (Some((lsn, seg)), Some(segno)) => segno < lsn / seg,
+                (Some((lsn, seg)), Some(segno)) => segno < lsn / seg.get(),
                 _ => false,
             }
         };
@@ -126,7 +126,7 @@ pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
             (
                 Some((lsn, seg_size)),
                 WalName::Segment(s) | WalName::Partial(s) | WalName::Backup(s, _),
-            ) => s.segno(seg_size) < lsn / seg_size,
+            ) => s.segno(seg_size) < lsn / seg_size.get(),
         };
         if delete {
             plan.keys.push(key);

@@ -23,12 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::storage::Store;
-use crate::wal::names::SegmentId;
+use crate::wal::names::{SegmentId, WalSegSize};
 
 pub const BACKUP_FOLDER: &str = "basebackups_005";
 pub const SENTINEL_SUFFIX: &str = "_backup_stop_sentinel.json";
 /// PostgreSQL's default; backups record the real size where they know it.
-pub const DEFAULT_SEG_SIZE: u64 = 16 << 20;
+pub const DEFAULT_SEG_SIZE: WalSegSize = WalSegSize::DEFAULT;
 
 /// A PostgreSQL LSN. Serialised as a number, as WAL-G does.
 #[derive(
@@ -48,13 +48,17 @@ impl Lsn {
     }
 
     /// The segment holding this LSN.
-    pub fn segment(self, timeline: u32, seg_size: u64) -> SegmentId {
-        SegmentId::from_segno(timeline, self.0 / seg_size, seg_size)
+    pub fn segment(self, timeline: u32, seg_size: WalSegSize) -> SegmentId {
+        SegmentId::from_segno(timeline, self.0 / seg_size.get(), seg_size)
     }
 
     /// The segment holding the byte just before this LSN (for an end position).
-    pub fn prev_segment(self, timeline: u32, seg_size: u64) -> SegmentId {
-        SegmentId::from_segno(timeline, self.0.saturating_sub(1) / seg_size, seg_size)
+    pub fn prev_segment(self, timeline: u32, seg_size: WalSegSize) -> SegmentId {
+        SegmentId::from_segno(
+            timeline,
+            self.0.saturating_sub(1) / seg_size.get(),
+            seg_size,
+        )
     }
 }
 
@@ -170,7 +174,7 @@ pub struct Sentinel {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub wal_segment_size: Option<u64>,
+    pub wal_segment_size: Option<WalSegSize>,
 }
 
 /// `metadata.json` (WAL-G's ExtendedMetadataDto).
@@ -227,7 +231,7 @@ pub struct BackupInfo {
     pub stop_offset: u64,
     pub expanded_size_bytes: Option<i64>,
     pub compressed_size: Option<i64>,
-    pub seg_size: u64,
+    pub seg_size: WalSegSize,
     pub finish_time: Option<DateTime<Utc>>,
     pub system_identifier: Option<u64>,
     pub pg_version: Option<i64>,
@@ -291,7 +295,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
             Format::WalG => {
                 let s: Sentinel = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
                     key: key.clone(),
-                    msg: format!("sentinel is not valid JSON: {e}"),
+                    msg: format!("unreadable sentinel: {e}"),
                 })?;
                 let seg_size = s.wal_segment_size.unwrap_or(DEFAULT_SEG_SIZE);
                 let timeline = if s.timeline > 0 {
@@ -308,7 +312,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     start_lsn: s.start_lsn,
                     finish_lsn: s.finish_lsn,
                     start_segment: seg.name(),
-                    start_offset: s.start_lsn.0 % seg_size,
+                    start_offset: s.start_lsn.0 % seg_size.get(),
                     stop_segment: stop.name(),
                     stop_offset: s.finish_lsn.0 - stop.start_lsn(seg_size),
                     expanded_size_bytes: Some(s.uncompressed_size),
@@ -394,11 +398,14 @@ mod tests {
     fn lsn_text_round_trips_and_maps_to_segments() {
         let l = Lsn::parse("1/2A000028").unwrap();
         assert_eq!(l.to_string(), "1/2A000028");
-        assert_eq!(l.segment(3, 16 << 20).name(), "00000003000000010000002A");
+        assert_eq!(
+            l.segment(3, WalSegSize::DEFAULT).name(),
+            "00000003000000010000002A"
+        );
         assert_eq!(
             Lsn::parse("0/3000000")
                 .unwrap()
-                .prev_segment(1, 16 << 20)
+                .prev_segment(1, WalSegSize::DEFAULT)
                 .name(),
             "000000010000000000000002"
         );

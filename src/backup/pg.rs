@@ -10,6 +10,7 @@ use tokio_postgres::{Client, Config, NoTls};
 use super::Lsn;
 use crate::config::Vars;
 use crate::error::{Error, Result};
+use crate::wal::names::WalSegSize;
 
 fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     move |e| Error::BadInput(format!("PostgreSQL {what}: {e}"))
@@ -134,7 +135,7 @@ pub async fn connect(cfg: &Config) -> Result<Client> {
 pub struct ServerInfo {
     pub version_num: i64,
     pub system_identifier: u64,
-    pub seg_size: u64,
+    pub seg_size: WalSegSize,
     pub data_directory: String,
 }
 
@@ -156,7 +157,13 @@ pub async fn server_info(client: &Client) -> Result<ServerInfo> {
         system_identifier: sysid
             .parse()
             .map_err(|_| Error::BadInput(format!("system identifier {sysid:?}")))?,
-        seg_size: row.get::<_, i64>(2) as u64,
+        seg_size: {
+            let v: i64 = row.try_get(2).map_err(pg_err("wal_segment_size"))?;
+            u64::try_from(v)
+                .map_err(|_| Error::BadInput(format!("wal_segment_size {v}")))
+                .and_then(WalSegSize::new)
+                .map_err(|e| Error::BadInput(format!("the server's wal_segment_size: {e}")))?
+        },
         data_directory: row.get(3),
     })
 }

@@ -73,12 +73,12 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
         chain
             .iter()
             .rev()
-            .find(|(_, begin)| begin / seg_size <= segno)
+            .find(|(_, begin)| begin / seg_size.get() <= segno)
             .map(|(t, _)| *t)
             .unwrap_or(newest_tli)
     };
     let start = match backups.first() {
-        Some(b) => b.start_lsn.0 / seg_size,
+        Some(b) => b.start_lsn.0 / seg_size.get(),
         None => segments
             .iter()
             .map(|s| s.segno(seg_size))

@@ -805,7 +805,13 @@ impl Agent {
             .map_err(|e| Error::Cluster(format!("pg_stat_archiver: {e}")))?;
         let last: Option<String> = row.get(0);
         let current: Option<String> = row.get(5);
-        let seg_size = row.get::<_, i64>(6) as u64;
+        let seg_size = row
+            .try_get::<_, Option<i64>>(6)
+            .ok()
+            .flatten()
+            .and_then(|v| u64::try_from(v).ok())
+            .and_then(|v| crate::wal::names::WalSegSize::new(v).ok())
+            .unwrap_or_default();
         let lag = match (&last, &current) {
             (Some(l), Some(c)) => {
                 let seg = crate::wal::names::WalName::parse(l)
@@ -814,7 +820,7 @@ impl Agent {
                 let cur = crate::backup::Lsn::parse(c).ok();
                 match (seg, cur) {
                     (Some(s), Some(cur)) => {
-                        Some(cur.0.saturating_sub(s.start_lsn(seg_size) + seg_size))
+                        Some(cur.0.saturating_sub(s.start_lsn(seg_size) + seg_size.get()))
                     }
                     _ => None,
                 }

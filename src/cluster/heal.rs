@@ -16,7 +16,7 @@ use super::Leadership;
 use crate::backup::{list_backups, Lsn};
 use crate::error::{Error, Result};
 use crate::wal::history::History;
-use crate::wal::names::{LongPageHeader, SegmentId, WalName, WAL_FOLDER};
+use crate::wal::names::{LongPageHeader, SegmentId, WalName, WalSegSize, WAL_FOLDER};
 use crate::wal::push::push_file;
 use crate::wal::WalContext;
 
@@ -52,7 +52,7 @@ pub fn local_history(pg_wal: &Path) -> Result<History> {
 }
 
 /// Does the file at `path` hold segment `seg` (first page header, size)?
-fn holds(path: &Path, seg: &SegmentId, seg_size: u64) -> bool {
+fn holds(path: &Path, seg: &SegmentId, seg_size: WalSegSize) -> bool {
     let Ok(mut f) = std::fs::File::open(path) else {
         return false;
     };
@@ -60,13 +60,16 @@ fn holds(path: &Path, seg: &SegmentId, seg_size: u64) -> bool {
     if f.read_exact(&mut head).is_err() {
         return false;
     }
-    let size_ok = f.metadata().map(|m| m.len() == seg_size).unwrap_or(false);
+    let size_ok = f
+        .metadata()
+        .map(|m| m.len() == seg_size.get())
+        .unwrap_or(false);
     matches!(LongPageHeader::parse(&head), Some(h)
-        if size_ok && h.page_addr == seg.start_lsn(seg_size) && h.seg_size as u64 == seg_size)
+        if size_ok && h.page_addr == seg.start_lsn(seg_size) && h.seg_size as u64 == seg_size.get())
 }
 
 /// The WAL segment size, from any segment file in pg_wal.
-fn local_seg_size(pg_wal: &Path) -> u64 {
+fn local_seg_size(pg_wal: &Path) -> WalSegSize {
     std::fs::read_dir(pg_wal)
         .ok()
         .and_then(|rd| {
@@ -77,8 +80,7 @@ fn local_seg_size(pg_wal: &Path) -> u64 {
                 };
                 e.metadata()
                     .ok()
-                    .map(|m| m.len())
-                    .filter(|l| l.is_power_of_two())
+                    .and_then(|m| WalSegSize::new(m.len()).ok())
             })
         })
         .unwrap_or(crate::backup::DEFAULT_SEG_SIZE)
@@ -96,6 +98,7 @@ pub async fn heal(ctx: Arc<WalContext>, leadership: &Leadership) -> Result<HealR
         return Ok(report);
     }
     let seg_size = local_seg_size(&ctx.pg_wal);
+    let seg_bytes = seg_size.get();
     // From the newest backup on this ancestry (what restoring to the newest point needs); with
     // none, from the oldest segment of an earlier timeline held here.
     let backups = list_backups(&ctx.store).await?;
@@ -109,8 +112,8 @@ pub async fn heal(ctx: Arc<WalContext>, leadership: &Leadership) -> Result<HealR
     };
     let mut begin = 0u64;
     for &(tli, switch) in &history.entries {
-        let from = (start.max(begin) / seg_size).min(switch / seg_size);
-        let until = switch / seg_size; // segments that end at or before the switch point
+        let from = (start.max(begin) / seg_bytes).min(switch / seg_bytes);
+        let until = switch / seg_bytes; // segments that end at or before the switch point
         begin = switch;
         if from >= until {
             continue;
@@ -154,7 +157,7 @@ pub async fn heal(ctx: Arc<WalContext>, leadership: &Leadership) -> Result<HealR
 }
 
 /// The start of the oldest segment of an earlier timeline held in pg_wal.
-fn oldest_local(pg_wal: &Path, history: &History, seg_size: u64) -> Option<u64> {
+fn oldest_local(pg_wal: &Path, history: &History, seg_size: WalSegSize) -> Option<u64> {
     std::fs::read_dir(pg_wal)
         .ok()?
         .flatten()

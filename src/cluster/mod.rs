@@ -166,7 +166,9 @@ impl ClusterCheck {
         }
         // Not the leader: only a segment the archive's history says is the cluster's past.
         if let WalName::Segment(seg) = name {
-            let end = seg.start_lsn(seg_size) + seg_size;
+            let seg_size = crate::wal::names::WalSegSize::new(seg_size)
+                .map_err(|e| Error::BadInput(format!("{name}: {e}")))?;
+            let end = seg.start_lsn(seg_size) + seg_size.get();
             if let Some(switch) = history::archived_end_of(archive, seg.timeline).await? {
                 if end <= switch {
                     tracing::info!(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
 use crate::storage::local::{ensure_dir, sync_dir, write_atomic_with};
-use crate::wal::names::{LongPageHeader, SegmentId, WalName};
+use crate::wal::names::{LongPageHeader, SegmentId, WalName, WalSegSize};
 use crate::wal::WalContext;
 
 /// Prefetch downloads run at most this many at once.
@@ -163,8 +163,8 @@ fn check_segment_file(path: &Path, seg: &SegmentId) -> io::Result<u64> {
     f.read_exact(&mut head)?;
     let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
     let h = LongPageHeader::parse(&head).ok_or_else(|| bad("no long page header".into()))?;
-    let seg_size = h.seg_size as u64;
-    if !seg_size.is_power_of_two() || seg_size != len {
+    let seg_size = WalSegSize::new(h.seg_size as u64).map_err(|e| bad(e.to_string()))?;
+    if seg_size.get() != len {
         return Err(bad(format!(
             "size {len} does not match the header's segment size {seg_size}"
         )));
@@ -211,7 +211,7 @@ pub async fn prefetch(ctx: Arc<WalContext>, after: &str) -> Result<usize> {
     ensure_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     clean_before(&dir, after);
     // The segment size comes from the segment just restored (or a prefetched one).
-    let seg_size = segment_size_hint(&ctx, &seg).unwrap_or(16 << 20);
+    let seg_size = segment_size_hint(&ctx, &seg).unwrap_or_default();
     let sem = Arc::new(tokio::sync::Semaphore::new(MAX_PARALLEL));
     let mut tasks = Vec::new();
     for i in 1..=ctx.settings.prefetch as u64 {
@@ -246,14 +246,13 @@ pub async fn prefetch(ctx: Arc<WalContext>, after: &str) -> Result<usize> {
     Ok(fetched)
 }
 
-fn segment_size_hint(ctx: &WalContext, seg: &SegmentId) -> Option<u64> {
+fn segment_size_hint(ctx: &WalContext, seg: &SegmentId) -> Option<WalSegSize> {
     let candidates = [ctx.pg_wal.join("RECOVERYXLOG"), ctx.pg_wal.join(seg.name())];
     candidates.iter().find_map(|p| {
         let mut head = [0u8; 40];
         std::fs::File::open(p).ok()?.read_exact(&mut head).ok()?;
         let h = LongPageHeader::parse(&head)?;
-        let s = h.seg_size as u64;
-        (s.is_power_of_two() && (1 << 20..=1 << 30).contains(&s)).then_some(s)
+        WalSegSize::new(h.seg_size as u64).ok()
     })
 }
 

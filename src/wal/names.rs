@@ -14,19 +14,74 @@ pub struct SegmentId {
     pub seg: u32,
 }
 
+/// A WAL segment size: a power of two from 1 MiB to 1 GiB (PostgreSQL's `--wal-segsize` range).
+/// The only way to build one is [`WalSegSize::new`], so LSN arithmetic never divides by zero or by
+/// a size read unchecked from a sentinel, a page header or a server.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct WalSegSize(u64);
+
+impl WalSegSize {
+    pub const MIN: u64 = 1 << 20;
+    pub const MAX: u64 = 1 << 30;
+    /// PostgreSQL's default, 16 MiB.
+    pub const DEFAULT: WalSegSize = WalSegSize(16 << 20);
+
+    pub fn new(bytes: u64) -> Result<Self> {
+        if bytes.is_power_of_two() && (Self::MIN..=Self::MAX).contains(&bytes) {
+            Ok(WalSegSize(bytes))
+        } else {
+            Err(Error::BadInput(format!(
+                "{bytes} is not a WAL segment size (a power of two from 1 MiB to 1 GiB)"
+            )))
+        }
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for WalSegSize {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl TryFrom<u64> for WalSegSize {
+    type Error = Error;
+    fn try_from(v: u64) -> Result<Self> {
+        Self::new(v)
+    }
+}
+
+impl From<WalSegSize> for u64 {
+    fn from(v: WalSegSize) -> u64 {
+        v.0
+    }
+}
+
+impl fmt::Display for WalSegSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 impl SegmentId {
     pub fn name(&self) -> String {
         format!("{:08X}{:08X}{:08X}", self.timeline, self.log, self.seg)
     }
 
     /// Segment number counted from LSN 0 (PostgreSQL's XLogSegNo) for a segment size.
-    pub fn segno(&self, seg_size: u64) -> u64 {
-        let per_log = 0x1_0000_0000u64 / seg_size;
+    pub fn segno(&self, seg_size: WalSegSize) -> u64 {
+        let per_log = 0x1_0000_0000u64 / seg_size.get();
         self.log as u64 * per_log + self.seg as u64
     }
 
-    pub fn from_segno(timeline: u32, segno: u64, seg_size: u64) -> Self {
-        let per_log = 0x1_0000_0000u64 / seg_size;
+    pub fn from_segno(timeline: u32, segno: u64, seg_size: WalSegSize) -> Self {
+        let per_log = 0x1_0000_0000u64 / seg_size.get();
         SegmentId {
             timeline,
             log: (segno / per_log) as u32,
@@ -35,13 +90,13 @@ impl SegmentId {
     }
 
     /// The segment `n` after this one on the same timeline.
-    pub fn nth_next(&self, n: u64, seg_size: u64) -> Self {
+    pub fn nth_next(&self, n: u64, seg_size: WalSegSize) -> Self {
         Self::from_segno(self.timeline, self.segno(seg_size) + n, seg_size)
     }
 
     /// The LSN of this segment's first byte.
-    pub fn start_lsn(&self, seg_size: u64) -> u64 {
-        self.segno(seg_size) * seg_size
+    pub fn start_lsn(&self, seg_size: WalSegSize) -> u64 {
+        self.segno(seg_size) * seg_size.get()
     }
 }
 
@@ -204,9 +259,25 @@ mod tests {
     #[test]
     fn next_segment_wraps_the_log_number() {
         let s = segment("0000000100000003000000FF").unwrap();
-        assert_eq!(s.nth_next(1, 16 << 20).name(), "000000010000000400000000");
+        assert_eq!(
+            s.nth_next(1, WalSegSize::DEFAULT).name(),
+            "000000010000000400000000"
+        );
         let s = segment("000000010000000300000000").unwrap();
-        assert_eq!(s.nth_next(2, 1 << 30).name(), "000000010000000300000002");
-        assert_eq!(s.nth_next(4, 1 << 30).name(), "000000010000000400000000");
+        let g = WalSegSize::new(1 << 30).unwrap();
+        assert_eq!(s.nth_next(2, g).name(), "000000010000000300000002");
+        assert_eq!(s.nth_next(4, g).name(), "000000010000000400000000");
+    }
+
+    #[test]
+    fn segment_sizes_outside_postgres_range_are_refused() {
+        for bad in [0, 1, 512 << 10, (16 << 20) + 1, 3 << 20, 2 << 30, u64::MAX] {
+            assert!(WalSegSize::new(bad).is_err(), "{bad} accepted");
+        }
+        for good in [1 << 20, 16 << 20, 1 << 30] {
+            assert_eq!(WalSegSize::new(good).unwrap().get(), good);
+        }
+        let parsed: Result<WalSegSize, _> = serde_json::from_str("0");
+        assert!(parsed.is_err());
     }
 }
