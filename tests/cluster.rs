@@ -698,3 +698,132 @@ fn debian_patroni_3_archives_through_the_leader_and_builds_replicas_from_the_arc
         .unwrap_or_default();
     assert!(list.lines().count() >= 2, "{list}");
 }
+
+/// Moves leadership from `from` to `to` through Patroni's REST API and waits until `to` leads
+/// as primary and every other member streams again.
+fn switchover(c: &Cluster, from: usize, to: usize) {
+    let body = format!(
+        "{{\"leader\": \"{}\", \"candidate\": \"{}\"}}",
+        c.members[from].name, c.members[to].name
+    );
+    let http = reqwest::blocking::Client::new();
+    let r = http
+        .post(c.members[from].patroni_url("/switchover"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .expect("POST /switchover");
+    let code = r.status().as_u16();
+    let text = r.text().unwrap_or_default();
+    assert_eq!(code, 200, "switchover: {text}\n{}", c.logs());
+    wait_until_or(
+        &format!("{} to lead", c.members[to].name),
+        Duration::from_secs(90),
+        || c.leader() == Some(to) && c.wait_leader(Duration::from_secs(30)) == to,
+        || c.logs(),
+    );
+    for i in (0..c.members.len()).filter(|&i| i != to) {
+        c.wait_streaming(i, Duration::from_secs(120));
+    }
+}
+
+/// Commits three rows before a marker time and three after it on leader `l`, restarts the
+/// cluster to the marker through `POST /restart`, and checks that the leader and every replica
+/// hold exactly the rows committed at or before it, on the new timeline.
+fn restart_to_marker_keeps_exactly_the_rows_before(c: &Cluster, l: usize, round: u32) -> u64 {
+    c.psql(
+        l,
+        "CREATE TABLE IF NOT EXISTS marks (round int, id int, note text)",
+    );
+    for id in 1..=3 {
+        c.psql(
+            l,
+            &format!("INSERT INTO marks VALUES ({round}, {id}, 'before')"),
+        );
+    }
+    let before_target = c.psql(l, "SELECT count(*) FROM marks");
+    // Each psql call is its own transaction: the commits above end before the clock is read,
+    // and the ones below start after it.
+    let target = server_now(c, l);
+    for id in 4..=6 {
+        c.psql(
+            l,
+            &format!("INSERT INTO marks VALUES ({round}, {id}, 'after')"),
+        );
+    }
+    c.switch_and_wait_archived(l);
+    let (code, msg) = c.agent_post(
+        l,
+        "/restart",
+        &format!("{{\"recovery_target_time\": \"{target}\"}}"),
+    );
+    assert_eq!(code, 202, "round {round}: {msg}\n{}", c.logs());
+    let id = serde_json::from_str::<serde_json::Value>(&msg).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job_state = || -> serde_json::Value {
+        let (_, j) = c.agent_get(l, &format!("/restart/{id}"));
+        serde_json::from_str(&j).unwrap_or_default()
+    };
+    wait_until_or(
+        &format!("restart round {round} to finish"),
+        Duration::from_secs(400),
+        || job_state()["status"] != "running",
+        || format!("{:#}\n{}", job_state(), c.logs()),
+    );
+    let job = job_state();
+    assert_eq!(
+        job["status"],
+        "succeeded",
+        "round {round}: {job:#}\n{}",
+        c.logs()
+    );
+    let new_tli = job["new_timeline"].as_u64().unwrap();
+    assert_eq!(c.wait_leader(Duration::from_secs(60)), l);
+    let rows = "SELECT count(*) || ':' || count(*) FILTER (WHERE note = 'after') FROM marks";
+    let want = format!("{before_target}:0");
+    assert_eq!(c.psql(l, rows), want, "round {round}\n{}", c.logs());
+    for i in (0..c.members.len()).filter(|&i| i != l) {
+        wait_until_or(
+            &format!("{} to follow timeline {new_tli}", c.members[i].name),
+            Duration::from_secs(300),
+            || {
+                c.psql_try(
+                    i,
+                    "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                )
+                .as_deref()
+                    == Some(new_tli.to_string().as_str())
+            },
+            || format!("{job:#}\n{}", c.logs()),
+        );
+        wait_until_or(
+            "the replica to show exactly the restored rows",
+            Duration::from_secs(60),
+            || c.psql_try(i, rows).as_deref() == Some(want.as_str()),
+            || c.logs(),
+        );
+    }
+    new_tli
+}
+
+#[test]
+fn restarts_to_a_marker_work_on_leaders_that_were_replicas_after_one_and_two_switchovers() {
+    let (c, first) = cluster_of("restart-failed-over", 3, MemberOpts::default());
+    let second = (0..3).find(|&i| i != first).unwrap();
+    let third = (0..3).find(|&i| i != first && i != second).unwrap();
+    // One switchover: the leader has been a replica, and Patroni 4 has written its empty
+    // recovery_target* settings into its postgresql.conf.
+    switchover(&c, first, second);
+    let conf = std::fs::read_to_string(c.members[second].data.join("postgresql.conf")).unwrap();
+    assert!(
+        conf.lines().any(|l| l.starts_with("recovery_target_lsn")),
+        "Patroni no longer writes empty recovery targets; this test no longer proves the fix:\n{conf}"
+    );
+    let t1 = restart_to_marker_keeps_exactly_the_rows_before(&c, second, 1);
+    // Two switchovers.
+    switchover(&c, second, third);
+    let t2 = restart_to_marker_keeps_exactly_the_rows_before(&c, third, 2);
+    assert!(t2 > t1, "timeline {t2} after {t1}");
+}
