@@ -730,7 +730,12 @@ fn switchover(c: &Cluster, from: usize, to: usize) {
 /// Commits three rows before a marker time and three after it on leader `l`, restarts the
 /// cluster to the marker through `POST /restart`, and checks that the leader and every replica
 /// hold exactly the rows committed at or before it, on the new timeline.
-fn restart_to_marker_keeps_exactly_the_rows_before(c: &Cluster, l: usize, round: u32) -> u64 {
+fn restart_to_marker_keeps_exactly_the_rows_before(
+    c: &Cluster,
+    l: usize,
+    round: u32,
+    under_load: bool,
+) -> u64 {
     c.psql(
         l,
         "CREATE TABLE IF NOT EXISTS marks (round int, id int, note text)",
@@ -745,6 +750,23 @@ fn restart_to_marker_keeps_exactly_the_rows_before(c: &Cluster, l: usize, round:
     // Each psql call is its own transaction: the commits above end before the clock is read,
     // and the ones below start after it.
     let target = server_now(c, l);
+    // pgbench keeps writing on the timeline the restart abandons, until PostgreSQL stops: the
+    // replicas must never follow that branch.
+    let _bench = under_load.then(|| {
+        let m = &c.members[l];
+        KillOnDrop(
+            support::pg_tool("pgbench")
+                .arg("-h")
+                .arg(&m.dir)
+                .arg("-p")
+                .arg(m.pg_port.to_string())
+                .args(["-U", "postgres", "-c", "2", "-T", "600", "postgres"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    });
     for id in 4..=6 {
         c.psql(
             l,
@@ -809,7 +831,7 @@ fn restart_to_marker_keeps_exactly_the_rows_before(c: &Cluster, l: usize, round:
 }
 
 #[test]
-fn restarts_to_a_marker_work_on_leaders_that_were_replicas_after_one_and_two_switchovers() {
+fn restarts_under_load_work_on_leaders_that_were_replicas_and_replicas_follow_the_new_timeline() {
     let (c, first) = cluster_of("restart-failed-over", 3, MemberOpts::default());
     let second = (0..3).find(|&i| i != first).unwrap();
     let third = (0..3).find(|&i| i != first && i != second).unwrap();
@@ -821,9 +843,10 @@ fn restarts_to_a_marker_work_on_leaders_that_were_replicas_after_one_and_two_swi
         conf.lines().any(|l| l.starts_with("recovery_target_lsn")),
         "Patroni no longer writes empty recovery targets; this test no longer proves the fix:\n{conf}"
     );
-    let t1 = restart_to_marker_keeps_exactly_the_rows_before(&c, second, 1);
+    c.pgbench(second, &["-i", "-s", "2", "-q"]);
+    let t1 = restart_to_marker_keeps_exactly_the_rows_before(&c, second, 1, true);
     // Two switchovers.
     switchover(&c, second, third);
-    let t2 = restart_to_marker_keeps_exactly_the_rows_before(&c, third, 2);
+    let t2 = restart_to_marker_keeps_exactly_the_rows_before(&c, third, 2, false);
     assert!(t2 > t1, "timeline {t2} after {t1}");
 }

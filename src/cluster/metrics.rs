@@ -25,6 +25,9 @@ pub struct Metrics {
     pub wal_push_requests: Counter,
     pub wal_fetch_requests: Counter,
     pub restarts: Counter,
+    pub restarts_succeeded: Counter,
+    pub restarts_degraded: Counter,
+    pub restarts_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -52,6 +55,9 @@ impl Metrics {
             wal_push_requests: Counter::default(),
             wal_fetch_requests: Counter::default(),
             restarts: Counter::default(),
+            restarts_succeeded: Counter::default(),
+            restarts_degraded: Counter::default(),
+            restarts_failed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +134,21 @@ impl Metrics {
             "restarts",
             "Point-in-time restarts started",
             m.restarts.clone(),
+        );
+        registry.register(
+            "restarts_succeeded",
+            "Point-in-time restarts after which every member streams on the new timeline",
+            m.restarts_succeeded.clone(),
+        );
+        registry.register(
+            "restarts_degraded",
+            "Point-in-time restarts that restored the leader but left some member not following it",
+            m.restarts_degraded.clone(),
+        );
+        registry.register(
+            "restarts_failed",
+            "Point-in-time restarts that failed and were rolled back",
+            m.restarts_failed.clone(),
         );
         Metrics { registry, ..m }
     }

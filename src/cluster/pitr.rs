@@ -88,7 +88,8 @@ pub struct JobState {
     pub id: String,
     pub recovery_target_time: DateTime<Utc>,
     pub backup: String,
-    /// running, succeeded, failed
+    /// running, succeeded (every member streams on the new timeline), degraded (the leader was
+    /// restored but some member does not follow it: see `replicas`), failed (rolled back)
     pub status: String,
     pub step: String,
     pub steps: Vec<Step>,
@@ -242,10 +243,16 @@ pub async fn start(
         job2.update(|s| {
             s.finished_at = Some(Utc::now());
             match res {
-                Ok(tli) => {
+                Ok((tli, None)) => {
                     s.status = "succeeded".into();
                     s.new_timeline = Some(tli);
                     s.step = "done".into();
+                }
+                Ok((tli, Some(why))) => {
+                    s.status = "degraded".into();
+                    s.new_timeline = Some(tli);
+                    s.step = "done".into();
+                    s.error = Some(why);
                 }
                 Err(e) => {
                     s.status = "failed".into();
@@ -254,9 +261,19 @@ pub async fn start(
             }
         });
         let st = job2.state();
-        match &st.error {
-            None => tracing::info!(job = st.id, timeline = st.new_timeline, "restart succeeded"),
-            Some(e) => tracing::error!(job = st.id, error = %e, "restart failed"),
+        match (st.status.as_str(), &st.error) {
+            ("succeeded", _) => {
+                agent2.metrics.restarts_succeeded.inc();
+                tracing::info!(job = st.id, timeline = st.new_timeline, "restart succeeded")
+            }
+            ("degraded", e) => {
+                agent2.metrics.restarts_degraded.inc();
+                tracing::error!(job = st.id, timeline = st.new_timeline, error = ?e, replicas = ?st.replicas, "restart degraded: the leader was restored, but not every member follows it")
+            }
+            (_, e) => {
+                agent2.metrics.restarts_failed.inc();
+                tracing::error!(job = st.id, error = ?e, "restart failed")
+            }
         }
         agent2.wake.notify_one();
     });
@@ -278,7 +295,7 @@ async fn run(
     backup: &BackupInfo,
     timeline: u32,
     reinit: bool,
-) -> Result<u32> {
+) -> Result<(u32, Option<String>)> {
     let pgdata = agent.cfg.pgdata.clone();
     job.step("pause", "pausing Patroni (maintenance mode)");
     agent
@@ -362,10 +379,75 @@ async fn run(
     // The restore worked: the old data directory can go.
     let aside2 = aside.clone();
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(aside2)).await;
-    if reinit {
-        reinitialize_replicas(agent, job, new_tli).await;
+    if !reinit {
+        return Ok((new_tli, None));
     }
-    Ok(new_tli)
+    // Replicas rebuilt before the new timeline is in the archive recover along the abandoned
+    // branch: with no `<new>.history` they never hear of the new timeline, and with no copy of
+    // the switch segment on the new timeline they replay the old timeline's copy past the
+    // switch point. So both must be archived first.
+    if let Err(e) = archive_new_timeline(agent, job, new_tli).await {
+        let why = format!("replicas not reinitialized: {e}");
+        job.step("archive-timeline", why.clone());
+        return Ok((new_tli, Some(why)));
+    }
+    Ok((new_tli, reinitialize_replicas(agent, job, new_tli).await))
+}
+
+const TIMELINE_ARCHIVE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a replica must be seen streaming on the new timeline before it counts as rejoined
+/// (a replica on a wrong branch can look running between its crashes).
+const REJOIN_STABLE: Duration = Duration::from_secs(5);
+
+/// Ends the new timeline's first segment on the promoted server and waits until the archive
+/// holds `<new_tli>.history` and that segment.
+async fn archive_new_timeline(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Result<()> {
+    let history = format!("{new_tli:08X}.history");
+    let cfg = pg::config(agent.cfg.connstring.as_deref(), &agent.settings.vars)?;
+    let client = pg::connect(&cfg).await?;
+    let row = client
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .map_err(|e| Error::Cluster(format!("pg_switch_wal on the promoted server: {e}")))?;
+    let segment: String = row
+        .try_get(0)
+        .map_err(|e| Error::Cluster(format!("pg_switch_wal's answer: {e}")))?;
+    job.step(
+        "archive-timeline",
+        format!("waiting for {history} and {segment} to be archived before rebuilding replicas"),
+    );
+    let exts: Vec<&str> = crate::codec::Compression::ALL
+        .iter()
+        .map(|c| c.ext())
+        .collect();
+    let deadline = Instant::now() + TIMELINE_ARCHIVE_TIMEOUT;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut missing = Vec::new();
+        for name in [&history, &segment] {
+            let stem = format!("{}/{name}", crate::wal::names::WAL_FOLDER);
+            if agent
+                .archive
+                .store
+                .find_stem(&stem, &exts)
+                .await?
+                .is_empty()
+            {
+                missing.push(name.as_str());
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Cluster(format!(
+                "{} not archived within {TIMELINE_ARCHIVE_TIMEOUT:?}",
+                missing.join(" and ")
+            )));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -572,7 +654,9 @@ async fn rollback(agent: &Agent, pgdata: &Path, aside: &Path, child: Option<Chil
     }
 }
 
-async fn reinitialize_replicas(agent: &Arc<Agent>, job: &Job, new_tli: u32) {
+/// Rebuilds every other member and waits until each streams on `new_tli`. Returns why not, when
+/// some member does not.
+async fn reinitialize_replicas(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Option<String> {
     let members = agent.view.borrow().members.clone();
     let me = agent.me().to_string();
     let replicas: Vec<(String, String)> = members
@@ -603,43 +687,84 @@ async fn reinitialize_replicas(agent: &Arc<Agent>, job: &Job, new_tli: u32) {
     }
     let deadline = Instant::now() + REJOIN_TIMEOUT;
     let mut view = agent.view.clone();
+    let mut since: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let members = view.borrow_and_update().members.clone();
         let mut waiting = Vec::new();
         for (name, _) in &replicas {
             let m = members.get(name);
-            let tli = m.and_then(|m| m.get("timeline")).and_then(|t| t.as_u64());
-            let state = m.and_then(|m| m.get("state")).and_then(|t| t.as_str());
-            if tli == Some(new_tli as u64) && state == Some("running") {
-                job.update(|s| {
-                    s.replicas
-                        .insert(name.clone(), format!("running on timeline {new_tli}"));
-                });
+            let (ok, seen) = follows(m, new_tli);
+            let now = Instant::now();
+            if ok {
+                let first = *since.entry(name.clone()).or_insert(now);
+                if now.duration_since(first) >= REJOIN_STABLE {
+                    job.update(|s| {
+                        s.replicas
+                            .insert(name.clone(), format!("streaming on timeline {new_tli}"));
+                    });
+                    continue;
+                }
             } else {
-                waiting.push(name.clone());
+                since.remove(name);
+                job.update(|s| {
+                    s.replicas.insert(name.clone(), seen);
+                });
             }
+            waiting.push(name.clone());
         }
         if waiting.is_empty() {
-            job.step("rejoined", "every replica runs on the new timeline");
-            return;
+            job.step("rejoined", "every replica streams on the new timeline");
+            return None;
         }
         if Instant::now() > deadline {
-            job.step(
-                "rejoined",
-                format!(
-                    "still waiting for {} after {REJOIN_TIMEOUT:?}",
-                    waiting.join(", ")
-                ),
+            let why = format!(
+                "{} did not stream on timeline {new_tli} within {REJOIN_TIMEOUT:?}",
+                waiting.join(", ")
             );
-            return;
+            job.step("rejoined", why.clone());
+            return Some(why);
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), view.changed()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), view.changed()).await;
     }
+}
+
+/// Does this member's key say it runs as a replica on `tli`, streaming (Patroni 3 and 4 add
+/// `replication_state` when they know it)? Also what it says, for the job's report.
+fn follows(member: Option<&serde_json::Value>, tli: u32) -> (bool, String) {
+    let Some(m) = member else {
+        return (false, "not in the cluster's member list".into());
+    };
+    let state = m.get("state").and_then(|t| t.as_str()).unwrap_or("unknown");
+    let timeline = m.get("timeline").and_then(|t| t.as_u64());
+    let repl = m.get("replication_state").and_then(|t| t.as_str());
+    let ok =
+        state == "running" && timeline == Some(tli as u64) && repl.is_none_or(|r| r == "streaming");
+    let seen = format!(
+        "state {state}, timeline {}, replication {}",
+        timeline.map_or("unknown".into(), |t| t.to_string()),
+        repl.unwrap_or("unknown")
+    );
+    (ok, seen)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_follows_only_when_running_streaming_on_the_new_timeline() {
+        let m = |v: serde_json::Value| follows(Some(&v), 3).0;
+        assert!(m(serde_json::json!({"state": "running", "timeline": 3})));
+        assert!(m(
+            serde_json::json!({"state": "running", "timeline": 3, "replication_state": "streaming"})
+        ));
+        assert!(!m(
+            serde_json::json!({"state": "running", "timeline": 3, "replication_state": "in archive recovery"})
+        ));
+        assert!(!m(serde_json::json!({"state": "running", "timeline": 2})));
+        assert!(!m(serde_json::json!({"state": "starting", "timeline": 3})));
+        assert!(!follows(None, 3).0);
+    }
 
     #[test]
     fn patroni_4s_empty_recovery_targets_are_commented_out_and_nothing_else() {
