@@ -24,7 +24,7 @@ const TMP_DIR: &str = ".walkeeper-tmp";
 /// The most entries one sweep looks at, so a put never pays for a huge folder at once.
 const SWEEP_MAX: usize = 256;
 /// A file this young may be one a writer created and has not locked yet: left alone.
-const SWEEP_MIN_AGE: Duration = Duration::from_secs(5);
+const SWEEP_MIN_AGE: Duration = Duration::from_secs(2);
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -72,13 +72,24 @@ where
     let (tmp, file) = create_locked(&tmp_dir, name).map_err(|e| store_err(&tmp_dir, e))?;
     let guard = TmpGuard(tmp.clone());
     let mut counted = Counting {
-        inner: io::BufWriter::with_capacity(256 * 1024, file),
+        inner: SinkWatch {
+            inner: io::BufWriter::with_capacity(256 * 1024, file),
+            failed: false,
+        },
         n: 0,
     };
-    // Errors while producing the bytes may be either side's; the source reports its own with
-    // context, so pass them through as source errors.
-    produce(&mut counted).map_err(|e| PutError::Source(Error::io(target.clone(), e)))?;
+    // Errors while producing the bytes may be either side's: a failed write to the temporary
+    // file (a full disk) is the store's, and retried (the retry's sweep may free space); any
+    // other is the source's, reported with its own context.
+    if let Err(e) = produce(&mut counted) {
+        return Err(if counted.inner.failed {
+            store_err(&tmp, e)
+        } else {
+            PutError::Source(Error::io(target.clone(), e))
+        });
+    }
     let file = counted
+        .inner
         .inner
         .into_inner()
         .map_err(|e| store_err(&tmp, e.into_error()))?;
@@ -186,6 +197,21 @@ pub fn sweep(tmp_dir: &Path, min_age: Duration) -> usize {
         }
     }
     removed
+}
+
+/// A writer that remembers whether a write to it failed.
+struct SinkWatch<W> {
+    inner: W,
+    failed: bool,
+}
+
+impl<W: Write> Write for SinkWatch<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).inspect_err(|_| self.failed = true)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().inspect_err(|_| self.failed = true)
+    }
 }
 
 /// Removes the temporary file on every exit path.
