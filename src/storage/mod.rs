@@ -1,9 +1,11 @@
 //! One storage abstraction over object_store: file://, s3://, gs://, az:// (wabs:// alias).
 //!
 //! Reads, lists and deletes go through object_store for every scheme. Writes to file:// go
-//! through [`local::LocalWriter`] (temporary name, fsync, link into place, fsync the directory),
-//! because object_store's local backend does not fsync. Transient errors are retried with
-//! backoff within `retry_timeout`.
+//! through [`local`] (temporary name, fsync, link into place, fsync the directory), because
+//! object_store's local backend does not fsync. Every write is create-only. Errors go through
+//! one retry policy ([`retry`]): transient ones are retried within `retry_timeout` (small calls)
+//! or until `retry_timeout` passes without progress (large transfers); permanent ones fail at
+//! once.
 
 pub mod local;
 mod retry;
@@ -668,7 +670,19 @@ impl Upload<'_> {
         let mut pending_len = 0usize;
         let mut total = 0u64;
         let mut failed = None;
-        while let Some(chunk) = rx.recv().await {
+        loop {
+            // Past the cutoff the upload is abandoned, however slow the producer is.
+            let next = match self.cutoff {
+                Some(c) => match tokio::time::timeout_at(c.into(), rx.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        failed = Some(self.deadline());
+                        break;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(chunk) = next else { break };
             total += chunk.len() as u64;
             pending_len += chunk.len();
             pending.push(chunk);
