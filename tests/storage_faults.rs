@@ -220,6 +220,23 @@ fn a_server_that_never_answers_ends_push_and_fetch_within_the_retry_timeout() {
     );
 }
 
+/// A completion request that is never answered: the push still ends within the retry timeout
+/// (plus the abort's short budget), and the upload is aborted.
+#[test]
+fn a_completion_that_never_answers_ends_push_within_the_retry_timeout() {
+    let s3 = S3::start();
+    let proxy = Proxy::start(s3.port);
+    let site = Site::new(6, false);
+    proxy.fault(Match::Complete, Fault::Hold, usize::MAX);
+    let (out, took) = site.push(&s3_vars(proxy.port, S3_BUCKET, RETRY));
+    assert_clean_failure(&out, 1, SEG);
+    assert!(
+        took < Duration::from_secs(RETRY) + MARGIN,
+        "push took {took:?}"
+    );
+    assert_eq!(open_uploads(&s3), Vec::<String>::new(), "uploads left open");
+}
+
 #[test]
 fn a_missing_bucket_fails_at_once_naming_the_bucket() {
     let s3 = S3::start();

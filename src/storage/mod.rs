@@ -35,6 +35,8 @@ pub use url::{parse_prefix, Location};
 
 /// Part size for uploads larger than one request (S3's minimum part size).
 const UPLOAD_BUFFER: usize = 5 * 1024 * 1024;
+/// The most time spent aborting a failed multipart upload.
+const ABORT_BUDGET: Duration = Duration::from_secs(3);
 /// Parts of one upload sent at once.
 const PARTS_IN_FLIGHT: usize = 2;
 
@@ -580,7 +582,12 @@ impl Upload<'_> {
         fut: impl Future<Output = object_store::Result<T>>,
     ) -> Result<T, PutError> {
         let idle = self.store.idle();
-        let mut limit = Instant::now() + idle;
+        // Nothing runs on once the retry timeout has passed since the last progress.
+        let now = Instant::now();
+        let mut limit = retry::attempt_limit(
+            now,
+            (now + idle).min(self.progress.last() + self.store.retry_timeout),
+        );
         let by_cutoff = self.cutoff.is_some_and(|c| c < limit);
         if let Some(c) = self.cutoff {
             limit = limit.min(c);
@@ -762,13 +769,17 @@ impl Upload<'_> {
         let Some(mut upload) = self.open_upload().take() else {
             return;
         };
-        let idle = self.store.idle();
-        let deadline = Instant::now() + idle;
+        // A short budget of its own: the call has already spent its retry timeout.
+        let budget = self
+            .store
+            .retry_timeout
+            .clamp(retry::MIN_ATTEMPT, ABORT_BUDGET);
+        let deadline = Instant::now() + budget;
         let mut backoff = Backoff::new();
         loop {
             let res = match tokio::time::timeout_at(deadline.into(), upload.abort()).await {
                 Ok(r) => r,
-                Err(_) => Err(retry::stalled("abort multipart upload", idle)),
+                Err(_) => Err(retry::stalled("abort multipart upload", budget)),
             };
             match res {
                 Ok(()) => return,
