@@ -393,6 +393,29 @@ mod tests {
     }
 
     #[test]
+    fn only_multipart_completions_are_made_create_only() {
+        let req = |method: &str, uri: &str| {
+            let mut r = HttpRequest::new(object_store::client::HttpRequestBody::empty());
+            *r.method_mut() = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            *r.uri_mut() = uri.parse().unwrap();
+            r
+        };
+        assert!(is_complete_multipart(&req(
+            "POST",
+            "http://h/b/k?uploadId=abc"
+        )));
+        assert!(!is_complete_multipart(&req("POST", "http://h/b/k?uploads")));
+        assert!(!is_complete_multipart(&req(
+            "DELETE",
+            "http://h/b/k?uploadId=abc"
+        )));
+        assert!(!is_complete_multipart(&req(
+            "PUT",
+            "http://h/b/k?partNumber=1&uploadId=abc"
+        )));
+    }
+
+    #[test]
     fn cloud_stores_build_without_network() {
         let mut s = Settings::from_sources(Default::default(), None, None).unwrap();
         s.vars.set("AWS_ACCESS_KEY_ID", "AK");
