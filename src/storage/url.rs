@@ -1,15 +1,21 @@
 //! Prefix URLs and the object_store builders behind them.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ClientOptions, HeaderValue, ObjectStore, RetryConfig};
+use reqwest::header::IF_NONE_MATCH;
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -75,14 +81,17 @@ pub fn parse_prefix(prefix: &str) -> Result<Location> {
     }
 }
 
+/// object_store's own retries are off: walkeeper's retry layer (`retry.rs`) is the only one.
 fn retry_config(settings: &Settings) -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig::default(),
-        max_retries: 3,
-        retry_timeout: settings.retry_timeout.max(Duration::from_secs(1)),
+        max_retries: 0,
+        retry_timeout: settings.retry_timeout,
     }
 }
 
+/// No total request timeout (a large download may take long; walkeeper bounds each request and
+/// each chunk by the retry timeout instead); connecting must succeed within the retry timeout.
 fn client_options(settings: &Settings, allow_http: bool) -> ClientOptions {
     let connect = settings
         .retry_timeout
@@ -90,15 +99,67 @@ fn client_options(settings: &Settings, allow_http: bool) -> ClientOptions {
     ClientOptions::new()
         .with_allow_http(allow_http)
         .with_connect_timeout(connect)
-        .with_timeout(Duration::from_secs(120))
+        .with_timeout_disabled()
+        .with_pool_idle_timeout(Duration::from_secs(30))
 }
 
-/// Builds the store for a location. Returns the store, the key prefix inside it, and the local
-/// root for file://.
-pub(super) fn build(
-    location: &Location,
-    settings: &Settings,
-) -> Result<(Arc<dyn ObjectStore>, String, Option<PathBuf>)> {
+/// An HTTP client that makes every S3 CompleteMultipartUpload create-only
+/// (`If-None-Match: *`), which object_store 0.12 does not offer for `put_multipart`. The header is
+/// not part of the signature (SigV4 signs only the headers it lists), which S3 accepts.
+#[derive(Debug)]
+struct CreateOnlyComplete(HttpClient);
+
+fn is_complete_multipart(req: &HttpRequest) -> bool {
+    req.method() == reqwest::Method::POST
+        && req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("uploadId=")))
+}
+
+impl HttpService for CreateOnlyComplete {
+    fn call<'life0, 'async_trait>(
+        &'life0 self,
+        mut req: HttpRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            if is_complete_multipart(&req) {
+                req.headers_mut()
+                    .insert(IF_NONE_MATCH, HeaderValue::from_static("*"));
+            }
+            self.0.execute(req).await
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct CreateOnlyConnector;
+
+impl HttpConnector for CreateOnlyConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        Ok(HttpClient::new(CreateOnlyComplete(
+            ReqwestConnector::default().connect(options)?,
+        )))
+    }
+}
+
+/// A built store and what it can do.
+pub(super) struct Built {
+    pub store: Arc<dyn ObjectStore>,
+    /// The key prefix inside the bucket.
+    pub root: String,
+    /// The archive directory, for file://.
+    pub local_root: Option<PathBuf>,
+    pub create_only_put: bool,
+    pub create_only_multipart: bool,
+}
+
+/// Builds the store for a location.
+pub(super) fn build(location: &Location, settings: &Settings) -> Result<Built> {
     let vars = &settings.vars;
     match location {
         Location::File(dir) => {
@@ -106,7 +167,13 @@ pub(super) fn build(
                 .map_err(|e| Error::Config(format!("archive directory {}: {e}", dir.display())))?;
             let fs = LocalFileSystem::new_with_prefix(dir)
                 .map_err(|e| Error::Config(format!("archive directory {}: {e}", dir.display())))?;
-            Ok((Arc::new(fs), String::new(), Some(dir.clone())))
+            Ok(Built {
+                store: Arc::new(fs),
+                root: String::new(),
+                local_root: Some(dir.clone()),
+                create_only_put: true,
+                create_only_multipart: true,
+            })
         }
         Location::S3 { bucket, path } => {
             let mut b = AmazonS3Builder::new();
@@ -137,6 +204,14 @@ pub(super) fn build(
             if let Some(ep) = &endpoint {
                 b = b.with_endpoint(ep);
             }
+            // `AWS_CONDITIONAL_PUT=disabled` for a store that refuses `If-None-Match`: writes
+            // then look before they put (see DESIGN.md).
+            let conditional = vars
+                .get("AWS_CONDITIONAL_PUT")
+                .is_none_or(|v| v.trim() != "disabled");
+            if conditional {
+                b = b.with_http_connector(CreateOnlyConnector);
+            }
             b = b
                 .with_bucket_name(bucket)
                 .with_region(region)
@@ -146,7 +221,13 @@ pub(super) fn build(
             let s3 = b
                 .build()
                 .map_err(|e| Error::Config(format!("s3://{bucket}: {e}")))?;
-            Ok((Arc::new(s3), path.clone(), None))
+            Ok(Built {
+                store: Arc::new(s3),
+                root: path.clone(),
+                local_root: None,
+                create_only_put: conditional,
+                create_only_multipart: conditional,
+            })
         }
         Location::Gcs { bucket, path } => {
             let mut b = GoogleCloudStorageBuilder::new();
@@ -163,7 +244,13 @@ pub(super) fn build(
                 .with_client_options(client_options(settings, false))
                 .build()
                 .map_err(|e| Error::Config(format!("gs://{bucket}: {e}")))?;
-            Ok((Arc::new(gcs), path.clone(), None))
+            Ok(Built {
+                store: Arc::new(gcs),
+                root: path.clone(),
+                local_root: None,
+                create_only_put: true,
+                create_only_multipart: false,
+            })
         }
         Location::Azure { container, path } => {
             let mut b = MicrosoftAzureBuilder::new();
@@ -199,7 +286,13 @@ pub(super) fn build(
                 .with_client_options(client_options(settings, false))
                 .build()
                 .map_err(|e| Error::Config(format!("az://{container}: {e}")))?;
-            Ok((Arc::new(az), path.clone(), None))
+            Ok(Built {
+                store: Arc::new(az),
+                root: path.clone(),
+                local_root: None,
+                create_only_put: true,
+                create_only_multipart: false,
+            })
         }
     }
 }
@@ -297,6 +390,29 @@ mod tests {
             ("https://s3.example.com".to_string(), None)
         );
         assert!(parse_wale_endpoint("ftp+path://x").is_err());
+    }
+
+    #[test]
+    fn only_multipart_completions_are_made_create_only() {
+        let req = |method: &str, uri: &str| {
+            let mut r = HttpRequest::new(object_store::client::HttpRequestBody::empty());
+            *r.method_mut() = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            *r.uri_mut() = uri.parse().unwrap();
+            r
+        };
+        assert!(is_complete_multipart(&req(
+            "POST",
+            "http://h/b/k?uploadId=abc"
+        )));
+        assert!(!is_complete_multipart(&req("POST", "http://h/b/k?uploads")));
+        assert!(!is_complete_multipart(&req(
+            "DELETE",
+            "http://h/b/k?uploadId=abc"
+        )));
+        assert!(!is_complete_multipart(&req(
+            "PUT",
+            "http://h/b/k?partNumber=1&uploadId=abc"
+        )));
     }
 
     #[test]
