@@ -5,12 +5,13 @@
 //! Every layer works on bounded buffers; nothing holds a whole segment or tar part.
 
 pub mod crypt;
+pub mod lz4frame;
 pub mod lz4par;
 pub mod lzop;
+#[cfg(test)]
+mod testdata;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-
-use lzzzz::lz4f;
 
 use crate::error::{Error, Result};
 pub use crypt::{Decryption, Encryption};
@@ -134,7 +135,9 @@ where
             Ok((counted.inner.finish()?, EncodeStats { bytes_in: n }))
         }
         Compression::Zstd => {
-            let w = zstd::Encoder::new(sink, 1)?;
+            let mut w = zstd::Encoder::new(sink, 1)?;
+            // The frame carries an XXH64 of its content, so damage is detected on reading.
+            w.include_checksum(true)?;
             let mut counted = Counting { inner: w, n: 0 };
             produce(&mut counted)?;
             let n = counted.n;
@@ -203,39 +206,105 @@ fn decompressor<'a, R: BufRead + Send + 'a>(
     compression: Compression,
 ) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match compression {
-        Compression::Lz4 => {
-            let mut inner =
-                lz4f::BufReadDecompressor::new(TailReader::new(src)).map_err(io_other)?;
-            let info = inner.read_frame_info()?;
-            let checksum = matches!(info.content_checksum(), lz4f::ContentChecksum::Enabled);
-            Box::new(Lz4Reader {
-                inner,
-                checksum,
-                done: false,
-            })
-        }
-        Compression::Zstd => Box::new(zstd::Decoder::with_buffer(src)?),
+        Compression::Lz4 => Box::new(lz4frame::Lz4FrameReader::new(src)),
+        Compression::Zstd => Box::new(Checked::new(
+            "zstd",
+            zstd::Decoder::with_buffer(Tagged(src))?,
+        )),
         Compression::Lzo => Box::new(lzop::LzopReader::new(src)?),
-        Compression::Brotli => Box::new(brotli_decompressor::Decompressor::new(src, CHUNK)),
-        Compression::Lzma => Box::new(LzmaReader::new(src)),
+        Compression::Brotli => Box::new(Checked::new(
+            "brotli",
+            brotli_decompressor::Decompressor::new(Tagged(src), CHUNK),
+        )),
+        Compression::Lzma => Box::new(Checked::new("lzma", LzmaReader::new(Tagged(src)))),
     })
 }
 
-/// lzzzz reports a clean EOF for a frame cut short; this checks the frame's end mark at EOF.
-struct Lz4Reader<'a, R: BufRead> {
-    inner: lz4f::BufReadDecompressor<'a, TailReader<R>>,
-    checksum: bool,
-    done: bool,
+/// An error of the object's source (storage, decryption), passed through a third-party
+/// decoder so that [`Checked`] can tell it from a decode error.
+#[derive(Debug)]
+struct SourceError(io::Error);
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
-impl<R: BufRead> Read for Lz4Reader<'_, R> {
+impl std::error::Error for SourceError {}
+
+fn tag(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), SourceError(e))
+}
+
+/// The source of a third-party decoder: its errors are marked as [`SourceError`]s.
+struct Tagged<R>(R);
+
+impl<R: Read> Read for Tagged<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && !buf.is_empty() && !self.done {
-            self.inner.get_mut().check_lz4_end(self.checksum)?;
-            self.done = true;
+        self.0.read(buf).map_err(tag)
+    }
+}
+
+impl<R: BufRead> BufRead for Tagged<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.0.fill_buf().map_err(tag)
+    }
+    fn consume(&mut self, amt: usize) {
+        self.0.consume(amt)
+    }
+}
+
+/// Wraps a third-party decoder: source errors come out as they went in; every other error is
+/// a decode error (`InvalidData`, or `UnexpectedEof` for a truncated stream) named after the
+/// codec; after an error every read fails again (some decoders report damage only once).
+struct Checked<D> {
+    codec: &'static str,
+    inner: D,
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl<D> Checked<D> {
+    fn new(codec: &'static str, inner: D) -> Self {
+        Checked {
+            codec,
+            inner,
+            failed: None,
         }
-        Ok(n)
+    }
+}
+
+impl<D: Read> Read for Checked<D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some((kind, msg)) = &self.failed {
+            return Err(io::Error::new(*kind, msg.clone()));
+        }
+        let e = match self.inner.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => e,
+        };
+        let e = if e.get_ref().is_some_and(|r| r.is::<SourceError>()) {
+            match e.into_inner().map(|b| b.downcast::<SourceError>()) {
+                Some(Ok(s)) => s.0,
+                Some(Err(other)) => io::Error::other(other),
+                None => io::Error::other("source error"),
+            }
+        } else {
+            let kind = match e.kind() {
+                io::ErrorKind::UnexpectedEof => io::ErrorKind::UnexpectedEof,
+                _ => io::ErrorKind::InvalidData,
+            };
+            let msg = e.to_string();
+            let msg = if msg.starts_with(self.codec) {
+                msg
+            } else {
+                format!("{}: {msg}", self.codec)
+            };
+            io::Error::new(kind, msg)
+        };
+        self.failed = Some((e.kind(), e.to_string()));
+        Err(e)
     }
 }
 
@@ -305,81 +374,6 @@ pub fn pump<R: Read + ?Sized, W: Write + ?Sized>(src: &mut R, dst: &mut W) -> io
     }
     dst.flush()?;
     Ok(total)
-}
-
-fn io_other(e: lzzzz::lz4f::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("lz4: {e}"))
-}
-
-/// Remembers the last bytes read, to check how an lz4 frame ended.
-struct TailReader<R> {
-    inner: R,
-    tail: [u8; 8],
-    seen: u64,
-}
-
-impl<R: BufRead> TailReader<R> {
-    fn new(inner: R) -> Self {
-        TailReader {
-            inner,
-            tail: [0; 8],
-            seen: 0,
-        }
-    }
-
-    fn record(&mut self, bytes: &[u8]) {
-        for &b in bytes.iter().rev().take(8).rev() {
-            self.tail.copy_within(1.., 0);
-            self.tail[7] = b;
-        }
-        self.seen += bytes.len() as u64;
-    }
-
-    /// An lz4 frame ends with a zero end mark, followed by a 4-byte checksum when enabled.
-    fn check_lz4_end(&mut self, checksum: bool) -> io::Result<()> {
-        if !self.inner.fill_buf()?.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "lz4: trailing data after the frame",
-            ));
-        }
-        let mark = if checksum {
-            &self.tail[0..4]
-        } else {
-            &self.tail[4..8]
-        };
-        let min = if checksum { 8 } else { 4 };
-        if self.seen < min || mark != [0, 0, 0, 0] {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("lz4: the frame is truncated after {} bytes", self.seen),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl<R: BufRead> Read for TailReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.record(&buf[..n]);
-        Ok(n)
-    }
-}
-
-impl<R: BufRead> BufRead for TailReader<R> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.inner.fill_buf()
-    }
-    fn consume(&mut self, amt: usize) {
-        if let Ok(buf) = self.inner.fill_buf() {
-            let n = amt.min(buf.len());
-            let consumed: Vec<u8> = buf[n.saturating_sub(8)..n].to_vec();
-            self.seen += (n - consumed.len()) as u64;
-            self.record(&consumed);
-        }
-        self.inner.consume(amt);
-    }
 }
 
 #[cfg(test)]
