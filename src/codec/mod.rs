@@ -9,7 +9,7 @@ pub mod lz4frame;
 pub mod lz4par;
 pub mod lzop;
 #[cfg(test)]
-mod testdata;
+pub(crate) mod testdata;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
@@ -314,6 +314,8 @@ struct LzmaReader<R> {
     stream: Option<lzma_rs::decompress::Stream<Vec<u8>>>,
     out: Vec<u8>,
     pos: usize,
+    /// Whether any input was read.
+    fed: bool,
 }
 
 impl<R: Read> LzmaReader<R> {
@@ -323,6 +325,7 @@ impl<R: Read> LzmaReader<R> {
             stream: Some(lzma_rs::decompress::Stream::new(Vec::new())),
             out: Vec::new(),
             pos: 0,
+            fed: false,
         }
     }
 }
@@ -348,8 +351,16 @@ impl<R: Read> Read for LzmaReader<R> {
             self.pos = 0;
             if k == 0 {
                 let stream = self.stream.take().ok_or_else(|| lzma_err("state"))?;
+                if !self.fed {
+                    // lzma-rs finishes an empty input as an empty stream.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "lzma: truncated: the object is empty",
+                    ));
+                }
                 self.out = stream.finish().map_err(lzma_err)?;
             } else {
+                self.fed = true;
                 stream.write_all(&chunk[..k])?;
                 let produced = stream.get_output_mut().ok_or_else(|| lzma_err("state"))?;
                 self.out = std::mem::take(produced);
@@ -500,5 +511,163 @@ mod tests {
             .expect("the lz4 CLI is installed by .ci/setup");
         assert!(res.status.success());
         assert!(res.stdout == data);
+    }
+}
+
+#[cfg(test)]
+mod damage_tests {
+    use super::testdata::{cut_points, flip_points, wal_like};
+    use super::*;
+
+    fn cli(program: &str, args: &[&str], data: &[u8]) -> Vec<u8> {
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} is installed by .ci/setup: {e}"));
+        let mut stdin = child.stdin.take().unwrap();
+        let feed = data.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&feed));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        assert!(out.status.success(), "{program} {args:?} failed");
+        out.stdout
+    }
+
+    /// A brotli stream of uncompressed meta-blocks (no brotli encoder is at hand): enough to
+    /// check how the reader treats a stream that ends early.
+    fn brotli_stored(data: &[u8]) -> Vec<u8> {
+        struct Bits {
+            out: Vec<u8>,
+            acc: u64,
+            n: u32,
+        }
+        impl Bits {
+            fn put(&mut self, v: u64, bits: u32) {
+                self.acc |= v << self.n;
+                self.n += bits;
+                while self.n >= 8 {
+                    self.out.push(self.acc as u8);
+                    self.acc >>= 8;
+                    self.n -= 8;
+                }
+            }
+            fn align(&mut self) {
+                if self.n > 0 {
+                    self.put(0, 8 - self.n);
+                }
+            }
+        }
+        let mut b = Bits {
+            out: Vec::new(),
+            acc: 0,
+            n: 0,
+        };
+        b.put(0, 1); // WBITS 16
+        for chunk in data.chunks(65536) {
+            b.put(0, 1); // ISLAST
+            b.put(0, 2); // MNIBBLES 4
+            b.put(chunk.len() as u64 - 1, 16);
+            b.put(1, 1); // ISUNCOMPRESSED
+            b.align();
+            b.out.extend_from_slice(chunk);
+        }
+        b.put(1, 1); // ISLAST
+        b.put(1, 1); // ISLASTEMPTY
+        b.align();
+        b.out
+    }
+
+    fn decoded(obj: &[u8], c: Compression) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        decode(obj, &mut out, c, None).map(|_| out)
+    }
+
+    fn objects(data: &[u8]) -> Vec<(&'static str, Compression, Vec<u8>)> {
+        vec![
+            (
+                "zstd (walkeeper)",
+                Compression::Zstd,
+                encode(data, Vec::new(), Compression::Zstd, None).unwrap().0,
+            ),
+            (
+                "zstd (CLI)",
+                Compression::Zstd,
+                cli("zstd", &["-c", "-q"], data),
+            ),
+            (
+                "lzma (xz CLI)",
+                Compression::Lzma,
+                cli("xz", &["--format=lzma", "-c"], data),
+            ),
+            ("lzop (CLI)", Compression::Lzo, cli("lzop", &["-c"], data)),
+            ("brotli", Compression::Brotli, brotli_stored(data)),
+        ]
+    }
+
+    #[test]
+    fn every_cut_of_a_zstd_lzma_lzop_or_brotli_object_is_an_error() {
+        // 1 MiB: lzma-rs is slow, and the cut classes do not depend on the length.
+        let data = wal_like(1 << 20, 21);
+        for (what, c, obj) in objects(&data) {
+            assert!(decoded(&obj, c).unwrap() == data, "{what} round trip");
+            let sweep: Vec<usize> = (0..obj.len()).step_by(obj.len() / 40 + 1).collect();
+            let mut clean = Vec::new();
+            for cut in cut_points(obj.len(), &sweep, 60, 22) {
+                match decoded(&obj[..cut], c) {
+                    Ok(out) => clean.push((cut, out.len())),
+                    Err(e) => assert!(
+                        matches!(
+                            e.kind(),
+                            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                        ),
+                        "{what}: cut at {cut}: {e:?}"
+                    ),
+                }
+            }
+            assert!(
+                clean.is_empty(),
+                "{what}: cuts of {} bytes that decoded cleanly (cut, bytes out): {clean:?}",
+                obj.len()
+            );
+        }
+    }
+
+    #[test]
+    fn single_bit_flips_in_checksummed_zstd_and_lzop_objects_are_errors() {
+        let data = wal_like(2 << 20, 23);
+        for (what, c, obj) in objects(&data) {
+            // lzma and brotli carry no checksum: a flip may decode to other bytes unnoticed.
+            if matches!(c, Compression::Lzma | Compression::Brotli) || what == "zstd (CLI)" {
+                continue;
+            }
+            let mut bad = obj.clone();
+            for (i, bit) in flip_points(obj.len(), &[], 64, 16, 150, 24) {
+                bad[i] ^= 1 << bit;
+                let res = decoded(&bad, c);
+                bad[i] ^= 1 << bit;
+                match res {
+                    // zstd's frame header has no checksum: a flip in a field the decoder does
+                    // not need (the window size, say) changes nothing. Never other bytes.
+                    Ok(out) if c == Compression::Zstd && out == data && i < 6 => {}
+                    Ok(out) => panic!(
+                        "{what}: flipping bit {bit} of byte {i} went unnoticed ({})",
+                        if out == data {
+                            "same output"
+                        } else {
+                            "other output"
+                        }
+                    ),
+                    Err(e) => assert!(
+                        matches!(
+                            e.kind(),
+                            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                        ),
+                        "{what}: byte {i} bit {bit}: {e:?}"
+                    ),
+                }
+            }
+        }
     }
 }
