@@ -292,7 +292,9 @@ fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<(
     let mut next_header = 0u64;
     for entry in ar.entries()? {
         let mut entry = entry?;
-        next_header = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+        next_header = entry
+            .raw_file_position()
+            .saturating_add(entry.size().div_ceil(512).saturating_mul(512));
         let name = entry.path()?.into_owned();
         let dest = routes.dest(target, &name)?;
         let kind = entry.header().entry_type();

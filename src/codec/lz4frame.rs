@@ -715,6 +715,40 @@ mod tests {
         assert_eq!(again.kind(), io::ErrorKind::ConnectionAborted);
     }
 
+    /// Not a pass/fail test (timing on a shared machine is noise): compares this reader with
+    /// liblz4's frame decoder on a 16 MiB segment. `cargo test --lib lz4frame_speed -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore]
+    fn lz4frame_speed_against_liblz4() {
+        let data = wal_like(16 << 20, 13);
+        let frame = ours(&data);
+        let mut buf = vec![0u8; 256 * 1024];
+        let time = |f: &mut dyn FnMut()| {
+            let t = std::time::Instant::now();
+            for _ in 0..20 {
+                f();
+            }
+            t.elapsed() / 20
+        };
+        let mut theirs = || {
+            let mut r = lzzzz::lz4f::BufReadDecompressor::new(io::BufReader::with_capacity(
+                256 * 1024,
+                &frame[..],
+            ))
+            .unwrap();
+            while r.read(&mut buf).unwrap() > 0 {}
+        };
+        let liblz4 = time(&mut theirs);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut mine = || {
+            let mut r = Lz4FrameReader::new(io::BufReader::with_capacity(256 * 1024, &frame[..]));
+            while r.read(&mut buf).unwrap() > 0 {}
+        };
+        let ours_t = time(&mut mine);
+        eprintln!("16 MiB segment: liblz4 frame decoder {liblz4:?}, lz4frame {ours_t:?}");
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
