@@ -284,12 +284,17 @@ async fn extract_one(
 }
 
 fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<()> {
-    let mut ar = tar::Archive::new(plain);
+    let mut ar = tar::Archive::new(TarTail::new(plain));
     ar.set_preserve_permissions(true);
     ar.set_preserve_mtime(true);
     ar.set_overwrite(true);
+    // Where the header after the last entry read starts.
+    let mut next_header = 0u64;
     for entry in ar.entries()? {
         let mut entry = entry?;
+        next_header = entry
+            .raw_file_position()
+            .saturating_add(entry.size().div_ceil(512).saturating_mul(512));
         let name = entry.path()?.into_owned();
         let dest = routes.dest(target, &name)?;
         let kind = entry.header().entry_type();
@@ -304,9 +309,60 @@ fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<(
             .unpack(&dest)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", name.display())))?;
     }
-    // Read to the end, so the decoder checks the stream's end (truncation, checksums).
-    io::copy(&mut ar.into_inner(), &mut io::sink())?;
-    Ok(())
+    // Read to the end, so the decoder checks the stream's end (truncation, checksums), and
+    // check that the archive really ended: the tar reader also stops, without an error, where
+    // the input ends at a header boundary.
+    let mut tail = ar.into_inner();
+    io::copy(&mut tail, &mut io::sink())?;
+    tail.check_end(next_header)
+}
+
+/// Counts the bytes of a tar stream and how many of the last ones are zero.
+struct TarTail<R> {
+    inner: R,
+    read: u64,
+    zeros: u64,
+}
+
+impl<R> TarTail<R> {
+    fn new(inner: R) -> Self {
+        TarTail {
+            inner,
+            read: 0,
+            zeros: 0,
+        }
+    }
+
+    /// A complete archive has, after its last entry (whose data ends where the header at
+    /// `next_header` would start), the end-of-archive marker: two zero blocks, and nothing but
+    /// zeros (record padding) after them.
+    fn check_end(&self, next_header: u64) -> io::Result<()> {
+        let after = self.read.saturating_sub(next_header);
+        if self.read < next_header || after < 1024 || self.zeros < after {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "tar: truncated: the archive ends at byte offset {} without its \
+                     end-of-archive marker (two zero blocks at byte offset {next_header})",
+                    self.read
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<R: io::Read> io::Read for TarTail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let got = &buf[..n.min(buf.len())];
+        match got.iter().rposition(|b| *b != 0) {
+            Some(last) => self.zeros = (got.len() - last - 1) as u64,
+            None => self.zeros += got.len() as u64,
+        }
+        self.read += got.len() as u64;
+        Ok(n)
+    }
 }
 
 fn cleanup(target: &Path, routes: &Routes) {
@@ -381,6 +437,117 @@ fn rewrite_tablespace_map(target: &Path, routes: &Routes, blind: bool) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A small archive like a partition: a few files of WAL-like pages, one empty, one of a
+    /// size that is not a multiple of 512, a directory.
+    fn sample_tar() -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+        let files = vec![
+            (
+                "base/1/1259".to_string(),
+                crate::codec::testdata::wal_like(3 * 8192, 31),
+            ),
+            (
+                "base/1/2608".to_string(),
+                crate::codec::testdata::wal_like(1000, 32),
+            ),
+            ("global/pg_filenode.map".to_string(), Vec::new()),
+            ("PG_VERSION".to_string(), b"15\n".to_vec()),
+        ];
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o700);
+        h.set_size(0);
+        b.append_data(&mut h, "base/1/", io::empty()).unwrap();
+        for (name, data) in &files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o600);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        (b.into_inner().unwrap(), files)
+    }
+
+    fn unpack_into(bytes: &[u8]) -> (tempfile::TempDir, io::Result<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let res = unpack(bytes, dir.path(), &Routes::default());
+        (dir, res)
+    }
+
+    #[test]
+    fn a_complete_partition_extracts_every_file() {
+        let (tar, files) = sample_tar();
+        let (dir, res) = unpack_into(&tar);
+        res.unwrap();
+        for (name, data) in &files {
+            assert!(
+                std::fs::read(dir.path().join(name)).unwrap() == *data,
+                "{name}"
+            );
+        }
+        // Record padding after the end-of-archive marker (Python's tarfile, GNU tar) is fine.
+        let mut padded = tar.clone();
+        padded.resize(tar.len().div_ceil(10240) * 10240 + 10240, 0);
+        unpack_into(&padded).1.unwrap();
+    }
+
+    #[test]
+    fn a_partition_cut_anywhere_is_a_truncation_error() {
+        let (tar, _) = sample_tar();
+        let marks: Vec<usize> = (0..tar.len()).step_by(512).collect();
+        let cuts = crate::codec::testdata::cut_points(tar.len(), &marks, 40, 33);
+        for cut in cuts {
+            let (_dir, res) = unpack_into(&tar[..cut]);
+            let e = res.expect_err(&format!("cut at {cut} of {} was accepted", tar.len()));
+            assert!(
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::Other
+                ),
+                "cut at {cut}: {e:?}"
+            );
+        }
+        // Missing one or both end-of-archive blocks, exactly.
+        for missing in [512, 1024] {
+            let (_dir, res) = unpack_into(&tar[..tar.len() - missing]);
+            let e = res.unwrap_err();
+            assert!(e.to_string().contains("end-of-archive"), "{e}");
+        }
+        // Garbage after the marker is not padding.
+        let mut extra = tar.clone();
+        extra.extend_from_slice(&[1u8; 512]);
+        assert!(unpack_into(&extra).1.is_err());
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+                let _ = unpack_into(&bytes);
+            }
+
+            #[test]
+            fn a_mutated_partition_never_panics_and_a_cut_one_always_fails(
+                edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let (tar, _) = sample_tar();
+                let mut bad = tar.clone();
+                for (at, b) in &edits {
+                    let i = at.index(bad.len());
+                    bad[i] = *b;
+                }
+                let _ = unpack_into(&bad);
+                let c = cut.index(tar.len());
+                prop_assert!(unpack_into(&tar[..c]).1.is_err(), "cut at {} accepted", c);
+            }
+        }
+    }
 
     #[test]
     fn entries_cannot_leave_the_target_and_tablespaces_are_routed() {

@@ -5,7 +5,9 @@
 //! worker thread per core (at most 4), and the results are written in order. Streams that run
 //! at once (look-ahead uploads, backup partitions) share that pool, so a process never runs
 //! more compression threads than cores. The frame is standard: independent blocks, 256 KiB
-//! maximum block size, content checksum (XXH32 of the plaintext) — any lz4 reader decodes it.
+//! maximum block size, a block checksum (XXH32 of each block as stored) and the content
+//! checksum (XXH32 of the plaintext) — any lz4 reader decodes it, and any damaged byte is
+//! detected, even one that would still decompress to the same plaintext.
 //!
 //! Memory is bounded per process, not per stream: at most `workers + 1` blocks are in the pool
 //! at once, whatever the number of streams; a stream that finds the pool full compresses its
@@ -27,8 +29,8 @@ use xxhash_rust::xxh32::{xxh32, Xxh32};
 /// Plaintext bytes per block; the frame declares 256 KiB blocks (block size code 5).
 pub const BLOCK: usize = 256 * 1024;
 const MAGIC: u32 = 0x184D_2204;
-/// Version 01, independent blocks, content checksum.
-const FLG: u8 = 0b0110_0100;
+/// Version 01, independent blocks, block checksums, content checksum.
+const FLG: u8 = 0b0111_0100;
 /// Maximum block size 256 KiB.
 const BD: u8 = 5 << 4;
 /// Set in a block's size word when the block is stored uncompressed.
@@ -66,6 +68,8 @@ struct Packed {
     out: Vec<u8>,
     out_len: usize,
     raw: bool,
+    /// XXH32 of the block as stored (the block checksum).
+    sum: u32,
 }
 
 impl Packed {
@@ -74,6 +78,7 @@ impl Packed {
             out: vec![0; lz4::max_compressed_size(BLOCK)],
             out_len: 0,
             raw: false,
+            sum: 0,
         }
     }
 }
@@ -134,6 +139,11 @@ fn compress_block(block: &Block, packed: &mut Packed) -> io::Result<()> {
     packed.out_len = n;
     // A block that does not shrink is stored as it is.
     packed.raw = n == 0 || n >= input.len();
+    packed.sum = if packed.raw {
+        xxh32(input, 0)
+    } else {
+        xxh32(&packed.out[..n], 0)
+    };
     Ok(())
 }
 
@@ -275,6 +285,7 @@ impl<W: Write> Lz4ParWriter<W> {
             };
             sink.write_all(&word.to_le_bytes())
                 .and_then(|_| sink.write_all(body))
+                .and_then(|_| sink.write_all(&packed.sum.to_le_bytes()))
         };
         if let Err(e) = &res {
             self.failed = Some((e.kind(), e.to_string()));

@@ -1279,4 +1279,62 @@ mod tests {
         }
         assert!(first.to_string().contains("block 2 "), "{first}");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One lzop CLI file (with adler32 and crc32 checksums) and its plaintext, made once.
+        fn file() -> &'static (Vec<u8>, Vec<u8>) {
+            static FILE: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+            FILE.get_or_init(|| {
+                let data = sample(300_000, 41);
+                (lzop(&["--crc32"], &data), data)
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                let _ = decode(&bytes);
+            }
+
+            #[test]
+            fn arbitrary_bytes_after_the_magic_never_panic(
+                tail in proptest::collection::vec(any::<u8>(), 0..4096),
+            ) {
+                let mut bytes = LZOP_MAGIC.to_vec();
+                bytes.extend_from_slice(&tail);
+                let _ = decode(&bytes);
+            }
+
+            #[test]
+            fn a_mutated_or_cut_file_decodes_exactly_or_fails(
+                edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..5),
+                cut in proptest::option::of(any::<prop::sample::Index>()),
+            ) {
+                let (lzo, data) = file();
+                let mut bad = lzo.clone();
+                for (at, b) in &edits {
+                    let i = at.index(bad.len());
+                    bad[i] = *b;
+                }
+                if let Some(c) = cut {
+                    bad.truncate(c.index(bad.len()));
+                }
+                match decode(&bad) {
+                    Ok(out) => prop_assert!(out == *data, "a damaged file decoded to other bytes"),
+                    Err(e) => prop_assert!(matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                    )),
+                }
+                if cut.is_some() {
+                    prop_assert!(decode(&bad).is_err() || bad == *lzo);
+                }
+            }
+        }
+    }
 }

@@ -5,12 +5,13 @@
 //! Every layer works on bounded buffers; nothing holds a whole segment or tar part.
 
 pub mod crypt;
+pub mod lz4frame;
 pub mod lz4par;
 pub mod lzop;
+#[cfg(test)]
+pub(crate) mod testdata;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-
-use lzzzz::lz4f;
 
 use crate::error::{Error, Result};
 pub use crypt::{Decryption, Encryption};
@@ -134,7 +135,9 @@ where
             Ok((counted.inner.finish()?, EncodeStats { bytes_in: n }))
         }
         Compression::Zstd => {
-            let w = zstd::Encoder::new(sink, 1)?;
+            let mut w = zstd::Encoder::new(sink, 1)?;
+            // The frame carries an XXH64 of its content, so damage is detected on reading.
+            w.include_checksum(true)?;
             let mut counted = Counting { inner: w, n: 0 };
             produce(&mut counted)?;
             let n = counted.n;
@@ -203,39 +206,105 @@ fn decompressor<'a, R: BufRead + Send + 'a>(
     compression: Compression,
 ) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match compression {
-        Compression::Lz4 => {
-            let mut inner =
-                lz4f::BufReadDecompressor::new(TailReader::new(src)).map_err(io_other)?;
-            let info = inner.read_frame_info()?;
-            let checksum = matches!(info.content_checksum(), lz4f::ContentChecksum::Enabled);
-            Box::new(Lz4Reader {
-                inner,
-                checksum,
-                done: false,
-            })
-        }
-        Compression::Zstd => Box::new(zstd::Decoder::with_buffer(src)?),
+        Compression::Lz4 => Box::new(lz4frame::Lz4FrameReader::new(src)),
+        Compression::Zstd => Box::new(Checked::new(
+            "zstd",
+            zstd::Decoder::with_buffer(Tagged(src))?,
+        )),
         Compression::Lzo => Box::new(lzop::LzopReader::new(src)?),
-        Compression::Brotli => Box::new(brotli_decompressor::Decompressor::new(src, CHUNK)),
-        Compression::Lzma => Box::new(LzmaReader::new(src)),
+        Compression::Brotli => Box::new(Checked::new(
+            "brotli",
+            brotli_decompressor::Decompressor::new(Tagged(src), CHUNK),
+        )),
+        Compression::Lzma => Box::new(Checked::new("lzma", LzmaReader::new(Tagged(src)))),
     })
 }
 
-/// lzzzz reports a clean EOF for a frame cut short; this checks the frame's end mark at EOF.
-struct Lz4Reader<'a, R: BufRead> {
-    inner: lz4f::BufReadDecompressor<'a, TailReader<R>>,
-    checksum: bool,
-    done: bool,
+/// An error of the object's source (storage, decryption), passed through a third-party
+/// decoder so that [`Checked`] can tell it from a decode error.
+#[derive(Debug)]
+struct SourceError(io::Error);
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
-impl<R: BufRead> Read for Lz4Reader<'_, R> {
+impl std::error::Error for SourceError {}
+
+fn tag(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), SourceError(e))
+}
+
+/// The source of a third-party decoder: its errors are marked as [`SourceError`]s.
+struct Tagged<R>(R);
+
+impl<R: Read> Read for Tagged<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && !buf.is_empty() && !self.done {
-            self.inner.get_mut().check_lz4_end(self.checksum)?;
-            self.done = true;
+        self.0.read(buf).map_err(tag)
+    }
+}
+
+impl<R: BufRead> BufRead for Tagged<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.0.fill_buf().map_err(tag)
+    }
+    fn consume(&mut self, amt: usize) {
+        self.0.consume(amt)
+    }
+}
+
+/// Wraps a third-party decoder: source errors come out as they went in; every other error is
+/// a decode error (`InvalidData`, or `UnexpectedEof` for a truncated stream) named after the
+/// codec; after an error every read fails again (some decoders report damage only once).
+struct Checked<D> {
+    codec: &'static str,
+    inner: D,
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl<D> Checked<D> {
+    fn new(codec: &'static str, inner: D) -> Self {
+        Checked {
+            codec,
+            inner,
+            failed: None,
         }
-        Ok(n)
+    }
+}
+
+impl<D: Read> Read for Checked<D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some((kind, msg)) = &self.failed {
+            return Err(io::Error::new(*kind, msg.clone()));
+        }
+        let e = match self.inner.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => e,
+        };
+        let e = if e.get_ref().is_some_and(|r| r.is::<SourceError>()) {
+            match e.into_inner().map(|b| b.downcast::<SourceError>()) {
+                Some(Ok(s)) => s.0,
+                Some(Err(other)) => io::Error::other(other),
+                None => io::Error::other("source error"),
+            }
+        } else {
+            let kind = match e.kind() {
+                io::ErrorKind::UnexpectedEof => io::ErrorKind::UnexpectedEof,
+                _ => io::ErrorKind::InvalidData,
+            };
+            let msg = e.to_string();
+            let msg = if msg.starts_with(self.codec) {
+                msg
+            } else {
+                format!("{}: {msg}", self.codec)
+            };
+            io::Error::new(kind, msg)
+        };
+        self.failed = Some((e.kind(), e.to_string()));
+        Err(e)
     }
 }
 
@@ -245,6 +314,8 @@ struct LzmaReader<R> {
     stream: Option<lzma_rs::decompress::Stream<Vec<u8>>>,
     out: Vec<u8>,
     pos: usize,
+    /// Whether any input was read.
+    fed: bool,
 }
 
 impl<R: Read> LzmaReader<R> {
@@ -254,6 +325,7 @@ impl<R: Read> LzmaReader<R> {
             stream: Some(lzma_rs::decompress::Stream::new(Vec::new())),
             out: Vec::new(),
             pos: 0,
+            fed: false,
         }
     }
 }
@@ -279,8 +351,16 @@ impl<R: Read> Read for LzmaReader<R> {
             self.pos = 0;
             if k == 0 {
                 let stream = self.stream.take().ok_or_else(|| lzma_err("state"))?;
+                if !self.fed {
+                    // lzma-rs finishes an empty input as an empty stream.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "lzma: truncated: the object is empty",
+                    ));
+                }
                 self.out = stream.finish().map_err(lzma_err)?;
             } else {
+                self.fed = true;
                 stream.write_all(&chunk[..k])?;
                 let produced = stream.get_output_mut().ok_or_else(|| lzma_err("state"))?;
                 self.out = std::mem::take(produced);
@@ -305,81 +385,6 @@ pub fn pump<R: Read + ?Sized, W: Write + ?Sized>(src: &mut R, dst: &mut W) -> io
     }
     dst.flush()?;
     Ok(total)
-}
-
-fn io_other(e: lzzzz::lz4f::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("lz4: {e}"))
-}
-
-/// Remembers the last bytes read, to check how an lz4 frame ended.
-struct TailReader<R> {
-    inner: R,
-    tail: [u8; 8],
-    seen: u64,
-}
-
-impl<R: BufRead> TailReader<R> {
-    fn new(inner: R) -> Self {
-        TailReader {
-            inner,
-            tail: [0; 8],
-            seen: 0,
-        }
-    }
-
-    fn record(&mut self, bytes: &[u8]) {
-        for &b in bytes.iter().rev().take(8).rev() {
-            self.tail.copy_within(1.., 0);
-            self.tail[7] = b;
-        }
-        self.seen += bytes.len() as u64;
-    }
-
-    /// An lz4 frame ends with a zero end mark, followed by a 4-byte checksum when enabled.
-    fn check_lz4_end(&mut self, checksum: bool) -> io::Result<()> {
-        if !self.inner.fill_buf()?.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "lz4: trailing data after the frame",
-            ));
-        }
-        let mark = if checksum {
-            &self.tail[0..4]
-        } else {
-            &self.tail[4..8]
-        };
-        let min = if checksum { 8 } else { 4 };
-        if self.seen < min || mark != [0, 0, 0, 0] {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("lz4: the frame is truncated after {} bytes", self.seen),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl<R: BufRead> Read for TailReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.record(&buf[..n]);
-        Ok(n)
-    }
-}
-
-impl<R: BufRead> BufRead for TailReader<R> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.inner.fill_buf()
-    }
-    fn consume(&mut self, amt: usize) {
-        if let Ok(buf) = self.inner.fill_buf() {
-            let n = amt.min(buf.len());
-            let consumed: Vec<u8> = buf[n.saturating_sub(8)..n].to_vec();
-            self.seen += (n - consumed.len()) as u64;
-            self.record(&consumed);
-        }
-        self.inner.consume(amt);
-    }
 }
 
 #[cfg(test)]
@@ -506,5 +511,163 @@ mod tests {
             .expect("the lz4 CLI is installed by .ci/setup");
         assert!(res.status.success());
         assert!(res.stdout == data);
+    }
+}
+
+#[cfg(test)]
+mod damage_tests {
+    use super::testdata::{cut_points, flip_points, wal_like};
+    use super::*;
+
+    fn cli(program: &str, args: &[&str], data: &[u8]) -> Vec<u8> {
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} is installed by .ci/setup: {e}"));
+        let mut stdin = child.stdin.take().unwrap();
+        let feed = data.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&feed));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        assert!(out.status.success(), "{program} {args:?} failed");
+        out.stdout
+    }
+
+    /// A brotli stream of uncompressed meta-blocks (no brotli encoder is at hand): enough to
+    /// check how the reader treats a stream that ends early.
+    fn brotli_stored(data: &[u8]) -> Vec<u8> {
+        struct Bits {
+            out: Vec<u8>,
+            acc: u64,
+            n: u32,
+        }
+        impl Bits {
+            fn put(&mut self, v: u64, bits: u32) {
+                self.acc |= v << self.n;
+                self.n += bits;
+                while self.n >= 8 {
+                    self.out.push(self.acc as u8);
+                    self.acc >>= 8;
+                    self.n -= 8;
+                }
+            }
+            fn align(&mut self) {
+                if self.n > 0 {
+                    self.put(0, 8 - self.n);
+                }
+            }
+        }
+        let mut b = Bits {
+            out: Vec::new(),
+            acc: 0,
+            n: 0,
+        };
+        b.put(0, 1); // WBITS 16
+        for chunk in data.chunks(65536) {
+            b.put(0, 1); // ISLAST
+            b.put(0, 2); // MNIBBLES 4
+            b.put(chunk.len() as u64 - 1, 16);
+            b.put(1, 1); // ISUNCOMPRESSED
+            b.align();
+            b.out.extend_from_slice(chunk);
+        }
+        b.put(1, 1); // ISLAST
+        b.put(1, 1); // ISLASTEMPTY
+        b.align();
+        b.out
+    }
+
+    fn decoded(obj: &[u8], c: Compression) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        decode(obj, &mut out, c, None).map(|_| out)
+    }
+
+    fn objects(data: &[u8]) -> Vec<(&'static str, Compression, Vec<u8>)> {
+        vec![
+            (
+                "zstd (walkeeper)",
+                Compression::Zstd,
+                encode(data, Vec::new(), Compression::Zstd, None).unwrap().0,
+            ),
+            (
+                "zstd (CLI)",
+                Compression::Zstd,
+                cli("zstd", &["-c", "-q"], data),
+            ),
+            (
+                "lzma (xz CLI)",
+                Compression::Lzma,
+                cli("xz", &["--format=lzma", "-c"], data),
+            ),
+            ("lzop (CLI)", Compression::Lzo, cli("lzop", &["-c"], data)),
+            ("brotli", Compression::Brotli, brotli_stored(data)),
+        ]
+    }
+
+    #[test]
+    fn every_cut_of_a_zstd_lzma_lzop_or_brotli_object_is_an_error() {
+        // 1 MiB: lzma-rs is slow, and the cut classes do not depend on the length.
+        let data = wal_like(1 << 20, 21);
+        for (what, c, obj) in objects(&data) {
+            assert!(decoded(&obj, c).unwrap() == data, "{what} round trip");
+            let sweep: Vec<usize> = (0..obj.len()).step_by(obj.len() / 40 + 1).collect();
+            let mut clean = Vec::new();
+            for cut in cut_points(obj.len(), &sweep, 60, 22) {
+                match decoded(&obj[..cut], c) {
+                    Ok(out) => clean.push((cut, out.len())),
+                    Err(e) => assert!(
+                        matches!(
+                            e.kind(),
+                            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                        ),
+                        "{what}: cut at {cut}: {e:?}"
+                    ),
+                }
+            }
+            assert!(
+                clean.is_empty(),
+                "{what}: cuts of {} bytes that decoded cleanly (cut, bytes out): {clean:?}",
+                obj.len()
+            );
+        }
+    }
+
+    #[test]
+    fn single_bit_flips_in_checksummed_zstd_and_lzop_objects_are_errors() {
+        let data = wal_like(2 << 20, 23);
+        for (what, c, obj) in objects(&data) {
+            // lzma and brotli carry no checksum: a flip may decode to other bytes unnoticed.
+            if matches!(c, Compression::Lzma | Compression::Brotli) || what == "zstd (CLI)" {
+                continue;
+            }
+            let mut bad = obj.clone();
+            for (i, bit) in flip_points(obj.len(), &[], 64, 16, 150, 24) {
+                bad[i] ^= 1 << bit;
+                let res = decoded(&bad, c);
+                bad[i] ^= 1 << bit;
+                match res {
+                    // zstd's frame header has no checksum: a flip in a field the decoder does
+                    // not need (the window size, say) changes nothing. Never other bytes.
+                    Ok(out) if c == Compression::Zstd && out == data && i < 6 => {}
+                    Ok(out) => panic!(
+                        "{what}: flipping bit {bit} of byte {i} went unnoticed ({})",
+                        if out == data {
+                            "same output"
+                        } else {
+                            "other output"
+                        }
+                    ),
+                    Err(e) => assert!(
+                        matches!(
+                            e.kind(),
+                            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                        ),
+                        "{what}: byte {i} bit {bit}: {e:?}"
+                    ),
+                }
+            }
+        }
     }
 }
