@@ -10,9 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
-use crate::storage::local::{ensure_dir, sync_dir, write_atomic_with};
-use crate::wal::names::{LongPageHeader, SegmentId, WalName, WalSegSize};
-use crate::wal::WalContext;
+use crate::storage::local::{ensure_dir, sync_dir};
+use crate::wal::names::{
+    check_segment_head, LongPageHeader, SegmentId, WalName, WalSegSize, SEGMENT_HEAD_LEN,
+};
+use crate::wal::{sweep_stale_temps, write_atomic_locked, WalContext};
 
 /// Prefetch downloads run at most this many at once.
 const MAX_PARALLEL: usize = 4;
@@ -37,6 +39,11 @@ pub async fn wal_fetch(
 ) -> Result<(WalName, FetchOutcome)> {
     let wal = WalName::parse(name)?;
     let dest = ctx.resolve_in_pgdata(dest)?;
+    // Temporary files of killed fetches and prefetches would fill pg_wal.
+    if let Some(dir) = dest.parent() {
+        sweep_stale_temps(dir);
+    }
+    sweep_stale_temps(&prefetch_dir(&ctx));
     if let WalName::Segment(seg) = &wal {
         let pre = prefetch_dir(&ctx).join(name);
         if pre.exists() {
@@ -49,7 +56,12 @@ pub async fn wal_fetch(
             }
         }
     }
-    let bytes = download(&ctx, &wal, &dest).await?;
+    // The segment must belong to this archive's cluster, when the archive says which.
+    let sysid = match wal {
+        WalName::Segment(_) => ctx.recorded_sysid().await?,
+        _ => None,
+    };
+    let bytes = download(&ctx, &wal, &dest, sysid).await?;
     Ok((wal, FetchOutcome::Downloaded { bytes }))
 }
 
@@ -78,9 +90,56 @@ async fn locate(ctx: &WalContext, wal: &WalName) -> Result<(String, Compression)
     Err(Error::NotFound { key: stem })
 }
 
+/// Keeps the first bytes written and counts them all, so a segment can be checked while it
+/// streams to disk, before it is renamed into place.
+struct HeadTap<'a> {
+    inner: &'a mut dyn io::Write,
+    head: Vec<u8>,
+    n: u64,
+}
+
+impl io::Write for HeadTap<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        if self.head.len() < SEGMENT_HEAD_LEN {
+            let take = (SEGMENT_HEAD_LEN - self.head.len()).min(k);
+            self.head.extend_from_slice(&buf[..take]);
+        }
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The decoded object is the segment `seg` asked for: its long page header names it (and
+/// `sysid`, when known) and it is exactly one segment long. An error is `InvalidData`.
+fn check_decoded(seg: &SegmentId, head: &[u8], len: u64, sysid: Option<u64>) -> io::Result<()> {
+    let bad = |msg: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the object does not hold segment {}: {msg}", seg.name()),
+        )
+    };
+    let (_, size) = check_segment_head(head, seg, sysid).map_err(bad)?;
+    if len != size.get() {
+        return Err(bad(format!(
+            "{len} bytes, but its header's segment size is {size}"
+        )));
+    }
+    Ok(())
+}
+
 /// Downloads and decodes one WAL file into `dest` atomically, retrying interrupted transfers
-/// within the retry bound.
-async fn download(ctx: &Arc<WalContext>, wal: &WalName, dest: &Path) -> Result<u64> {
+/// within the retry bound. A segment is checked against its name (and `sysid`) before it is
+/// renamed into place; one that does not match is a corrupt object and never reaches `dest`.
+async fn download(
+    ctx: &Arc<WalContext>,
+    wal: &WalName,
+    dest: &Path,
+    sysid: Option<u64>,
+) -> Result<u64> {
     let deadline = Instant::now() + ctx.settings.retry_timeout;
     let mut delay = Duration::from_millis(200);
     loop {
@@ -90,10 +149,19 @@ async fn download(ctx: &Arc<WalContext>, wal: &WalName, dest: &Path) -> Result<u
             .open_read(&key)
             .await?
             .ok_or_else(|| Error::NotFound { key: key.clone() })?;
-        let (ctx2, dest2) = (ctx.clone(), dest.to_path_buf());
+        let (ctx2, dest2, seg) = (ctx.clone(), dest.to_path_buf(), wal.segment());
         let res = tokio::task::spawn_blocking(move || {
-            write_atomic_with(&dest2, |w| {
-                codec::decode(reader, w, compression, ctx2.decryption.as_ref()).map(|_| ())
+            write_atomic_locked(&dest2, |w| {
+                let mut tap = HeadTap {
+                    inner: w,
+                    head: Vec::with_capacity(SEGMENT_HEAD_LEN),
+                    n: 0,
+                };
+                codec::decode(reader, &mut tap, compression, ctx2.decryption.as_ref())?;
+                match seg {
+                    Some(seg) => check_decoded(&seg, &tap.head, tap.n, sysid),
+                    None => Ok(()),
+                }
             })
         })
         .await
@@ -143,7 +211,7 @@ fn take_prefetched(pre: &Path, seg: &SegmentId, dest: &Path) -> io::Result<u64> 
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             let mut src = std::fs::File::open(pre)?;
-            write_atomic_with(dest, |w| codec::pump(&mut src, w).map(|_| ()))?;
+            write_atomic_locked(dest, |w| codec::pump(&mut src, w).map(|_| ()))?;
             let _ = std::fs::remove_file(pre);
         }
         Err(e) => return Err(e),
@@ -159,22 +227,10 @@ fn take_prefetched(pre: &Path, seg: &SegmentId, dest: &Path) -> io::Result<u64> 
 fn check_segment_file(path: &Path, seg: &SegmentId) -> io::Result<u64> {
     let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
-    let mut head = [0u8; 40];
+    let mut head = [0u8; SEGMENT_HEAD_LEN];
     f.read_exact(&mut head)?;
-    let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
-    let h = LongPageHeader::parse(&head).ok_or_else(|| bad("no long page header".into()))?;
-    let seg_size = WalSegSize::new(h.seg_size as u64).map_err(|e| bad(e.to_string()))?;
-    if seg_size.get() != len {
-        return Err(bad(format!(
-            "size {len} does not match the header's segment size {seg_size}"
-        )));
-    }
-    if h.page_addr != seg.start_lsn(seg_size) || h.timeline > seg.timeline {
-        return Err(bad(format!(
-            "header (timeline {}, address {:X}) does not belong to this segment",
-            h.timeline, h.page_addr
-        )));
-    }
+    // The system identifier was checked when it was downloaded.
+    check_decoded(seg, &head, len, None)?;
     Ok(len)
 }
 
@@ -209,7 +265,9 @@ pub async fn prefetch(ctx: Arc<WalContext>, after: &str) -> Result<usize> {
     };
     let dir = prefetch_dir(&ctx);
     ensure_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    sweep_stale_temps(&dir);
     clean_before(&dir, after);
+    let sysid = ctx.recorded_sysid().await?;
     // The segment size comes from the segment just restored (or a prefetched one).
     let seg_size = segment_size_hint(&ctx, &seg).unwrap_or_default();
     let sem = Arc::new(tokio::sync::Semaphore::new(MAX_PARALLEL));
@@ -227,7 +285,7 @@ pub async fn prefetch(ctx: Arc<WalContext>, after: &str) -> Result<usize> {
         let (ctx, sem) = (ctx.clone(), sem.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let res = download(&ctx, &WalName::Segment(next), &target).await;
+            let res = download(&ctx, &WalName::Segment(next), &target, sysid).await;
             drop(claim);
             (name, res)
         }));
