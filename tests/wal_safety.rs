@@ -322,7 +322,8 @@ fn every_wal_fetch_failure_but_missing_exits_128() {
 
     let no_pg_wal = scratch.mkdir("not-a-datadir");
     let no_pg_wal = no_pg_wal.to_str().unwrap();
-    let cases: Vec<(&str, Vec<&str>, Vec<(String, String)>)> = vec![
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(String, String)>);
+    let cases: Vec<Case> = vec![
         (
             "an unknown option",
             vec!["wal-fetch", "--no-such-option", seg, "pg_wal/RECOVERYXLOG"],
