@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
@@ -18,8 +18,6 @@ use crate::wal::{sweep_stale_temps, write_atomic_locked, WalContext};
 
 /// Prefetch downloads run at most this many at once.
 const MAX_PARALLEL: usize = 4;
-/// A prefetch claim older than this is considered abandoned.
-const STALE_CLAIM: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchOutcome {
@@ -328,39 +326,77 @@ fn clean_before(dir: &Path, current: &str) {
     }
 }
 
-/// Marks a segment as being prefetched, so concurrent prefetchers skip it.
-struct Claim(PathBuf);
+/// Marks a segment as being prefetched, so concurrent prefetchers skip it: an exclusive
+/// `flock` on `.<name>.claim`, held while the download runs. A killed prefetcher's claim is
+/// free at once (the kernel drops its lock), so it never blocks the segment.
+struct Claim {
+    path: PathBuf,
+    _file: std::fs::File,
+}
 
 impl Claim {
     fn take(dir: &Path, name: &str) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
         let path = dir.join(format!(".{name}.claim"));
-        let open = || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-        };
-        match open() {
-            Ok(_) => Some(Claim(path)),
-            Err(_) => {
-                let stale = std::fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .is_some_and(|age| age > STALE_CLAIM);
-                if stale {
-                    let _ = std::fs::remove_file(&path);
-                    open().ok().map(|_| Claim(path.clone()))
-                } else {
-                    None
-                }
-            }
-        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .ok()?;
+        file.try_lock().ok()?;
+        // Its holder may have removed it as we opened it: then it was just done.
+        let same = std::fs::metadata(&path).ok()?.ino() == file.metadata().ok()?.ino();
+        same.then_some(Claim { path, _file: file })
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_left_by_a_killed_prefetcher_is_free_and_a_held_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "000000010000000000000002";
+        // A killed prefetcher's claim: the file is there, nobody holds its lock.
+        std::fs::write(dir.path().join(format!(".{name}.claim")), b"").unwrap();
+        let held = Claim::take(dir.path(), name).expect("a stale claim is free");
+        assert!(Claim::take(dir.path(), name).is_none());
+        drop(held);
+        assert!(!dir.path().join(format!(".{name}.claim")).exists());
+        assert!(Claim::take(dir.path(), name).is_some());
+    }
+
+    #[test]
+    fn a_decoded_object_must_be_the_whole_named_segment() {
+        let seg = SegmentId {
+            timeline: 1,
+            log: 0,
+            seg: 3,
+        };
+        let size = 1u64 << 20;
+        let mut head = [0u8; SEGMENT_HEAD_LEN];
+        head[0..2].copy_from_slice(&0xD10Du16.to_le_bytes());
+        head[2..4].copy_from_slice(&2u16.to_le_bytes());
+        head[4..8].copy_from_slice(&1u32.to_le_bytes());
+        head[8..16].copy_from_slice(&(3 * size).to_le_bytes());
+        head[24..32].copy_from_slice(&9u64.to_le_bytes());
+        head[32..36].copy_from_slice(&(size as u32).to_le_bytes());
+        assert!(check_decoded(&seg, &head, size, Some(9)).is_ok());
+        for (len, sysid) in [(size - 1, Some(9)), (size + 1, None), (size, Some(8))] {
+            let e = check_decoded(&seg, &head, len, sysid).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert!(e.to_string().contains("does not hold segment"), "{e}");
+        }
+        let other = SegmentId { seg: 4, ..seg };
+        assert!(check_decoded(&other, &head, size, None).is_err());
+        assert!(check_decoded(&seg, &head[..20], size, None).is_err());
     }
 }

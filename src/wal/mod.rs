@@ -66,6 +66,9 @@ impl WalContext {
             .state_dir
             .clone()
             .unwrap_or_else(|| pg_wal.join(".walkeeper"));
+        // Every WAL path (the CLI, the agent's healing and API) refuses encryption it would
+        // otherwise ignore.
+        settings.refuse_unimplemented_encryption()?;
         let archive_id = archive_fingerprint(&settings);
         Ok(WalContext {
             archive_id,

@@ -94,6 +94,7 @@ pub async fn wal_push(
 ) -> Result<(WalName, PushOutcome)> {
     let (name, path) = validate_source(&ctx, arg)?;
     sweep_stale_temps(&ctx.pg_wal);
+    sweep_stale_temps(&ctx.state_dir);
     // A running uploader goes on to the newer `.ready` files itself: no listing, no spawn.
     if let (Some(global), true) = (
         spawn_with,
