@@ -594,3 +594,59 @@ mod tests {
         assert!(err.to_string().contains("NUL"), "{err}");
     }
 }
+
+/// Encryption settings of WAL-E and WAL-G that walkeeper does not implement. Set, they mean the
+/// user expects encrypted objects: uploading plaintext, or fetching without decrypting, would
+/// silently ignore them.
+pub const UNIMPLEMENTED_ENCRYPTION_VARS: [&str; 9] = [
+    "WALE_GPG_KEY_ID",
+    "WALG_GPG_KEY_ID",
+    "WALG_PGP_KEY",
+    "WALG_PGP_KEY_PATH",
+    "WALG_LIBSODIUM_KEY",
+    "WALG_LIBSODIUM_KEY_PATH",
+    "WALG_ENVELOPE_PGP_KEY",
+    "WALG_ENVELOPE_PGP_KEY_PATH",
+    "WALG_CSE_KMS_ID",
+];
+
+impl Settings {
+    /// A configuration error naming the first unimplemented encryption variable that is set
+    /// (never its value, which may be a key).
+    pub fn refuse_unimplemented_encryption(&self) -> Result<()> {
+        match UNIMPLEMENTED_ENCRYPTION_VARS
+            .iter()
+            .find(|v| self.vars.get(v).is_some())
+        {
+            Some(v) => Err(Error::Config(format!(
+                "{v} is set, but walkeeper does not implement that encryption; refusing rather \
+                 than storing or reading plaintext (use WALKEEPER_AGE_RECIPIENT / \
+                 WALKEEPER_AGE_IDENTITY_FILE, or unset {v})"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod encryption_tests {
+    use super::*;
+
+    #[test]
+    fn every_unimplemented_encryption_variable_is_refused_by_name() {
+        for v in UNIMPLEMENTED_ENCRYPTION_VARS {
+            let mut process = BTreeMap::new();
+            process.insert("WALG_FILE_PREFIX".to_string(), "/tmp/x".to_string());
+            process.insert(v.to_string(), "secret-key-material".to_string());
+            let s = Settings::from_sources(process, None, None).unwrap();
+            let e = s.refuse_unimplemented_encryption().unwrap_err().to_string();
+            assert!(e.contains(v), "{e}");
+            assert!(!e.contains("secret-key-material"), "{e}");
+        }
+        let mut process = BTreeMap::new();
+        process.insert("WALG_FILE_PREFIX".to_string(), "/tmp/x".to_string());
+        process.insert("WALG_PGP_KEY".to_string(), String::new());
+        let s = Settings::from_sources(process, None, None).unwrap();
+        assert!(s.refuse_unimplemented_encryption().is_ok());
+    }
+}

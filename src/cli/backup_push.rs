@@ -23,7 +23,9 @@ pub struct Args {
 
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
-        let archive = Arc::new(Archive::open(cli.settings()?)?);
+        let settings = cli.settings()?;
+        settings.refuse_unimplemented_encryption()?;
+        let archive = Arc::new(Archive::open(settings)?);
         let vars = &archive.settings.vars;
         let part_size = vars
             .get("WALG_TAR_SIZE_THRESHOLD")

@@ -144,12 +144,42 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// The exit code for a command line clap refused. For wal-fetch it is
+/// [`crate::error::EXIT_FETCH_FATAL`]: PostgreSQL reads 1 to 125 as "not available", so a typo
+/// in restore_command would end recovery early or leave a standby silently without archive.
+fn parse_error_code(e: &clap::Error, args: impl Iterator<Item = OsString>) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        return e.exit_code();
+    }
+    // The first word that is neither a global option nor its value names the command.
+    let mut args = args;
+    let mut command = None;
+    while let Some(a) = args.next() {
+        let Some(s) = a.to_str() else { break };
+        match s {
+            "--config" | "--envdir" => {
+                args.next();
+            }
+            s if s.starts_with("--config=") || s.starts_with("--envdir=") => {}
+            s => {
+                command = Some(s.to_string());
+                break;
+            }
+        }
+    }
+    match command.as_deref() {
+        Some("wal-fetch") => crate::error::EXIT_FETCH_FATAL,
+        _ => e.exit_code(),
+    }
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = e.exit_code();
+            let code = parse_error_code(&e, std::env::args_os().skip(1));
             let _ = e.print();
             return code;
         }
@@ -179,4 +209,25 @@ pub fn main() -> i32 {
             Command::CreateReplica(a) => create_replica::run(&cli, a).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(args: &[&str]) -> i32 {
+        let e = Cli::try_parse_from(std::iter::once("walkeeper").chain(args.iter().copied()))
+            .expect_err("refused");
+        parse_error_code(&e, args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn a_wal_fetch_command_line_clap_refuses_exits_128() {
+        assert_eq!(code(&["wal-fetch", "--bogus", "a", "b"]), 128);
+        assert_eq!(code(&["wal-fetch", "only-one"]), 128);
+        assert_eq!(code(&["--envdir", "/x", "wal-fetch", "-z", "a", "b"]), 128);
+        assert_eq!(code(&["--config=/x", "wal-fetch"]), 128);
+        assert_eq!(code(&["wal-push", "--bogus", "a"]), 2);
+        assert_eq!(code(&["wal-fetc", "a", "b"]), 2);
+    }
 }

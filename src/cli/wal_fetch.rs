@@ -1,9 +1,10 @@
 //! `walkeeper wal-fetch <name> <dest>`: PostgreSQL's restore_command.
 //!
 //! Exit codes: 0 restored; 74 not in the archive (PostgreSQL treats it as "not available");
-//! 2 a name or destination PostgreSQL never passes; 128 storage failed after the retry bound,
-//! the object is corrupt, or the configuration is unusable. 128 is above 125, so PostgreSQL
-//! aborts recovery instead of mistaking an outage or a typo for the end of the archive.
+//! 128 for every other failure: storage failed after the retry bound, the object is corrupt or
+//! holds another segment, the configuration, an option, the name, the destination or the data
+//! directory is unusable. 128 is above 125, so PostgreSQL aborts recovery instead of mistaking
+//! an outage or a typo for the end of the archive.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +32,10 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             .pgdata
             .clone()
             .or_else(|| WalContext::pgdata_of(&args.dest));
-        let ctx = Arc::new(WalContext::new(cli.settings()?, pgdata.as_deref())?);
+        let settings = cli.settings()?;
+        // A user who set WAL-G's or WAL-E's encryption expects decryption: never fetch without.
+        settings.refuse_unimplemented_encryption()?;
+        let ctx = Arc::new(WalContext::new(settings, pgdata.as_deref())?);
         let res = fetch::wal_fetch(ctx.clone(), &args.name, &args.dest).await?;
         Ok::<_, Error>((ctx, res))
     }
@@ -51,10 +55,6 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
         Err(Error::NotFound { key }) => {
             tracing::info!(file = %args.name, "not in the archive ({key})");
             EXIT_MISSING
-        }
-        Err(e @ Error::BadInput(_)) => {
-            tracing::error!(file = %args.name, "wal-fetch refused: {e}");
-            e.exit_code()
         }
         Err(e) => {
             tracing::error!(file = %args.name, "wal-fetch failed: {e}");

@@ -15,7 +15,9 @@ pub struct Args {
 
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
-        let ctx = Arc::new(WalContext::new(cli.settings()?, args.pgdata.as_deref())?);
+        let settings = cli.settings()?;
+        settings.refuse_unimplemented_encryption()?;
+        let ctx = Arc::new(WalContext::new(settings, args.pgdata.as_deref())?);
         fetch::prefetch(ctx, &args.after).await
     }
     .await;

@@ -22,6 +22,7 @@ pub struct Args {
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
         let settings = cli.settings()?;
+        settings.refuse_unimplemented_encryption()?;
         let leadership = Arc::new(Leadership::from_settings(&settings)?);
         let pgdata = args
             .pgdata

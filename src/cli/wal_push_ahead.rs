@@ -26,6 +26,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             .map(|n| WalName::parse(n))
             .collect::<crate::Result<Vec<_>>>()?;
         let settings = cli.settings()?;
+        settings.refuse_unimplemented_encryption()?;
         let leadership = Arc::new(Leadership::from_settings(&settings)?);
         let ctx = Arc::new(WalContext::new(settings, Some(&args.pgdata))?);
         Ok::<_, crate::Error>(push::push_ahead(ctx, leadership, &names).await)

@@ -6,18 +6,18 @@
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
-use crate::storage::local::{ensure_dir, sync_dir, write_atomic_with};
-use crate::wal::names::{LongPageHeader, SegmentId, WalName, WalSegSize};
-use crate::wal::WalContext;
+use crate::storage::local::{ensure_dir, sync_dir};
+use crate::wal::names::{
+    check_segment_head, LongPageHeader, SegmentId, WalName, WalSegSize, SEGMENT_HEAD_LEN,
+};
+use crate::wal::{sweep_stale_temps, write_atomic_locked, WalContext};
 
 /// Prefetch downloads run at most this many at once.
 const MAX_PARALLEL: usize = 4;
-/// A prefetch claim older than this is considered abandoned.
-const STALE_CLAIM: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchOutcome {
@@ -37,6 +37,11 @@ pub async fn wal_fetch(
 ) -> Result<(WalName, FetchOutcome)> {
     let wal = WalName::parse(name)?;
     let dest = ctx.resolve_in_pgdata(dest)?;
+    // Temporary files of killed fetches and prefetches would fill pg_wal.
+    if let Some(dir) = dest.parent() {
+        sweep_stale_temps(dir);
+    }
+    sweep_stale_temps(&prefetch_dir(&ctx));
     if let WalName::Segment(seg) = &wal {
         let pre = prefetch_dir(&ctx).join(name);
         if pre.exists() {
@@ -49,7 +54,12 @@ pub async fn wal_fetch(
             }
         }
     }
-    let bytes = download(&ctx, &wal, &dest).await?;
+    // The segment must belong to this archive's cluster, when the archive says which.
+    let sysid = match wal {
+        WalName::Segment(_) => ctx.recorded_sysid().await?,
+        _ => None,
+    };
+    let bytes = download(&ctx, &wal, &dest, sysid).await?;
     Ok((wal, FetchOutcome::Downloaded { bytes }))
 }
 
@@ -78,9 +88,56 @@ async fn locate(ctx: &WalContext, wal: &WalName) -> Result<(String, Compression)
     Err(Error::NotFound { key: stem })
 }
 
+/// Keeps the first bytes written and counts them all, so a segment can be checked while it
+/// streams to disk, before it is renamed into place.
+struct HeadTap<'a> {
+    inner: &'a mut dyn io::Write,
+    head: Vec<u8>,
+    n: u64,
+}
+
+impl io::Write for HeadTap<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        if self.head.len() < SEGMENT_HEAD_LEN {
+            let take = (SEGMENT_HEAD_LEN - self.head.len()).min(k);
+            self.head.extend_from_slice(&buf[..take]);
+        }
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The decoded object is the segment `seg` asked for: its long page header names it (and
+/// `sysid`, when known) and it is exactly one segment long. An error is `InvalidData`.
+fn check_decoded(seg: &SegmentId, head: &[u8], len: u64, sysid: Option<u64>) -> io::Result<()> {
+    let bad = |msg: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the object does not hold segment {}: {msg}", seg.name()),
+        )
+    };
+    let (_, size) = check_segment_head(head, seg, sysid).map_err(bad)?;
+    if len != size.get() {
+        return Err(bad(format!(
+            "{len} bytes, but its header's segment size is {size}"
+        )));
+    }
+    Ok(())
+}
+
 /// Downloads and decodes one WAL file into `dest` atomically, retrying interrupted transfers
-/// within the retry bound.
-async fn download(ctx: &Arc<WalContext>, wal: &WalName, dest: &Path) -> Result<u64> {
+/// within the retry bound. A segment is checked against its name (and `sysid`) before it is
+/// renamed into place; one that does not match is a corrupt object and never reaches `dest`.
+async fn download(
+    ctx: &Arc<WalContext>,
+    wal: &WalName,
+    dest: &Path,
+    sysid: Option<u64>,
+) -> Result<u64> {
     let deadline = Instant::now() + ctx.settings.retry_timeout;
     let mut delay = Duration::from_millis(200);
     loop {
@@ -90,10 +147,19 @@ async fn download(ctx: &Arc<WalContext>, wal: &WalName, dest: &Path) -> Result<u
             .open_read(&key)
             .await?
             .ok_or_else(|| Error::NotFound { key: key.clone() })?;
-        let (ctx2, dest2) = (ctx.clone(), dest.to_path_buf());
+        let (ctx2, dest2, seg) = (ctx.clone(), dest.to_path_buf(), wal.segment());
         let res = tokio::task::spawn_blocking(move || {
-            write_atomic_with(&dest2, |w| {
-                codec::decode(reader, w, compression, ctx2.decryption.as_ref()).map(|_| ())
+            write_atomic_locked(&dest2, |w| {
+                let mut tap = HeadTap {
+                    inner: w,
+                    head: Vec::with_capacity(SEGMENT_HEAD_LEN),
+                    n: 0,
+                };
+                codec::decode(reader, &mut tap, compression, ctx2.decryption.as_ref())?;
+                match seg {
+                    Some(seg) => check_decoded(&seg, &tap.head, tap.n, sysid),
+                    None => Ok(()),
+                }
             })
         })
         .await
@@ -143,7 +209,7 @@ fn take_prefetched(pre: &Path, seg: &SegmentId, dest: &Path) -> io::Result<u64> 
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             let mut src = std::fs::File::open(pre)?;
-            write_atomic_with(dest, |w| codec::pump(&mut src, w).map(|_| ()))?;
+            write_atomic_locked(dest, |w| codec::pump(&mut src, w).map(|_| ()))?;
             let _ = std::fs::remove_file(pre);
         }
         Err(e) => return Err(e),
@@ -159,22 +225,10 @@ fn take_prefetched(pre: &Path, seg: &SegmentId, dest: &Path) -> io::Result<u64> 
 fn check_segment_file(path: &Path, seg: &SegmentId) -> io::Result<u64> {
     let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
-    let mut head = [0u8; 40];
+    let mut head = [0u8; SEGMENT_HEAD_LEN];
     f.read_exact(&mut head)?;
-    let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
-    let h = LongPageHeader::parse(&head).ok_or_else(|| bad("no long page header".into()))?;
-    let seg_size = WalSegSize::new(h.seg_size as u64).map_err(|e| bad(e.to_string()))?;
-    if seg_size.get() != len {
-        return Err(bad(format!(
-            "size {len} does not match the header's segment size {seg_size}"
-        )));
-    }
-    if h.page_addr != seg.start_lsn(seg_size) || h.timeline > seg.timeline {
-        return Err(bad(format!(
-            "header (timeline {}, address {:X}) does not belong to this segment",
-            h.timeline, h.page_addr
-        )));
-    }
+    // The system identifier was checked when it was downloaded.
+    check_decoded(seg, &head, len, None)?;
     Ok(len)
 }
 
@@ -209,7 +263,9 @@ pub async fn prefetch(ctx: Arc<WalContext>, after: &str) -> Result<usize> {
     };
     let dir = prefetch_dir(&ctx);
     ensure_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    sweep_stale_temps(&dir);
     clean_before(&dir, after);
+    let sysid = ctx.recorded_sysid().await?;
     // The segment size comes from the segment just restored (or a prefetched one).
     let seg_size = segment_size_hint(&ctx, &seg).unwrap_or_default();
     let sem = Arc::new(tokio::sync::Semaphore::new(MAX_PARALLEL));
@@ -227,7 +283,7 @@ pub async fn prefetch(ctx: Arc<WalContext>, after: &str) -> Result<usize> {
         let (ctx, sem) = (ctx.clone(), sem.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let res = download(&ctx, &WalName::Segment(next), &target).await;
+            let res = download(&ctx, &WalName::Segment(next), &target, sysid).await;
             drop(claim);
             (name, res)
         }));
@@ -270,39 +326,77 @@ fn clean_before(dir: &Path, current: &str) {
     }
 }
 
-/// Marks a segment as being prefetched, so concurrent prefetchers skip it.
-struct Claim(PathBuf);
+/// Marks a segment as being prefetched, so concurrent prefetchers skip it: an exclusive
+/// `flock` on `.<name>.claim`, held while the download runs. A killed prefetcher's claim is
+/// free at once (the kernel drops its lock), so it never blocks the segment.
+struct Claim {
+    path: PathBuf,
+    _file: std::fs::File,
+}
 
 impl Claim {
     fn take(dir: &Path, name: &str) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
         let path = dir.join(format!(".{name}.claim"));
-        let open = || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-        };
-        match open() {
-            Ok(_) => Some(Claim(path)),
-            Err(_) => {
-                let stale = std::fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .is_some_and(|age| age > STALE_CLAIM);
-                if stale {
-                    let _ = std::fs::remove_file(&path);
-                    open().ok().map(|_| Claim(path.clone()))
-                } else {
-                    None
-                }
-            }
-        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .ok()?;
+        file.try_lock().ok()?;
+        // Its holder may have removed it as we opened it: then it was just done.
+        let same = std::fs::metadata(&path).ok()?.ino() == file.metadata().ok()?.ino();
+        same.then_some(Claim { path, _file: file })
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_left_by_a_killed_prefetcher_is_free_and_a_held_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "000000010000000000000002";
+        // A killed prefetcher's claim: the file is there, nobody holds its lock.
+        std::fs::write(dir.path().join(format!(".{name}.claim")), b"").unwrap();
+        let held = Claim::take(dir.path(), name).expect("a stale claim is free");
+        assert!(Claim::take(dir.path(), name).is_none());
+        drop(held);
+        assert!(!dir.path().join(format!(".{name}.claim")).exists());
+        assert!(Claim::take(dir.path(), name).is_some());
+    }
+
+    #[test]
+    fn a_decoded_object_must_be_the_whole_named_segment() {
+        let seg = SegmentId {
+            timeline: 1,
+            log: 0,
+            seg: 3,
+        };
+        let size = 1u64 << 20;
+        let mut head = [0u8; SEGMENT_HEAD_LEN];
+        head[0..2].copy_from_slice(&0xD10Du16.to_le_bytes());
+        head[2..4].copy_from_slice(&2u16.to_le_bytes());
+        head[4..8].copy_from_slice(&1u32.to_le_bytes());
+        head[8..16].copy_from_slice(&(3 * size).to_le_bytes());
+        head[24..32].copy_from_slice(&9u64.to_le_bytes());
+        head[32..36].copy_from_slice(&(size as u32).to_le_bytes());
+        assert!(check_decoded(&seg, &head, size, Some(9)).is_ok());
+        for (len, sysid) in [(size - 1, Some(9)), (size + 1, None), (size, Some(8))] {
+            let e = check_decoded(&seg, &head, len, sysid).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert!(e.to_string().contains("does not hold segment"), "{e}");
+        }
+        let other = SegmentId { seg: 4, ..seg };
+        assert!(check_decoded(&other, &head, size, None).is_err());
+        assert!(check_decoded(&seg, &head[..20], size, None).is_err());
     }
 }

@@ -223,6 +223,78 @@ impl LongPageHeader {
     }
 }
 
+/// `XLOG_PAGE_MAGIC` of each PostgreSQL major version walkeeper reads (src/include/access/
+/// xlog_internal.h): a page header with any other magic is not WAL of a supported server.
+pub const WAL_PAGE_MAGICS: [(u16, u32); 8] = [
+    (0xD097, 10),
+    (0xD098, 11),
+    (0xD101, 12),
+    (0xD106, 13),
+    (0xD10D, 14),
+    (0xD110, 15),
+    (0xD113, 16),
+    (0xD116, 17),
+];
+
+/// The bytes of the first page that [`check_segment_head`] reads.
+pub const SEGMENT_HEAD_LEN: usize = 40;
+
+/// Checks that the first [`SEGMENT_HEAD_LEN`] bytes of a file are the long page header of
+/// segment `seg`: a known magic, the long-header flag, a valid segment size, the page address of
+/// the segment's first byte, a timeline not above the name's, and, when `sysid` is given, that
+/// system identifier. Returns the header and its segment size; the message says what differs.
+///
+/// The timeline may be *lower* than the name's: at promotion PostgreSQL copies the old
+/// timeline's last segment into the new timeline's file name (XLogInitNewTimeline), so that
+/// file's first page still carries the old timeline. A higher one never happens.
+pub fn check_segment_head(
+    head: &[u8],
+    seg: &SegmentId,
+    sysid: Option<u64>,
+) -> std::result::Result<(LongPageHeader, WalSegSize), String> {
+    let Some(magic) = head.get(0..2).map(|b| u16::from_le_bytes([b[0], b[1]])) else {
+        return Err("shorter than a page header".into());
+    };
+    if !WAL_PAGE_MAGICS.iter().any(|(m, _)| *m == magic) {
+        return Err(format!(
+            "page magic {magic:#06X} is not the WAL magic of PostgreSQL 10 to 17"
+        ));
+    }
+    let h = LongPageHeader::parse(head).ok_or("the first page has no long header")?;
+    let seg_size = WalSegSize::new(h.seg_size as u64).map_err(|_| {
+        format!(
+            "header segment size {} is not a WAL segment size",
+            h.seg_size
+        )
+    })?;
+    let want = seg.start_lsn(seg_size);
+    if h.page_addr != want {
+        return Err(format!(
+            "the first page is at {:X}/{:X}, not {:X}/{:X} where {} begins",
+            h.page_addr >> 32,
+            h.page_addr & 0xFFFF_FFFF,
+            want >> 32,
+            want & 0xFFFF_FFFF,
+            seg.name()
+        ));
+    }
+    if h.timeline > seg.timeline {
+        return Err(format!(
+            "the header's timeline {} is above the name's {}",
+            h.timeline, seg.timeline
+        ));
+    }
+    if let Some(expected) = sysid {
+        if h.system_identifier != expected {
+            return Err(format!(
+                "system identifier {} is not the archive's {expected}: WAL of another cluster",
+                h.system_identifier
+            ));
+        }
+    }
+    Ok((h, seg_size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +351,57 @@ mod tests {
         }
         let parsed: Result<WalSegSize, _> = serde_json::from_str("0");
         assert!(parsed.is_err());
+    }
+
+    fn head(magic: u16, tli: u32, addr: u64, sysid: u64, size: u32) -> [u8; 40] {
+        let mut h = [0u8; 40];
+        h[0..2].copy_from_slice(&magic.to_le_bytes());
+        h[2..4].copy_from_slice(&2u16.to_le_bytes());
+        h[4..8].copy_from_slice(&tli.to_le_bytes());
+        h[8..16].copy_from_slice(&addr.to_le_bytes());
+        h[24..32].copy_from_slice(&sysid.to_le_bytes());
+        h[32..36].copy_from_slice(&size.to_le_bytes());
+        h[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn a_segment_head_must_name_the_segment_timeline_size_and_cluster() {
+        let seg = segment("000000020000000100000003").unwrap();
+        let addr = (0x100 + 3) * (16u64 << 20);
+        let ok = head(0xD110, 2, addr, 42, 16 << 20);
+        assert!(check_segment_head(&ok, &seg, Some(42)).is_ok());
+        assert!(check_segment_head(&ok, &seg, None).is_ok());
+        // Every supported major's magic, and the old timeline of a copied segment.
+        for (m, _) in WAL_PAGE_MAGICS {
+            assert!(check_segment_head(&head(m, 1, addr, 42, 16 << 20), &seg, Some(42)).is_ok());
+        }
+        let bad: [(&str, [u8; 40]); 7] = [
+            ("magic", head(0xD093, 2, addr, 42, 16 << 20)),
+            ("magic", head(0, 2, addr, 42, 16 << 20)),
+            ("timeline", head(0xD110, 3, addr, 42, 16 << 20)),
+            ("not 1/", head(0xD110, 2, addr + (16 << 20), 42, 16 << 20)),
+            ("segment size", head(0xD110, 2, addr, 42, 0)),
+            ("not 1/", head(0xD110, 2, addr, 42, 1 << 20)),
+            ("system identifier 43", head(0xD110, 2, addr, 43, 16 << 20)),
+        ];
+        for (what, h) in bad {
+            let e = check_segment_head(&h, &seg, Some(42)).unwrap_err();
+            assert!(e.contains(what), "{what}: {e}");
+        }
+        let mut short = ok;
+        short[2] = 0; // no XLP_LONG_HEADER
+        assert!(check_segment_head(&short, &seg, None).is_err());
+        assert!(check_segment_head(&ok[..10], &seg, None).is_err());
+        assert!(check_segment_head(&[], &seg, None).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_checked_without_panicking(bytes in proptest::collection::vec(0u8..=255, 0..64), tli in 0u32..4) {
+            let seg = SegmentId { timeline: tli, log: 0, seg: 1 };
+            let _ = check_segment_head(&bytes, &seg, Some(1));
+            let _ = LongPageHeader::parse(&bytes);
+        }
     }
 }

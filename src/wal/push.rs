@@ -19,8 +19,8 @@ use crate::cluster::{Leadership, PushDecision};
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
 use crate::storage::local::ensure_dir;
-use crate::wal::names::WalName;
-use crate::wal::WalContext;
+use crate::wal::names::{check_segment_head, WalName, SEGMENT_HEAD_LEN};
+use crate::wal::{sweep_stale_temps, WalContext};
 
 /// Look-ahead uploads run at most this many at once (and at most one per core), to keep memory
 /// bounded.
@@ -93,6 +93,8 @@ pub async fn wal_push(
     spawn_with: Option<&[OsString]>,
 ) -> Result<(WalName, PushOutcome)> {
     let (name, path) = validate_source(&ctx, arg)?;
+    sweep_stale_temps(&ctx.pg_wal);
+    sweep_stale_temps(&ctx.state_dir);
     // A running uploader goes on to the newer `.ready` files itself: no listing, no spawn.
     if let (Some(global), true) = (
         spawn_with,
@@ -244,6 +246,113 @@ fn record_path(ctx: &WalContext, name: &WalName) -> PathBuf {
     ctx.state_dir.join("pushed").join(name.to_string())
 }
 
+/// What a look-ahead upload records: which local file (by identity) went to which object of
+/// which archive, and how large that object is. It is trusted only for the same file and the
+/// same archive, and only while a HEAD of the object finds it with that size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PushRecord {
+    identity: String,
+    archive: String,
+    key: String,
+    size: u64,
+}
+
+impl PushRecord {
+    const VERSION: &'static str = "walkeeper-pushed-v2";
+
+    fn render(&self) -> String {
+        format!(
+            "{}\nidentity {}\narchive {}\nkey {}\nsize {}\n",
+            Self::VERSION,
+            self.identity,
+            self.archive,
+            self.key,
+            self.size
+        )
+    }
+
+    /// None for anything else (an older record without archive or key is not trusted).
+    fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        if lines.next()? != Self::VERSION {
+            return None;
+        }
+        let mut field = |name: &str| -> Option<String> {
+            lines
+                .next()?
+                .strip_prefix(name)?
+                .strip_prefix(' ')
+                .map(String::from)
+        };
+        Some(PushRecord {
+            identity: field("identity")?,
+            archive: field("archive")?,
+            key: field("key")?,
+            size: field("size")?.parse().ok()?,
+        })
+    }
+}
+
+/// Is the look-ahead record of `name` proof that `path` is archived? Only when it was made for
+/// this very file, for this archive, and the object is still there with the recorded size.
+async fn record_holds(ctx: &WalContext, rec: &Path, path: &Path) -> Result<bool> {
+    let Ok(text) = std::fs::read_to_string(rec) else {
+        return Ok(false);
+    };
+    let Some(r) = PushRecord::parse(&text) else {
+        return Ok(false);
+    };
+    let now = file_identity(path).map_err(|e| Error::io(path, e))?;
+    if r.identity != now || r.archive != ctx.archive_id {
+        return Ok(false);
+    }
+    Ok(ctx
+        .store
+        .head(&r.key)
+        .await?
+        .is_some_and(|m| m.size == r.size))
+}
+
+/// Refuses a segment file that is not a whole segment of this cluster: its long page header
+/// must name this segment (address, timeline, segment size), its size must be the header's
+/// segment size, and its system identifier the archive's, when the archive knows one.
+/// `.partial`, `.history` and `.backup` files keep their own rules.
+async fn check_source_segment(ctx: &WalContext, name: &WalName, path: &Path) -> Result<()> {
+    let WalName::Segment(seg) = name else {
+        return Ok(());
+    };
+    let refuse = |msg: String| {
+        Error::BadInput(format!(
+            "{}: not archiving: not segment {name} of this cluster: {msg}",
+            path.display()
+        ))
+    };
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut head = Vec::with_capacity(SEGMENT_HEAD_LEN);
+    (&mut f)
+        .take(SEGMENT_HEAD_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, e))?;
+    if head.len() < SEGMENT_HEAD_LEN {
+        return Err(refuse(format!("{len} bytes, shorter than a page header")));
+    }
+    let (h, size) = check_segment_head(&head, seg, None).map_err(refuse)?;
+    if len != size.get() {
+        return Err(refuse(format!(
+            "{len} bytes, but its header's segment size is {size}"
+        )));
+    }
+    match ctx.archive_sysid(h.system_identifier).await? {
+        Some(archived) if archived != h.system_identifier => Err(refuse(format!(
+            "its system identifier is {}, but the archive {} belongs to the cluster with system \
+             identifier {archived}; two clusters must not share a prefix",
+            h.system_identifier, ctx.store.description
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The identity of a local file, cheap to check: size, mtime and inode.
 fn file_identity(path: &Path) -> io::Result<String> {
     let m = std::fs::metadata(path)?;
@@ -288,12 +397,13 @@ async fn push_locked(
     record: bool,
 ) -> Result<PushOutcome> {
     let started = Instant::now();
+    check_source_segment(ctx, name, path).await?;
 
-    // A look-ahead upload of this very file, recorded once durable.
+    // A look-ahead upload of this very file to this archive, recorded once durable, and still
+    // there.
     let rec = record_path(ctx, name);
-    if let Ok(saved) = std::fs::read_to_string(&rec) {
-        let now = file_identity(path).map_err(|e| Error::io(path, e))?;
-        if saved.trim() == now {
+    if rec.exists() {
+        if record_holds(ctx, &rec, path).await? {
             if !record {
                 let _ = std::fs::remove_file(&rec);
             }
@@ -306,10 +416,10 @@ async fn push_locked(
     let stem = name.key_stem();
     let exts: Vec<&str> = Compression::ALL.iter().map(|c| c.ext()).collect();
     let existing = ctx.store.find_stem(&stem, &exts).await?;
-    let outcome = if let Some((key, _)) = existing.first() {
+    let (outcome, stored) = if let Some((key, meta)) = existing.first() {
         // Identical content is success for any member; no need to ask who leads.
         compare_existing(ctx, name, path, key).await?;
-        PushOutcome::AlreadyArchived
+        (PushOutcome::AlreadyArchived, (key.clone(), meta.size))
     } else {
         let size = std::fs::metadata(path)
             .map_err(|e| Error::io(path, e))?
@@ -337,26 +447,36 @@ async fn push_locked(
             })
             .await;
         match put {
-            Ok(bytes_out) => PushOutcome::Uploaded {
-                bytes_in: bytes_in.load(std::sync::atomic::Ordering::Relaxed),
-                bytes_out,
-            },
+            Ok(bytes_out) => (
+                PushOutcome::Uploaded {
+                    bytes_in: bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+                    bytes_out,
+                },
+                (key, bytes_out),
+            ),
             Err(Error::Storage {
                 source: object_store::Error::AlreadyExists { .. },
                 ..
             }) => {
                 // Another writer won the race; it must have stored the same bytes.
                 compare_existing(ctx, name, path, &key).await?;
-                PushOutcome::AlreadyArchived
+                let size = ctx.store.head(&key).await?.map(|m| m.size).unwrap_or(0);
+                (PushOutcome::AlreadyArchived, (key, size))
             }
             Err(e) => return Err(e),
         }
     };
     if record {
-        let id = file_identity(path).map_err(|e| Error::io(path, e))?;
+        let r = PushRecord {
+            identity: file_identity(path).map_err(|e| Error::io(path, e))?,
+            archive: ctx.archive_id.clone(),
+            key: stored.0,
+            size: stored.1,
+        };
         let dir = ctx.state_dir.join("pushed");
         ensure_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        std::fs::write(&rec, id).map_err(|e| Error::io(&rec, e))?;
+        // Not fsynced: a torn record does not parse, or names a size the HEAD does not find.
+        std::fs::write(&rec, r.render()).map_err(|e| Error::io(&rec, e))?;
     }
     log_outcome(name, outcome, started);
     Ok(outcome)
@@ -589,5 +709,288 @@ impl AheadLock {
 impl Drop for NameLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    const SYSID: u64 = 7_000_000_000_000_000_001;
+    const SEG: usize = 1 << 20;
+
+    struct Env {
+        _dir: tempfile::TempDir,
+        archive: PathBuf,
+        pgdata: PathBuf,
+    }
+
+    impl Env {
+        fn new() -> Env {
+            let dir = tempfile::tempdir().unwrap();
+            let archive = dir.path().join("archive");
+            let pgdata = dir.path().join("data");
+            std::fs::create_dir_all(&archive).unwrap();
+            std::fs::create_dir_all(pgdata.join("pg_wal/archive_status")).unwrap();
+            Env {
+                _dir: dir,
+                archive,
+                pgdata,
+            }
+        }
+
+        fn ctx_at(&self, archive: &Path) -> Arc<WalContext> {
+            let process = [(
+                "WALG_FILE_PREFIX".to_string(),
+                archive.display().to_string(),
+            )]
+            .into_iter()
+            .collect();
+            let settings = Settings::from_sources(process, None, None).unwrap();
+            Arc::new(WalContext::new(settings, Some(&self.pgdata)).unwrap())
+        }
+
+        fn ctx(&self) -> Arc<WalContext> {
+            self.ctx_at(&self.archive)
+        }
+
+        /// Writes a 1 MiB segment file whose header says `(tli, segno, sysid)`, under `name`.
+        fn segment(&self, name: &str, tli: u32, segno: u64, sysid: u64) -> PathBuf {
+            let mut v = vec![0x5au8; SEG];
+            v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+            v[2..4].copy_from_slice(&2u16.to_le_bytes());
+            v[4..8].copy_from_slice(&tli.to_le_bytes());
+            v[8..16].copy_from_slice(&(segno * SEG as u64).to_le_bytes());
+            v[24..32].copy_from_slice(&sysid.to_le_bytes());
+            v[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
+            v[36..40].copy_from_slice(&8192u32.to_le_bytes());
+            let p = self.pgdata.join("pg_wal").join(name);
+            std::fs::write(&p, v).unwrap();
+            p
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn leadership() -> Leadership {
+        let settings = Settings::from_sources(Default::default(), None, None).unwrap();
+        Leadership::from_settings(&settings).unwrap()
+    }
+
+    fn objects(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+        out.retain(|p| !p.starts_with(".walkeeper-tmp"));
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_record_renders_and_parses_back_and_rejects_older_or_torn_ones() {
+        let r = PushRecord {
+            identity: "16777216 1 2 3".into(),
+            archive: "ab".repeat(32),
+            key: "wal_005/000000010000000000000001.lz4".into(),
+            size: 1234,
+        };
+        assert_eq!(PushRecord::parse(&r.render()), Some(r.clone()));
+        // The record format before archives were bound: identity only.
+        assert_eq!(PushRecord::parse("16777216 1 2 3"), None);
+        let text = r.render();
+        for cut in 0..text.len() - " 1234\n".len() {
+            assert_eq!(PushRecord::parse(&text[..cut]), None, "{cut}");
+        }
+    }
+
+    #[test]
+    fn a_record_holds_only_for_its_file_its_archive_and_an_object_still_there() {
+        let env = Env::new();
+        let rt = rt();
+        let ctx = env.ctx();
+        let name = WalName::parse("000000010000000000000001").unwrap();
+        let path = env.segment(&name.to_string(), 1, 1, SYSID);
+        let l = leadership();
+        let pushed = rt
+            .block_on(push_locked(&ctx, &l, &name, &path, true))
+            .unwrap();
+        assert!(matches!(pushed, PushOutcome::Uploaded { .. }));
+        let rec = record_path(&ctx, &name);
+        assert!(rt.block_on(record_holds(&ctx, &rec, &path)).unwrap());
+        assert_eq!(
+            rt.block_on(push_locked(&ctx, &l, &name, &path, true))
+                .unwrap(),
+            PushOutcome::Recorded
+        );
+
+        // Another archive: the record says nothing about it.
+        let other = env.archive.with_file_name("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let ctx2 = env.ctx_at(&other);
+        assert!(!rt.block_on(record_holds(&ctx2, &rec, &path)).unwrap());
+
+        // The object removed behind walkeeper's back.
+        let key = env.archive.join(objects(&env.archive)[0].clone());
+        std::fs::remove_file(&key).unwrap();
+        assert!(!rt.block_on(record_holds(&ctx, &rec, &path)).unwrap());
+        let again = rt
+            .block_on(push_locked(&ctx, &l, &name, &path, false))
+            .unwrap();
+        assert!(matches!(again, PushOutcome::Uploaded { .. }), "{again:?}");
+        assert!(key.exists());
+
+        // The same name, another file (a recycled segment rewritten): not this record's.
+        rt.block_on(push_locked(&ctx, &l, &name, &path, true))
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        env.segment(&name.to_string(), 1, 1, SYSID);
+        assert!(!rt.block_on(record_holds(&ctx, &rec, &path)).unwrap());
+    }
+
+    #[test]
+    fn segment_files_that_are_not_this_segment_are_refused_before_any_upload() {
+        let env = Env::new();
+        let rt = rt();
+        let ctx = env.ctx();
+        let l = leadership();
+        let name = WalName::parse("000000020000000000000003").unwrap();
+        let path = env.pgdata.join("pg_wal").join(name.to_string());
+        let full = |tli, segno, sysid| {
+            env.segment(&name.to_string(), tli, segno, sysid);
+            std::fs::read(&path).unwrap()
+        };
+        let good = full(2, 3, SYSID);
+        let mut cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("half", good[..SEG / 2].to_vec()),
+            ("longer", [good.clone(), vec![0; 4096]].concat()),
+            ("another segment", full(2, 4, SYSID)),
+            ("a later timeline", full(3, 3, SYSID)),
+        ];
+        let mut bad_magic = good.clone();
+        bad_magic[0] = 0;
+        cases.push(("magic", bad_magic));
+        for (what, bytes) in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            let e = rt
+                .block_on(push_locked(&ctx, &l, &name, &path, false))
+                .unwrap_err();
+            assert!(matches!(e, Error::BadInput(_)), "{what}: {e}");
+            assert_eq!(e.exit_code(), 2, "{what}");
+            assert!(objects(&env.archive).is_empty(), "{what}");
+        }
+        // The old timeline's segment copied at promotion keeps its tli: archived.
+        std::fs::write(&path, full(1, 3, SYSID)).unwrap();
+        rt.block_on(push_locked(&ctx, &l, &name, &path, false))
+            .unwrap();
+        assert_eq!(objects(&env.archive).len(), 1);
+    }
+
+    #[test]
+    fn a_segment_of_another_cluster_is_refused_naming_both_identifiers() {
+        let env = Env::new();
+        let rt = rt();
+        let l = leadership();
+        std::fs::create_dir_all(env.archive.join("sysids")).unwrap();
+        std::fs::write(env.archive.join("sysids/sysid"), format!("{SYSID}\n")).unwrap();
+        let ctx = env.ctx();
+        let name = WalName::parse("000000010000000000000001").unwrap();
+        let path = env.segment(&name.to_string(), 1, 1, SYSID + 1);
+        let e = rt
+            .block_on(push_locked(&ctx, &l, &name, &path, false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&SYSID.to_string()), "{e}");
+        assert!(e.contains(&(SYSID + 1).to_string()), "{e}");
+        assert_eq!(objects(&env.archive), vec!["sysids/sysid".to_string()]);
+        env.segment(&name.to_string(), 1, 1, SYSID);
+        rt.block_on(push_locked(&ctx, &l, &name, &path, false))
+            .unwrap();
+        // Remembered for this archive: the next segment costs no request, and another cluster's
+        // is still refused (the remembered value is only a shortcut for a match).
+        let again = WalName::parse("000000010000000000000002").unwrap();
+        let p2 = env.segment(&again.to_string(), 1, 2, SYSID + 1);
+        assert!(rt
+            .block_on(push_locked(&ctx, &l, &again, &p2, false))
+            .is_err());
+    }
+
+    #[test]
+    fn a_sentinel_names_the_cluster_when_no_sysid_is_recorded() {
+        let env = Env::new();
+        let rt = rt();
+        let l = leadership();
+        let b = env.archive.join("basebackups_005");
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(
+            b.join("base_000000010000000000000002_backup_stop_sentinel.json"),
+            format!(r#"{{"LSN":"0/2000028","FinishLSN":"0/2000100","SystemIdentifier":{SYSID}}}"#),
+        )
+        .unwrap();
+        let ctx = env.ctx();
+        let name = WalName::parse("000000010000000000000003").unwrap();
+        let path = env.segment(&name.to_string(), 1, 3, 5);
+        let e = rt
+            .block_on(push_locked(&ctx, &l, &name, &path, false))
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+    }
+
+    #[test]
+    fn history_partial_and_backup_files_keep_their_own_rules() {
+        let env = Env::new();
+        let rt = rt();
+        let ctx = env.ctx();
+        let l = leadership();
+        for n in [
+            "00000002.history",
+            "000000010000000000000005.partial",
+            "000000010000000000000002.00000028.backup",
+        ] {
+            let path = env.pgdata.join("pg_wal").join(n);
+            std::fs::write(&path, b"not a segment header").unwrap();
+            let name = WalName::parse(n).unwrap();
+            rt.block_on(push_locked(&ctx, &l, &name, &path, false))
+                .unwrap();
+        }
+        assert_eq!(objects(&env.archive).len(), 3);
+    }
+
+    #[test]
+    fn a_name_lock_is_exclusive_and_its_release_frees_it() {
+        let env = Env::new();
+        let rt = rt();
+        let ctx = env.ctx();
+        let name = WalName::parse("000000010000000000000001").unwrap();
+        let held = rt.block_on(NameLock::acquire(&ctx, &name)).unwrap();
+        assert!(NameLock::is_held(&ctx, &name));
+        assert!(rt
+            .block_on(NameLock::try_acquire(&ctx, &name))
+            .unwrap()
+            .is_none());
+        drop(held);
+        assert!(!NameLock::is_held(&ctx, &name));
+        let again = rt.block_on(NameLock::try_acquire(&ctx, &name)).unwrap();
+        assert!(again.is_some());
+
+        let ahead = AheadLock::try_acquire(&ctx).unwrap().expect("free");
+        assert!(AheadLock::is_held(&ctx));
+        assert!(AheadLock::try_acquire(&ctx).unwrap().is_none());
+        drop(ahead);
+        assert!(!AheadLock::is_held(&ctx));
     }
 }
