@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -25,6 +26,8 @@ pub struct Metrics {
     pub wal_push_requests: Counter,
     pub wal_fetch_requests: Counter,
     pub restarts: Counter,
+    /// Agent duties that failed or panicked, by `duty` (each is restarted).
+    pub duty_failures: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -52,6 +55,7 @@ impl Metrics {
             wal_push_requests: Counter::default(),
             wal_fetch_requests: Counter::default(),
             restarts: Counter::default(),
+            duty_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +132,11 @@ impl Metrics {
             "restarts",
             "Point-in-time restarts started",
             m.restarts.clone(),
+        );
+        registry.register(
+            "duty_failures",
+            "Agent duties that failed or panicked (each is logged and restarted)",
+            m.duty_failures.clone(),
         );
         Metrics { registry, ..m }
     }
