@@ -278,7 +278,9 @@ fn sentinels_with_a_bad_segment_size_fail_every_command_cleanly() {
         let name = a.backup_with(2, 3, 20, false, bad);
         let key = format!("basebackups_005/{name}_backup_stop_sentinel.json");
         let before = a.snapshot();
+        let datadir = format!("--datadir={}", a.scratch.path().join("replica").display());
         for args in [
+            &["create-replica", &datadir][..],
             &["backup-list"][..],
             &["backup-list", "--detail"][..],
             &["backup-list", "--json"][..],
