@@ -2,7 +2,7 @@
 //!
 //! | endpoint | |
 //! |---|---|
-//! | `GET /health` | 200 once the agent is ready (its startup check is done), else 503 |
+//! | `GET /health` | 200 once the agent is ready (its startup check is done) and no duty is down, else 503 |
 //! | `GET /status` | role, leader, last archived segment, archive lag, last backup and its age |
 //! | `GET /leadership` | who holds the leader key and how long it lasts (wal-push asks this) |
 //! | `GET /backups` | the backup list (JSON) |
@@ -110,6 +110,13 @@ async fn require_token(
 }
 
 async fn health(State(agent): Shared) -> Response {
+    let down = agent.supervisor.down();
+    if !down.is_empty() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("agent duty down (failed; restarting): {}", down.join(", ")),
+        );
+    }
     if *agent.ready.borrow() {
         (
             StatusCode::OK,

@@ -1,18 +1,24 @@
 //! `delete`: retention. Dry run by default; every key is printed before anything is deleted.
 //!
-//! A backup's sentinel goes first (it stops being listed), then its objects. WAL is deleted only
-//! below the oldest kept backup's start, so every kept backup can still be restored to the
-//! newest point; `.history` files are kept (they are tiny and any timeline may need them).
-//! Deleting a key twice is not an error, so two runs at once are safe.
+//! Rules (retention never deletes what must be kept):
+//! - `retain N`, `before NAME` and the agent's policy select the backups to keep; every
+//!   permanent backup (`IsPermanent` in its sentinel) is kept as well.
+//! - WAL is deleted only below the oldest selected backup's start segment; the segments from
+//!   each permanent backup's start to its stop segment are kept too.
+//! - `.history` files and backups still being written (parts, no sentinel) are deleted only by
+//!   `delete everything`.
+//! - With no complete backup to keep, `retain`/`before` refuse (they would empty the archive's
+//!   WAL); `delete everything` refuses while a permanent backup exists, unless forced.
+//!
+//! A backup's sentinel goes first (it stops being listed), then its objects. Deleting a key twice
+//! is not an error, so two runs at once are safe.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{
-    list_backups, sentinel_key, BackupInfo, BACKUP_FOLDER, DEFAULT_SEG_SIZE, SENTINEL_SUFFIX,
-};
+use super::{list_backups, sentinel_key, BackupInfo, BACKUP_FOLDER, SENTINEL_SUFFIX};
 use crate::error::{Error, Result};
 use crate::storage::Store;
-use crate::wal::names::{WalName, WAL_FOLDER};
+use crate::wal::names::{WalName, WalSegSize, WAL_FOLDER};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Retention {
@@ -22,8 +28,8 @@ pub enum Retention {
     RetainYoung(usize, chrono::Duration),
     /// Keep this backup and the newer ones.
     Before(String),
-    /// Delete every backup and all WAL.
-    Everything,
+    /// Delete every backup and all WAL; permanent backups only when `force`.
+    Everything { force: bool },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -34,20 +40,28 @@ pub struct Plan {
     pub keys: Vec<String>,
 }
 
-pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
-    let backups = list_backups(store).await?;
-    let kept: Vec<&BackupInfo> = match retention {
-        Retention::Retain(0) => {
-            return Err(Error::BadInput(
-                "retain 0 would delete every backup; say `delete everything`".into(),
-            ))
-        }
+/// A segment range (by segment number, inclusive) that a permanent backup needs.
+#[derive(Debug, Clone, Copy)]
+struct KeptRange {
+    first: u64,
+    last: u64,
+    seg_size: WalSegSize,
+}
+
+fn no_backup_to_keep(what: &str) -> Error {
+    Error::BadInput(format!(
+        "{what}: the archive holds no complete backup to keep, so this would delete all of its WAL; \
+         nothing was deleted (to empty the archive, say `delete everything`)"
+    ))
+}
+
+/// Which complete backups the rule selects (before permanent ones are added).
+fn select<'a>(backups: &'a [BackupInfo], retention: &Retention) -> Result<Vec<&'a BackupInfo>> {
+    let retain_zero =
+        || Error::BadInput("retain 0 would delete every backup; say `delete everything`".into());
+    Ok(match retention {
+        Retention::Retain(0) | Retention::RetainYoung(0, _) => return Err(retain_zero()),
         Retention::Retain(n) => backups.iter().rev().take(*n).collect(),
-        Retention::RetainYoung(0, _) => {
-            return Err(Error::BadInput(
-                "retain 0 would delete every backup; say `delete everything`".into(),
-            ))
-        }
         Retention::RetainYoung(n, min_age) => {
             let young = chrono::Utc::now() - *min_age;
             backups
@@ -62,26 +76,84 @@ pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
                 .iter()
                 .position(|b| &b.name == name)
                 .ok_or_else(|| {
-                    Error::BadInput(format!("backup {name:?} not found (or incomplete)"))
+                    Error::BadInput(format!(
+                        "backup {name:?} not found (or incomplete); nothing was deleted"
+                    ))
                 })?;
             backups[idx..].iter().collect()
         }
-        Retention::Everything => Vec::new(),
-    };
-    let kept_names: BTreeSet<&str> = kept.iter().map(|b| b.name.as_str()).collect();
-    // The oldest WAL position a kept backup needs.
-    let floor = kept.iter().map(|b| (b.start_lsn.0, b.seg_size)).min();
+        Retention::Everything { .. } => Vec::new(),
+    })
+}
+
+/// The keys retention would delete, in order. Pure: `backups` are the complete backups (oldest
+/// first), `backup_keys` every key under `basebackups_005/`, `wal_keys` every key under
+/// `wal_005/`.
+pub fn plan_keys(
+    backups: &[BackupInfo],
+    backup_keys: &[String],
+    wal_keys: &[String],
+    retention: &Retention,
+) -> Result<Plan> {
+    let everything = matches!(retention, Retention::Everything { .. });
+    let selected = select(backups, retention)?;
+    if !everything && selected.is_empty() {
+        return Err(no_backup_to_keep(match retention {
+            Retention::Before(_) => "delete before",
+            _ => "delete retain",
+        }));
+    }
+    let permanent: Vec<&BackupInfo> = backups.iter().filter(|b| b.is_permanent).collect();
+    if let Retention::Everything { force: false } = retention {
+        if !permanent.is_empty() {
+            return Err(Error::BadInput(format!(
+                "delete everything: the archive holds permanent backups ({}); nothing was deleted \
+                 (`delete everything --force` (or FORCE) removes them too)",
+                permanent
+                    .iter()
+                    .map(|b| b.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let mut kept_names: BTreeSet<&str> = selected.iter().map(|b| b.name.as_str()).collect();
+    let mut ranges = Vec::new();
+    if !everything {
+        for b in &permanent {
+            kept_names.insert(b.name.as_str());
+            if let (Ok(WalName::Segment(start)), Ok(WalName::Segment(stop))) = (
+                WalName::parse(&b.start_segment),
+                WalName::parse(&b.stop_segment),
+            ) {
+                ranges.push(KeptRange {
+                    first: start.segno(b.seg_size),
+                    last: stop.segno(b.seg_size).max(start.segno(b.seg_size)),
+                    seg_size: b.seg_size,
+                });
+            }
+        }
+    }
+    // The oldest WAL position a selected backup needs: everything from there on is kept.
+    let floor = selected
+        .iter()
+        .map(|b| (b.start_lsn.0 / b.seg_size.get(), b.seg_size))
+        .min_by_key(|(segno, _)| *segno);
 
     let mut plan = Plan {
-        kept: kept.iter().map(|b| b.name.clone()).collect(),
+        kept: backups
+            .iter()
+            .filter(|b| kept_names.contains(b.name.as_str()))
+            .map(|b| b.name.clone())
+            .collect(),
         ..Default::default()
     };
     // Group every object under basebackups_005 by backup name.
     let mut folders: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (key, _) in store.list(BACKUP_FOLDER).await? {
+    for key in backup_keys {
         let rest = key
             .strip_prefix(&format!("{BACKUP_FOLDER}/"))
-            .unwrap_or(&key);
+            .unwrap_or(key);
         let name = rest
             .strip_suffix(SENTINEL_SUFFIX)
             .unwrap_or_else(|| rest.split('/').next().unwrap_or(rest));
@@ -95,13 +167,9 @@ pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
         let delete = if complete.contains(name.as_str()) {
             !kept_names.contains(name.as_str())
         } else {
-            // Incomplete (no sentinel): a failed push, or one still running. Only leftovers
-            // older than everything kept are removed.
-            match (floor, backup_start_segno(name)) {
-                (None, _) => true,
-                (Some((lsn, seg)), Some(segno)) => segno < lsn / seg.get(),
-                _ => false,
-            }
+            // No sentinel: a backup still being written (or a failed one). Retention cannot
+            // tell them apart, so only `delete everything` removes it.
+            everything
         };
         if !delete {
             continue;
@@ -113,34 +181,51 @@ pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
         plan.keys
             .extend(keys.iter().filter(|k| **k != sentinel_key(name)).cloned());
     }
-    // WAL below the floor (all of it for `everything`).
-    for (key, _) in store.list(WAL_FOLDER).await? {
+    // WAL below the floor and outside every permanent backup's range (all of it for
+    // `everything`); never a `.history` file except for `everything`.
+    for key in wal_keys {
         let file = key.rsplit('/').next().unwrap_or("");
         let base = file.rsplit_once('.').map(|(b, _)| b).unwrap_or(file);
         let Ok(wal) = WalName::parse(base) else {
             continue;
         };
-        let delete = match (floor, &wal) {
-            (None, _) => true,
-            (Some(_), WalName::History(_)) => false,
+        let delete = match (&wal, floor) {
+            _ if everything => true,
+            (WalName::History(_), _) => false,
+            (_, None) => false,
             (
-                Some((lsn, seg_size)),
                 WalName::Segment(s) | WalName::Partial(s) | WalName::Backup(s, _),
-            ) => s.segno(seg_size) < lsn / seg_size.get(),
+                Some((floor_segno, seg_size)),
+            ) => {
+                s.segno(seg_size) < floor_segno
+                    && !ranges.iter().any(|r| {
+                        let n = s.segno(r.seg_size);
+                        (r.first..=r.last).contains(&n)
+                    })
+            }
         };
         if delete {
-            plan.keys.push(key);
+            plan.keys.push(key.clone());
         }
     }
     Ok(plan)
 }
 
-fn backup_start_segno(name: &str) -> Option<u64> {
-    let seg = name.strip_prefix("base_")?.get(0..24)?;
-    WalName::parse(seg)
-        .ok()?
-        .segment()
-        .map(|s| s.segno(DEFAULT_SEG_SIZE))
+pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
+    let backups = list_backups(store).await?;
+    let backup_keys: Vec<String> = store
+        .list(BACKUP_FOLDER)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let wal_keys: Vec<String> = store
+        .list(WAL_FOLDER)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    plan_keys(&backups, &backup_keys, &wal_keys, retention)
 }
 
 /// Deletes the planned keys in order. Missing keys are fine (another run got there first).
@@ -149,4 +234,195 @@ pub async fn execute(store: &Store, plan: &Plan) -> Result<usize> {
         store.delete(key).await?;
     }
     Ok(plan.keys.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::{Format, Lsn};
+
+    const SEG: u64 = 16 << 20;
+
+    /// A backup starting in segment `start` (timeline 1) and stopping in `stop`, finished
+    /// `age_h` hours ago.
+    fn backup(start: u64, stop: u64, age_h: i64, permanent: bool) -> BackupInfo {
+        let seg = |n: u64| format!("00000001{:08X}{:08X}", n / 256, n % 256);
+        BackupInfo {
+            name: format!("base_{}", seg(start)),
+            format: Format::WalG,
+            last_modified: chrono::Utc::now() - chrono::Duration::hours(age_h),
+            timeline: 1,
+            start_lsn: Lsn(start * SEG + 0x28),
+            finish_lsn: Lsn(stop * SEG + 0x100),
+            start_segment: seg(start),
+            start_offset: 0x28,
+            stop_segment: seg(stop),
+            stop_offset: 0x100,
+            expanded_size_bytes: None,
+            compressed_size: None,
+            seg_size: WalSegSize::DEFAULT,
+            finish_time: None,
+            system_identifier: None,
+            pg_version: None,
+            spec: None,
+            tar_partitions: None,
+            is_permanent: permanent,
+        }
+    }
+
+    fn wal(range: std::ops::Range<u64>) -> Vec<String> {
+        let mut v: Vec<String> = range
+            .map(|n| format!("wal_005/00000001{:08X}{:08X}.lz4", n / 256, n % 256))
+            .collect();
+        v.push("wal_005/00000002.history.lz4".into());
+        v
+    }
+
+    fn folder(b: &BackupInfo) -> Vec<String> {
+        vec![
+            sentinel_key(&b.name),
+            format!("{BACKUP_FOLDER}/{}/metadata.json", b.name),
+            format!("{BACKUP_FOLDER}/{}/tar_partitions/part_001.tar.lz4", b.name),
+        ]
+    }
+
+    fn seg_key(n: u64) -> String {
+        format!("wal_005/00000001{:08X}{:08X}.lz4", n / 256, n % 256)
+    }
+
+    #[test]
+    fn permanent_backups_and_their_wal_survive_retain_and_before() {
+        let perm = backup(2, 3, 50, true);
+        let old = backup(5, 6, 40, false);
+        let mid = backup(8, 9, 30, false);
+        let new = backup(11, 12, 20, false);
+        let all = vec![perm.clone(), old.clone(), mid.clone(), new.clone()];
+        let keys: Vec<String> = all.iter().flat_map(folder).collect();
+        let wal_keys = wal(1..14);
+        for r in [
+            Retention::Retain(1),
+            Retention::Before(new.name.clone()),
+            Retention::RetainYoung(1, chrono::Duration::zero()),
+        ] {
+            let p = plan_keys(&all, &keys, &wal_keys, &r).unwrap();
+            assert_eq!(
+                p.deleted_backups,
+                vec![old.name.clone(), mid.name.clone()],
+                "{r:?}"
+            );
+            assert_eq!(p.kept, vec![perm.name.clone(), new.name.clone()], "{r:?}");
+            assert!(!p.keys.iter().any(|k| k.contains(&perm.name)), "{r:?}");
+            // Below the floor (segment 11) only the permanent backup's 2..=3 stays.
+            let want: Vec<String> = [1u64, 4, 5, 6, 7, 8, 9, 10]
+                .iter()
+                .map(|n| seg_key(*n))
+                .collect();
+            let got: Vec<String> = p
+                .keys
+                .iter()
+                .filter(|k| k.starts_with("wal_005/"))
+                .cloned()
+                .collect();
+            assert_eq!(got, want, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn everything_refuses_while_a_permanent_backup_exists_unless_forced() {
+        let perm = backup(2, 3, 50, true);
+        let all = vec![perm.clone()];
+        let keys = folder(&perm);
+        let wal_keys = wal(1..5);
+        let e = plan_keys(
+            &all,
+            &keys,
+            &wal_keys,
+            &Retention::Everything { force: false },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(&perm.name) && e.contains("--force"), "{e}");
+        let p = plan_keys(
+            &all,
+            &keys,
+            &wal_keys,
+            &Retention::Everything { force: true },
+        )
+        .unwrap();
+        assert_eq!(p.deleted_backups, vec![perm.name.clone()]);
+        assert_eq!(p.keys.len(), keys.len() + wal_keys.len());
+        assert_eq!(
+            p.keys[0],
+            sentinel_key(&perm.name),
+            "the sentinel goes first"
+        );
+    }
+
+    #[test]
+    fn retain_and_before_refuse_without_a_complete_backup() {
+        let in_progress = vec![
+            "basebackups_005/base_000000010000000000000002/tar_partitions/part_001.tar.lz4"
+                .to_string(),
+        ];
+        for r in [
+            Retention::Retain(1),
+            Retention::RetainYoung(2, chrono::Duration::zero()),
+        ] {
+            let e = plan_keys(&[], &in_progress, &wal(1..5), &r)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("delete everything"), "{e}");
+        }
+        let e = plan_keys(
+            &[],
+            &in_progress,
+            &wal(1..5),
+            &Retention::Before("x".into()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nothing was deleted"), "{e}");
+    }
+
+    #[test]
+    fn in_progress_backups_and_history_files_survive_retention() {
+        let old = backup(5, 6, 40, false);
+        let new = backup(11, 12, 20, false);
+        let all = vec![old.clone(), new.clone()];
+        let running =
+            "basebackups_005/base_000000010000000000000001/tar_partitions/part_001.tar.lz4";
+        let mut keys: Vec<String> = all.iter().flat_map(folder).collect();
+        keys.push(running.to_string());
+        let p = plan_keys(&all, &keys, &wal(1..14), &Retention::Retain(1)).unwrap();
+        assert!(!p.keys.iter().any(|k| k == running), "{:?}", p.keys);
+        assert!(!p.keys.iter().any(|k| k.ends_with(".history.lz4")));
+        let p = plan_keys(
+            &all,
+            &keys,
+            &wal(1..14),
+            &Retention::Everything { force: false },
+        )
+        .unwrap();
+        assert!(p.keys.iter().any(|k| k == running));
+        assert!(p.keys.iter().any(|k| k.ends_with(".history.lz4")));
+    }
+
+    #[test]
+    fn agent_policy_keeps_young_backups_and_permanent_ones() {
+        let perm = backup(2, 3, 500, true);
+        let old = backup(5, 6, 400, false);
+        let young = backup(8, 9, 2, false);
+        let new = backup(11, 12, 1, false);
+        let all = vec![perm.clone(), old.clone(), young.clone(), new.clone()];
+        let keys: Vec<String> = all.iter().flat_map(folder).collect();
+        let p = plan_keys(
+            &all,
+            &keys,
+            &wal(1..14),
+            &Retention::RetainYoung(1, chrono::Duration::hours(24)),
+        )
+        .unwrap();
+        assert_eq!(p.deleted_backups, vec![old.name.clone()]);
+        assert_eq!(p.kept, vec![perm.name, young.name, new.name]);
+    }
 }

@@ -177,6 +177,27 @@ pub struct Sentinel {
     pub wal_segment_size: Option<WalSegSize>,
 }
 
+impl Sentinel {
+    /// Parses a stop sentinel read from `key` (named in the error, as is a bad field such as a
+    /// `WalSegmentSize` that is not a segment size).
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<Sentinel> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+            key: key.into(),
+            msg: format!("unreadable sentinel: {e}"),
+        })
+    }
+}
+
+impl Metadata {
+    /// Parses a `metadata.json` read from `key` (named in the error).
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<Metadata> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+            key: key.into(),
+            msg: format!("unreadable backup metadata: {e}"),
+        })
+    }
+}
+
 /// `metadata.json` (WAL-G's ExtendedMetadataDto).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Metadata {
@@ -237,6 +258,10 @@ pub struct BackupInfo {
     pub pg_version: Option<i64>,
     pub spec: Option<TablespaceSpec>,
     pub tar_partitions: Option<u32>,
+    /// Marked permanent (`backup-push --permanent`): retention keeps it and the WAL from its
+    /// start to its stop segment; only `delete everything --force` removes it.
+    #[serde(default)]
+    pub is_permanent: bool,
 }
 
 impl BackupInfo {
@@ -293,10 +318,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
         };
         let info = match format {
             Format::WalG => {
-                let s: Sentinel = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                    key: key.clone(),
-                    msg: format!("unreadable sentinel: {e}"),
-                })?;
+                let s = Sentinel::parse(&key, &bytes)?;
                 let seg_size = s.wal_segment_size.unwrap_or(DEFAULT_SEG_SIZE);
                 let timeline = if s.timeline > 0 {
                     s.timeline
@@ -323,6 +345,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     pg_version: Some(s.pg_version),
                     spec: s.spec,
                     tar_partitions: s.tar_partitions,
+                    is_permanent: s.is_permanent,
                 }
             }
             Format::WalE => {
@@ -360,6 +383,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     pg_version: None,
                     spec: s.spec,
                     tar_partitions: None,
+                    is_permanent: false,
                 }
             }
         };
@@ -445,5 +469,126 @@ mod tests {
         assert_eq!(v["16384"]["loc"], "/pg/ts1");
         let back: TablespaceSpec = serde_json::from_value(v).unwrap();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn sentinels_with_a_bad_segment_size_are_errors_naming_the_key() {
+        for size in ["0", "3221225472", "12345", "-1"] {
+            let text = format!(r#"{{"LSN":1,"FinishLSN":2,"WalSegmentSize":{size}}}"#);
+            let e = Sentinel::parse(
+                "basebackups_005/base_x_backup_stop_sentinel.json",
+                text.as_bytes(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("basebackups_005/base_x_backup_stop_sentinel.json"),
+                "{e}"
+            );
+        }
+        let e = Metadata::parse(
+            "basebackups_005/base_x/metadata.json",
+            b"{\"start_time\":3}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("basebackups_005/base_x/metadata.json"), "{e}");
+    }
+
+    fn sentinel_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let num = prop_oneof![
+            Just(serde_json::json!(0)),
+            Just(serde_json::json!(-1)),
+            Just(serde_json::json!(1u64 << 24)),
+            Just(serde_json::json!(3u64 << 30)),
+            any::<u64>().prop_map(|v| serde_json::json!(v)),
+            any::<i64>().prop_map(|v| serde_json::json!(v)),
+            ".*".prop_map(|v| serde_json::json!(v)),
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(|v| serde_json::json!(v)),
+        ];
+        const FIELDS: [&str; 14] = [
+            "LSN",
+            "FinishLSN",
+            "Timeline",
+            "WalSegmentSize",
+            "IsPermanent",
+            "TarPartitions",
+            "FinishTime",
+            "Spec",
+            "start_time",
+            "finish_time",
+            "start_lsn",
+            "finish_lsn",
+            "is_permanent",
+            "timeline",
+        ];
+        proptest::collection::vec((proptest::sample::select(&FIELDS[..]), num), 0..10).prop_map(
+            |kv| {
+                serde_json::Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sentinel_and_metadata_parsers_never_panic_on_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = Sentinel::parse("k", &bytes);
+            let _ = Metadata::parse("k", &bytes);
+        }
+
+        #[test]
+        fn sentinel_parser_accepts_only_valid_segment_sizes(v in sentinel_json()) {
+            let text = serde_json::to_vec(&v).unwrap();
+            let _ = Metadata::parse("k", &text);
+            match Sentinel::parse("k", &text) {
+                Ok(s) => {
+                    if let Some(size) = s.wal_segment_size {
+                        let n = size.get();
+                        proptest::prop_assert!(n.is_power_of_two() && (WalSegSize::MIN..=WalSegSize::MAX).contains(&n));
+                        // LSN arithmetic on it cannot panic.
+                        let _ = s.finish_lsn.prev_segment(1, size).name();
+                    }
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().contains("k")),
+            }
+        }
+
+        #[test]
+        fn backup_name_parser_never_panics(name in "\\PC*") {
+            let _ = parse_name(&name);
+        }
+
+        #[test]
+        fn backup_names_round_trip(tli in 1u32.., log in proptest::num::u32::ANY, seg in 0u32..256, off in proptest::option::of(0u64..100_000_000)) {
+            let seg_name = format!("{tli:08X}{log:08X}{seg:08X}");
+            let name = match off {
+                None => format!("base_{seg_name}"),
+                Some(o) => format!("base_{seg_name}_{o:08}"),
+            };
+            let (id, got_off, format) = parse_name(&name).unwrap();
+            proptest::prop_assert_eq!(id.name(), seg_name);
+            proptest::prop_assert_eq!(got_off, off);
+            proptest::prop_assert_eq!(format, if off.is_some() { Format::WalE } else { Format::WalG });
+        }
+
+        #[test]
+        fn wal_name_parser_never_panics(name in "[0-9A-Fa-f.a-z_]{0,40}", name2 in "\\PC*") {
+            let _ = crate::wal::names::WalName::parse(&name);
+            let _ = crate::wal::names::WalName::parse(&name2);
+        }
+
+        #[test]
+        fn wal_segment_names_round_trip(tli in 1u32.., log in proptest::num::u32::ANY, seg in 0u32..256) {
+            let name = format!("{tli:08X}{log:08X}{seg:08X}");
+            let w = crate::wal::names::WalName::parse(&name).unwrap();
+            let s = w.segment().unwrap();
+            proptest::prop_assert_eq!(s.name(), name);
+            proptest::prop_assert_eq!(
+                SegmentId::from_segno(tli, s.segno(WalSegSize::DEFAULT), WalSegSize::DEFAULT),
+                s
+            );
+        }
     }
 }

@@ -151,9 +151,13 @@ pub async fn server_info(client: &Client) -> Result<ServerInfo> {
         )
         .await
         .map_err(pg_err("server information"))?;
-    let sysid: String = row.get(1);
+    let sysid: String = row
+        .try_get(1)
+        .map_err(pg_err("server information: system_identifier"))?;
     Ok(ServerInfo {
-        version_num: row.get(0),
+        version_num: row
+            .try_get(0)
+            .map_err(pg_err("server information: server_version_num"))?,
         system_identifier: sysid
             .parse()
             .map_err(|_| Error::BadInput(format!("system identifier {sysid:?}")))?,
@@ -164,7 +168,9 @@ pub async fn server_info(client: &Client) -> Result<ServerInfo> {
                 .and_then(WalSegSize::new)
                 .map_err(|e| Error::BadInput(format!("the server's wal_segment_size: {e}")))?
         },
-        data_directory: row.get(3),
+        data_directory: row
+            .try_get(3)
+            .map_err(pg_err("server information: data_directory"))?,
     })
 }
 
@@ -179,12 +185,16 @@ pub async fn start_backup(client: &Client, version: i64, label: &str) -> Result<
         .query_one(sql, &[&label])
         .await
         .map_err(pg_err("backup start"))?;
-    let lsn = Lsn::parse(row.get::<_, &str>(0))?;
+    let lsn = Lsn::parse(
+        row.try_get::<_, &str>(0)
+            .map_err(pg_err("backup start: start LSN"))?,
+    )?;
     let tli: i32 = client
         .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
         .await
         .map_err(pg_err("timeline"))?
-        .get(0);
+        .try_get(0)
+        .map_err(pg_err("timeline: timeline_id"))?;
     Ok((lsn, tli as u32))
 }
 
@@ -202,7 +212,14 @@ pub async fn stop_backup(client: &Client, version: i64) -> Result<(Lsn, String, 
         .query_one(sql, &[])
         .await
         .map_err(pg_err("backup stop"))?;
-    Ok((Lsn::parse(row.get::<_, &str>(0))?, row.get(1), row.get(2)))
+    let lsn = row
+        .try_get::<_, &str>(0)
+        .map_err(pg_err("backup stop: lsn"))?;
+    Ok((
+        Lsn::parse(lsn)?,
+        row.try_get(1).map_err(pg_err("backup stop: labelfile"))?,
+        row.try_get(2).map_err(pg_err("backup stop: spcmapfile"))?,
+    ))
 }
 
 /// A primary's current WAL position and timeline.
@@ -214,8 +231,11 @@ pub async fn wal_position(client: &Client) -> Result<(Lsn, u32)> {
         )
         .await
         .map_err(|e| Error::Cluster(format!("current WAL position: {e}")))?;
-    let lsn = Lsn::parse(row.get::<_, &str>(0))?;
-    let file: &str = row.get(1);
+    let pos_err = |what: &'static str| {
+        move |e: tokio_postgres::Error| Error::Cluster(format!("current WAL position: {what}: {e}"))
+    };
+    let lsn = Lsn::parse(row.try_get::<_, &str>(0).map_err(pos_err("lsn"))?)?;
+    let file: &str = row.try_get(1).map_err(pos_err("pg_walfile_name"))?;
     let timeline = u32::from_str_radix(file.get(0..8).unwrap_or(""), 16)
         .map_err(|_| Error::Cluster(format!("timeline of WAL file {file:?}")))?;
     Ok((lsn, timeline))

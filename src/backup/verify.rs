@@ -55,7 +55,7 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
         match histories.get(&newest_tli) {
             Some(key) => {
                 let text = history::read_text(archive, key).await?;
-                let entries = history::parse(&text);
+                let entries = history::History::from_text(newest_tli, key, &text)?.entries;
                 // Each entry: the parent timeline ended at `switch`; the next one starts there.
                 chain.clear();
                 let mut begin = 0u64;

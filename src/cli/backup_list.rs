@@ -7,7 +7,7 @@ use crate::backup::{list_backups, BackupInfo};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Add the stop segment and offset columns.
+    /// Add the stop segment, stop offset and permanence columns.
     #[arg(long)]
     pub detail: bool,
     /// Print the full metadata as JSON.
@@ -21,7 +21,7 @@ pub fn render(backups: &[BackupInfo], detail: bool) -> String {
         "name\tlast_modified\texpanded_size_bytes\twal_segment_backup_start\twal_segment_offset_backup_start",
     );
     if detail {
-        out.push_str("\twal_segment_backup_stop\twal_segment_offset_backup_stop");
+        out.push_str("\twal_segment_backup_stop\twal_segment_offset_backup_stop\tis_permanent");
     }
     out.push('\n');
     for b in backups {
@@ -37,7 +37,10 @@ pub fn render(backups: &[BackupInfo], detail: bool) -> String {
             b.start_offset
         ));
         if detail {
-            out.push_str(&format!("\t{}\t{:08}", b.stop_segment, b.stop_offset));
+            out.push_str(&format!(
+                "\t{}\t{:08}\t{}",
+                b.stop_segment, b.stop_offset, b.is_permanent
+            ));
         }
         out.push('\n');
     }

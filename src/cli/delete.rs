@@ -14,19 +14,33 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum What {
-    /// Keep the newest N backups and the WAL they need.
+    /// Keep the newest N backups, every permanent backup, and the WAL they need.
     Retain { n: usize },
-    /// Delete the backups older than NAME and the WAL no kept backup needs.
+    /// Delete the non-permanent backups older than NAME and the WAL no kept backup needs.
     Before { name: String },
-    /// Delete every backup and all WAL.
-    Everything,
+    /// Delete every backup, all WAL and the `.history` files. Refuses while a permanent backup
+    /// exists, unless forced (`--force`, or WAL-G's `FORCE`).
+    Everything {
+        /// `FORCE` (WAL-G's spelling): delete permanent backups too.
+        force_word: Option<String>,
+        /// Delete permanent backups too.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let retention = match &args.what {
         What::Retain { n } => Retention::Retain(*n),
         What::Before { name } => Retention::Before(name.clone()),
-        What::Everything => Retention::Everything,
+        What::Everything { force_word, force } => match force_word.as_deref() {
+            None => Retention::Everything { force: *force },
+            Some("FORCE") => Retention::Everything { force: true },
+            Some(other) => {
+                eprintln!("delete everything: unexpected {other:?} (only FORCE is accepted)");
+                return 2;
+            }
+        },
     };
     let result = async {
         let archive = Archive::open(cli.settings()?)?;

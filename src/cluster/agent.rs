@@ -78,6 +78,36 @@ impl Schedule {
             Schedule::Cron(c) => c.find_next_occurrence(&now, false).ok(),
         }
     }
+
+    /// When the next scheduled backup is due, counted from the newest backup's finish (so an
+    /// agent restarted more often than the interval still takes its backups): that finish plus
+    /// the interval, or the first cron tick after it. Due now when that is past or the archive
+    /// holds no backup. None when backups are off.
+    pub fn due(
+        &self,
+        newest_finish: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        if matches!(self, Schedule::Off) {
+            return None;
+        }
+        let Some(finish) = newest_finish else {
+            return Some(now);
+        };
+        // A finish time in the future (a skewed clock) counts as now.
+        let at = self.next(finish.min(now))?;
+        Some(at.max(now))
+    }
+}
+
+/// When the next scheduled backup is due, from the archive's newest backup.
+pub async fn due_from_archive(
+    store: &crate::storage::Store,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>> {
+    let newest = list_backups(store).await?.last().map(|b| b.end_time());
+    Ok(schedule.due(newest, now))
 }
 
 /// The agent's settings, resolved from the environment and the YAML file's `agent:` section.
@@ -242,6 +272,8 @@ pub struct Agent {
     pub ready: watch::Sender<bool>,
     /// Wakes the duty loop early.
     pub wake: tokio::sync::Notify,
+    /// Restarts failed duties and tells `/health` which are down.
+    pub supervisor: Arc<super::supervise::Supervisor>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -271,6 +303,10 @@ impl Agent {
         let patroni = Patroni::new(&cfg.patroni_url, cfg.patroni_auth.clone())?;
         let (view_tx, view) = watch::channel(ClusterView::default());
         let (ready, _) = watch::channel(false);
+        let metrics = Metrics::new();
+        let supervisor = Arc::new(super::supervise::Supervisor::new(
+            metrics.duty_failures.clone(),
+        ));
         Ok(Arc::new(Agent {
             cfg,
             settings,
@@ -280,13 +316,14 @@ impl Agent {
             view,
             view_tx,
             patroni,
-            metrics: Metrics::new(),
+            metrics,
             backups: Mutex::new(None),
             backup_lock: tokio::sync::Mutex::new(()),
             jobs: Mutex::new(BTreeMap::new()),
             global_args,
             ready,
             wake: tokio::sync::Notify::new(),
+            supervisor,
         }))
     }
 
@@ -333,10 +370,26 @@ impl Agent {
         let api = tokio::spawn(crate::api::serve(self.clone(), listener));
         self.startup().await;
         self.ready.send_replace(true);
-        tokio::spawn(self.clone().follow_etcd());
-        tokio::spawn(self.clone().duties());
+        let me = self.clone();
+        let etcd_task = self.supervisor.spawn("follow-etcd", move || {
+            let me = me.clone();
+            async move {
+                me.follow_etcd().await;
+                Ok(())
+            }
+        });
+        let me = self.clone();
+        let duties_task = self.supervisor.spawn("leader-duties", move || {
+            let me = me.clone();
+            async move {
+                me.duties().await;
+                Ok(())
+            }
+        });
         shutdown_signal().await;
         tracing::info!("agent stopping");
+        duties_task.abort();
+        etcd_task.abort();
         api.abort();
         Ok(())
     }
@@ -443,7 +496,10 @@ impl Agent {
     async fn duties(self: Arc<Self>) {
         let mut view = self.view.clone();
         let mut was_leader = false;
-        let mut next_backup = self.cfg.schedule.next(Utc::now());
+        // The schedule counts from the newest backup's finish, not from this start.
+        let mut newest_known = false;
+        // After a failed scheduled backup: no new try before this.
+        let mut retry_after: Option<DateTime<Utc>> = None;
         let mut next_refresh = Instant::now();
         loop {
             view.borrow_and_update();
@@ -460,22 +516,68 @@ impl Agent {
                 );
             }
             was_leader = leader;
+            if !newest_known {
+                match list_backups(&self.archive.store).await {
+                    Ok(list) => {
+                        if let Ok(mut b) = self.backups.lock() {
+                            *b = Some(list);
+                        }
+                        newest_known = true;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot list backups for the schedule"),
+                }
+            }
+            let next_backup = if newest_known {
+                let newest = self
+                    .backups
+                    .lock()
+                    .ok()
+                    .and_then(|b| b.as_ref().and_then(|l| l.last().map(|b| b.end_time())));
+                self.cfg
+                    .schedule
+                    .due(newest, Utc::now())
+                    .map(|at| retry_after.map_or(at, |r| at.max(r)))
+            } else {
+                // Unknown until the archive can be listed: look again within a minute.
+                None
+            };
+            let mut blocked = false;
             if let Some(at) = next_backup {
                 if Utc::now() >= at {
                     if leader && !self.pitr_running() {
-                        let _ = self.backup("scheduled").await;
+                        match self.backup("scheduled").await {
+                            Ok(_) => retry_after = None,
+                            Err(_) => {
+                                // Retry at the next tick, but within 15 minutes.
+                                let now = Utc::now();
+                                let cap = now + chrono::Duration::minutes(15);
+                                retry_after =
+                                    Some(self.cfg.schedule.next(now).unwrap_or(cap).min(cap));
+                            }
+                        }
+                        // The listing after the backup moved the schedule on.
+                        continue;
                     }
-                    next_backup = self.cfg.schedule.next(Utc::now());
+                    // Due, but not ours to take now: wait for a change, not for the clock.
+                    blocked = true;
                 }
             }
             if leader && Instant::now() >= next_refresh && !self.pitr_running() {
                 self.publish_backup_list().await;
                 next_refresh = Instant::now() + self.cfg.backup_list_refresh;
             }
-            let until_backup = next_backup
-                .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-                .unwrap_or(Duration::from_secs(3600));
-            let until_refresh = next_refresh.saturating_duration_since(Instant::now());
+            let until_backup = if blocked || !newest_known {
+                Duration::from_secs(30)
+            } else {
+                next_backup
+                    .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                    .unwrap_or(Duration::from_secs(3600))
+            };
+            let until_refresh = if leader {
+                next_refresh.saturating_duration_since(Instant::now())
+            } else {
+                Duration::from_secs(3600)
+            };
             let nap = until_backup
                 .min(until_refresh)
                 .max(Duration::from_millis(100));
@@ -495,7 +597,7 @@ impl Agent {
         loop {
             if let Ok(client) = pg::connect(&cfg).await {
                 if let Ok(row) = client.query_one("SELECT pg_is_in_recovery()", &[]).await {
-                    if !row.get::<_, bool>(0) {
+                    if matches!(row.try_get::<_, bool>(0), Ok(false)) {
                         return Ok(());
                     }
                 }
@@ -803,8 +905,11 @@ impl Agent {
             )
             .await
             .map_err(|e| Error::Cluster(format!("pg_stat_archiver: {e}")))?;
-        let last: Option<String> = row.get(0);
-        let current: Option<String> = row.get(5);
+        let col = |what: &'static str| {
+            move |e: tokio_postgres::Error| Error::Cluster(format!("pg_stat_archiver: {what}: {e}"))
+        };
+        let last: Option<String> = row.try_get(0).map_err(col("last_archived_wal"))?;
+        let current: Option<String> = row.try_get(5).map_err(col("pg_current_wal_lsn"))?;
         let seg_size = row
             .try_get::<_, Option<i64>>(6)
             .ok()
@@ -829,10 +934,10 @@ impl Agent {
         };
         Ok(json!({
             "last_archived_wal": last,
-            "last_archived_time": row.get::<_, Option<String>>(1),
-            "failed_count": row.get::<_, i64>(2),
-            "last_failed_wal": row.get::<_, Option<String>>(3),
-            "in_recovery": row.get::<_, bool>(4),
+            "last_archived_time": row.try_get::<_, Option<String>>(1).map_err(col("last_archived_time"))?,
+            "failed_count": row.try_get::<_, i64>(2).map_err(col("failed_count"))?,
+            "last_failed_wal": row.try_get::<_, Option<String>>(3).map_err(col("last_failed_wal"))?,
+            "in_recovery": row.try_get::<_, bool>(4).map_err(col("pg_is_in_recovery"))?,
             "archive_lag_bytes": lag,
         }))
     }
@@ -865,5 +970,72 @@ mod tests {
         assert!(next > now && next - now <= chrono::Duration::hours(24));
         assert_eq!(next.format("%H:%M:%S").to_string(), "03:00:00");
         assert!(Schedule::parse("sometimes").is_err());
+    }
+
+    #[test]
+    fn the_next_backup_is_due_from_the_newest_backups_finish() {
+        let now: DateTime<Utc> = "2026-12-02T10:00:00Z".parse().unwrap();
+        let h = chrono::Duration::hours;
+        let every = Schedule::parse("every 6h").unwrap();
+        // Restarted an hour after the last backup: due 5 h from now, not 6.
+        assert_eq!(every.due(Some(now - h(1)), now), Some(now + h(5)));
+        // Overdue (or no backup yet): due now.
+        assert_eq!(every.due(Some(now - h(30)), now), Some(now));
+        assert_eq!(every.due(None, now), Some(now));
+        // A finish time in the future counts as now.
+        assert_eq!(every.due(Some(now + h(2)), now), Some(now + h(6)));
+        let cron = Schedule::parse("0 3 * * *").unwrap();
+        let finish: DateTime<Utc> = "2026-12-02T03:00:05Z".parse().unwrap();
+        assert_eq!(
+            cron.due(Some(finish), now),
+            Some("2026-12-03T03:00:00Z".parse().unwrap())
+        );
+        let finish: DateTime<Utc> = "2026-12-01T02:00:00Z".parse().unwrap();
+        assert_eq!(
+            cron.due(Some(finish), now),
+            Some(now),
+            "the 03:00 tick was missed"
+        );
+        assert_eq!(Schedule::Off.due(Some(now), now), None);
+    }
+
+    #[tokio::test]
+    async fn agent_start_takes_the_due_time_from_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vars = BTreeMap::new();
+        vars.insert(
+            "WALG_FILE_PREFIX".to_string(),
+            format!("file://{}", dir.path().display()),
+        );
+        let settings = Settings::from_sources(vars, None, None).unwrap();
+        let store = crate::storage::Store::from_settings(&settings).unwrap();
+        let every = Schedule::parse("every 24h").unwrap();
+        let now = Utc::now();
+        assert_eq!(
+            due_from_archive(&store, &every, now).await.unwrap(),
+            Some(now),
+            "an empty archive is due at once"
+        );
+        let finish = now - chrono::Duration::hours(3);
+        let sentinel = json!({
+            "LSN": 0x2000028u64, "FinishLSN": 0x3000100u64, "Timeline": 1,
+            "FinishTime": finish.to_rfc3339(),
+        });
+        store
+            .put_bytes(
+                "basebackups_005/base_000000010000000000000002_backup_stop_sentinel.json",
+                serde_json::to_vec(&sentinel).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        let due = due_from_archive(&store, &every, now)
+            .await
+            .unwrap()
+            .unwrap();
+        let want = finish + chrono::Duration::hours(24);
+        assert!(
+            (due - want).num_milliseconds().abs() < 1000,
+            "{due} vs {want}"
+        );
     }
 }

@@ -48,7 +48,7 @@ pub fn local_history(pg_wal: &Path) -> Result<History> {
     };
     let path = pg_wal.join(WalName::History(tli).to_string());
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    Ok(History::from_text(tli, &text))
+    History::from_text(tli, &path.display().to_string(), &text)
 }
 
 /// Does the file at `path` hold segment `seg` (first page header, size)?

@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -28,6 +29,8 @@ pub struct Metrics {
     pub restarts_succeeded: Counter,
     pub restarts_degraded: Counter,
     pub restarts_failed: Counter,
+    /// Agent duties that failed or panicked, by `duty` (each is restarted).
+    pub duty_failures: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -58,6 +61,7 @@ impl Metrics {
             restarts_succeeded: Counter::default(),
             restarts_degraded: Counter::default(),
             restarts_failed: Counter::default(),
+            duty_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,6 +153,11 @@ impl Metrics {
             "restarts_failed",
             "Point-in-time restarts that failed and were rolled back",
             m.restarts_failed.clone(),
+        );
+        registry.register(
+            "duty_failures",
+            "Agent duties that failed or panicked (each is logged and restarted)",
+            m.duty_failures.clone(),
         );
         Metrics { registry, ..m }
     }

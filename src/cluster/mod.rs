@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod patroni;
 pub mod pitr;
 pub mod replica;
+pub mod supervise;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

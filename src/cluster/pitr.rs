@@ -528,7 +528,8 @@ async fn restore_and_promote(
             let promoted = client
                 .query_one("SELECT NOT pg_is_in_recovery()", &[])
                 .await
-                .map(|r| r.get::<_, bool>(0))
+                .ok()
+                .and_then(|r| r.try_get::<_, bool>(0).ok())
                 .unwrap_or(false);
             if promoted {
                 let (_, tli) = pg::wal_position(&client).await?;

@@ -18,17 +18,42 @@ pub struct History {
     pub entries: Vec<(u32, u64)>,
 }
 
-/// Parses the lines of a history file. Comments and blank lines are skipped.
-pub fn parse(text: &str) -> Vec<(u32, u64)> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let tli = f.next()?.parse().ok()?;
-            let lsn = Lsn::parse(f.next()?).ok()?;
-            Some((tli, lsn.0))
-        })
-        .collect()
+/// Parses the lines of a history file of timeline `timeline`. Comments and blank lines are
+/// skipped; anything else must be `<parent> <switch LSN> [reason]`, with parents increasing and
+/// below `timeline` (as PostgreSQL checks). The error says
+/// which line is wrong.
+pub fn parse(timeline: u32, text: &str) -> std::result::Result<Vec<(u32, u64)>, String> {
+    let mut out: Vec<(u32, u64)> = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let line = l.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let n = i + 1;
+        let mut f = line.split_whitespace();
+        let tli: u32 = f
+            .next()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| format!("line {n}: {line:?} does not start with a timeline ID"))?;
+        let lsn = f
+            .next()
+            .and_then(|t| Lsn::parse(t).ok())
+            .ok_or_else(|| format!("line {n}: {line:?} has no switch point (X/Y)"))?;
+        if tli == 0 || tli >= timeline {
+            return Err(format!(
+                "line {n}: timeline {tli} cannot be a parent of timeline {timeline}"
+            ));
+        }
+        if let Some(&(prev_tli, _)) = out.last() {
+            if tli <= prev_tli {
+                return Err(format!(
+                    "line {n}: timeline IDs must increase ({tli} after {prev_tli})"
+                ));
+            }
+        }
+        out.push((tli, lsn.0));
+    }
+    Ok(out)
 }
 
 impl History {
@@ -40,11 +65,13 @@ impl History {
         }
     }
 
-    pub fn from_text(timeline: u32, text: &str) -> Self {
-        History {
-            timeline,
-            entries: parse(text),
-        }
+    /// Parses the history file of `timeline`, read from `key` (named in the error).
+    pub fn from_text(timeline: u32, key: &str, text: &str) -> Result<Self> {
+        let entries = parse(timeline, text).map_err(|msg| Error::Corrupt {
+            key: key.into(),
+            msg: format!("history file of timeline {timeline}: {msg}"),
+        })?;
+        Ok(History { timeline, entries })
     }
 
     /// Where `tli` ended in this ancestry; None for this timeline itself or a stranger.
@@ -87,7 +114,7 @@ pub async fn fetch(archive: &Archive, tli: u32) -> Result<Option<History>> {
         return Ok(None);
     };
     let text = read_text(archive, &key).await?;
-    Ok(Some(History::from_text(tli, &text)))
+    Ok(Some(History::from_text(tli, &key, &text)?))
 }
 
 /// The archived history files from `after + 1` upwards, until the first one missing (timeline
@@ -142,13 +169,17 @@ mod tests {
 
     #[test]
     fn history_lines_parse() {
-        let h = parse("1\t0/3000000\tno recovery target specified\n\n2\t0/5000A0\tx\n");
+        let h = parse(
+            3,
+            "1\t0/3000000\tno recovery target specified\n\n2\t0/5000A0\tx\n",
+        )
+        .unwrap();
         assert_eq!(h, vec![(1, 0x3000000), (2, 0x5000A0)]);
     }
 
     #[test]
     fn ancestry_answers_which_timeline_holds_an_lsn() {
-        let h = History::from_text(3, "1\t0/3000000\tx\n2\t0/50000A0\ty\n");
+        let h = History::from_text(3, "k", "1\t0/3000000\tx\n2\t0/50000A0\ty\n").unwrap();
         assert_eq!(h.timeline_at(0x100), 1);
         assert_eq!(h.timeline_at(0x3000000), 2);
         assert_eq!(h.timeline_at(0x50000A0), 3);
@@ -156,5 +187,46 @@ mod tests {
         assert!(!h.contains(1, 0x3000001));
         assert!(h.contains(3, u64::MAX));
         assert!(!h.contains(4, 0));
+    }
+
+    #[test]
+    fn corrupt_history_files_are_errors_naming_the_key_and_line() {
+        for (text, want) in [
+            ("1\tnot-an-lsn\tx\n", "line 1"),
+            ("one\t0/3000000\n", "line 1"),
+            ("1\t0/3000000\n1\t0/4000000\n", "line 2"),
+            ("3\t0/3000000\n", "parent"),
+        ] {
+            let e = History::from_text(3, "wal_005/00000003.history.lz4", text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("wal_005/00000003.history.lz4"), "{e}");
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn history_parser_never_panics(tli in 0u32..10, text in "\\PC*") {
+            let _ = parse(tli, &text);
+        }
+
+        #[test]
+        fn well_formed_history_files_round_trip(
+            steps in proptest::collection::vec((1u32..5, 0u64..1 << 40), 0..8)
+        ) {
+            let mut tli = 0u32;
+            let mut lsn = 0u64;
+            let mut want = Vec::new();
+            let mut text = String::new();
+            for (dt, dl) in steps {
+                tli += dt;
+                lsn += dl;
+                want.push((tli, lsn));
+                text.push_str(&format!("{tli}\t{}\treason\n", Lsn(lsn)));
+            }
+            let got = parse(tli + 1, &text).unwrap();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 }
