@@ -185,11 +185,22 @@ pub fn main() -> i32 {
         }
     };
     init_logging();
+    // For restore_command, even a bug must not read as "not available" (a panic exits 101).
+    let fatal = if matches!(cli.command, Command::WalFetch(_)) {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            std::process::exit(crate::error::EXIT_FETCH_FATAL);
+        }));
+        crate::error::EXIT_FETCH_FATAL
+    } else {
+        1
+    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
-            return 1;
+            return fatal;
         }
     };
     rt.block_on(async {
