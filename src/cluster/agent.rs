@@ -576,7 +576,7 @@ impl Agent {
             let until_refresh = if leader {
                 next_refresh.saturating_duration_since(Instant::now())
             } else {
-                Duration::from_secs(3600)
+                Duration::from_secs(1)
             };
             let nap = until_backup
                 .min(until_refresh)
