@@ -546,7 +546,9 @@ impl Agent {
                 if Utc::now() >= at {
                     if leader && !self.pitr_running() {
                         match self.backup("scheduled").await {
-                            Ok(_) => retry_after = None,
+                            // Even if the listing after it failed, not again before the
+                            // next tick.
+                            Ok(_) => retry_after = self.cfg.schedule.next(Utc::now()),
                             Err(_) => {
                                 // Retry at the next tick, but within 15 minutes.
                                 let now = Utc::now();
