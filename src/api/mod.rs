@@ -109,25 +109,26 @@ async fn require_token(
     next.run(req).await
 }
 
-async fn health(State(agent): Shared) -> Response {
-    let down = agent.supervisor.down();
+/// Why `/health` answers 503, if it does: a duty that is down, or the startup check not done.
+fn health_problem(ready: bool, down: &[String]) -> Option<String> {
     if !down.is_empty() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("agent duty down (failed; restarting): {}", down.join(", ")),
-        );
+        return Some(format!(
+            "agent duty down (failed; restarting): {}",
+            down.join(", ")
+        ));
     }
-    if *agent.ready.borrow() {
-        (
+    (!ready).then(|| "starting: the startup check is not done yet".to_string())
+}
+
+async fn health(State(agent): Shared) -> Response {
+    let ready = *agent.ready.borrow();
+    match health_problem(ready, &agent.supervisor.down()) {
+        Some(why) => error(StatusCode::SERVICE_UNAVAILABLE, why),
+        None => (
             StatusCode::OK,
             Json(json!({ "status": "ok", "member": agent.me() })),
         )
-            .into_response()
-    } else {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "starting: the startup check is not done yet",
-        )
+            .into_response(),
     }
 }
 
@@ -255,5 +256,18 @@ async fn restart_status(State(agent): Shared, Path(id): Path<String>) -> Respons
     match job {
         Some(j) => Json(j.state()).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no restart {id:?}")),
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn health_is_unavailable_naming_a_duty_that_is_down() {
+        assert_eq!(health_problem(true, &[]), None);
+        let why = health_problem(true, &["leader-duties".to_string()]).unwrap();
+        assert!(why.contains("leader-duties"), "{why}");
+        assert!(health_problem(false, &[]).unwrap().contains("startup"));
     }
 }

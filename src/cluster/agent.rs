@@ -546,7 +546,9 @@ impl Agent {
                 if Utc::now() >= at {
                     if leader && !self.pitr_running() {
                         match self.backup("scheduled").await {
-                            Ok(_) => retry_after = None,
+                            // Even if the listing after it failed, not again before the
+                            // next tick.
+                            Ok(_) => retry_after = self.cfg.schedule.next(Utc::now()),
                             Err(_) => {
                                 // Retry at the next tick, but within 15 minutes.
                                 let now = Utc::now();
@@ -576,7 +578,7 @@ impl Agent {
             let until_refresh = if leader {
                 next_refresh.saturating_duration_since(Instant::now())
             } else {
-                Duration::from_secs(3600)
+                Duration::from_secs(1)
             };
             let nap = until_backup
                 .min(until_refresh)

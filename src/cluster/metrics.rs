@@ -171,3 +171,24 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duty_failures_are_exported_by_duty() {
+        let m = Metrics::new();
+        let sup = crate::cluster::supervise::Supervisor::new(m.duty_failures.clone());
+        assert_eq!(sup.failures("leader-duties"), 0);
+        m.duty_failures
+            .get_or_create(&vec![("duty".to_string(), "leader-duties".to_string())])
+            .inc();
+        assert_eq!(sup.failures("leader-duties"), 1);
+        let text = m.render();
+        assert!(
+            text.contains("walkeeper_duty_failures_total{duty=\"leader-duties\"} 1"),
+            "{text}"
+        );
+    }
+}
