@@ -628,8 +628,20 @@ impl Upload<'_> {
 
     /// Waits for the oldest part in flight.
     async fn join_oldest(&mut self) -> Result<(), PutError> {
-        if let Some(h) = self.parts.pop_front() {
-            match h.await {
+        if let Some(mut h) = self.parts.pop_front() {
+            // A part still in flight at the cutoff abandons the upload: waiting for it could
+            // only end in an object that appears after the lease may have passed.
+            let joined = match self.cutoff {
+                Some(c) => match tokio::time::timeout_at(c.into(), &mut h).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        h.abort();
+                        return Err(self.deadline());
+                    }
+                },
+                None => h.await,
+            };
+            match joined {
                 Ok(Ok(())) => self.progress.touch(),
                 Ok(Err(e)) => return Err(PutError::Store(e)),
                 Err(e) => return Err(PutError::Store(task_failed(e))),
