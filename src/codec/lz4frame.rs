@@ -287,6 +287,29 @@ impl<R: BufRead> Lz4FrameReader<R> {
                 f.block_max
             )));
         }
+        let need = size + if f.block_checksum { 4 } else { 0 };
+        let mut out = Out {
+            buf: &mut self.out,
+            start: &mut self.start,
+            end: &mut self.end,
+        };
+        let pos = &mut self.pos;
+        let buffered = loop {
+            match self.src.fill_buf() {
+                Ok(b) => break b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if buffered.len() >= need {
+            // The whole block is in the source's buffer: decode it from there, no copy.
+            let (data, sum) = buffered[..need].split_at(size);
+            let stored = (f.block_checksum).then(|| le32_of(sum));
+            let res = decode_block(f, data, stored, &mut out, n, at, raw, direct, direct_len);
+            self.src.consume(need);
+            *pos += need as u64;
+            return res.map(|()| true);
+        }
         let mut cbuf = std::mem::take(&mut self.cbuf);
         let res = self.read_block(f, &mut cbuf[..size], n, at, raw, direct, direct_len);
         self.cbuf = cbuf;
@@ -306,72 +329,17 @@ impl<R: BufRead> Lz4FrameReader<R> {
     ) -> io::Result<()> {
         let size = data.len();
         self.exact(data, &|| format!("block {n} ({size} bytes)"))?;
-        if f.block_checksum {
-            let stored = self.le32(&|| format!("the checksum of block {n}"))?;
-            let computed = xxh32(data, 0);
-            if stored != computed {
-                return Err(corrupt(format!(
-                    "block {n} at byte offset {at}: block checksum mismatch (stored \
-                     {stored:#010x}, computed {computed:#010x})"
-                )));
-            }
-        }
-        let bad = |e: &dyn std::fmt::Display| {
-            corrupt(format!(
-                "block {n} at byte offset {at}: the compressed data is damaged ({e})"
-            ))
+        let stored = if f.block_checksum {
+            Some(self.le32(&|| format!("the checksum of block {n}"))?)
+        } else {
+            None
         };
-        // Where the block's plaintext goes.
-        let plain: &[u8] = match direct {
-            Some(dst) if f.independent => {
-                let dst = &mut dst[..f.block_max];
-                let len = if raw {
-                    dst[..size].copy_from_slice(data);
-                    size
-                } else {
-                    lz4::decompress(data, dst).map_err(|e| bad(&e))?
-                };
-                *direct_len = len;
-                &dst[..len]
-            }
-            _ => {
-                let base = if f.independent {
-                    0
-                } else {
-                    // Keep the last WINDOW bytes of output in front of the new block.
-                    let keep = self.end.min(WINDOW);
-                    self.out.copy_within(self.end - keep..self.end, 0);
-                    keep
-                };
-                let (dict, dst) = self.out.split_at_mut(base);
-                let dst = &mut dst[..f.block_max];
-                let len = if raw {
-                    dst[..size].copy_from_slice(data);
-                    size
-                } else if base == 0 {
-                    lz4::decompress(data, dst).map_err(|e| bad(&e))?
-                } else {
-                    lz4::decompress_with_dict(data, dst, dict).map_err(|e| bad(&e))?
-                };
-                self.start = base;
-                self.end = base + len;
-                &self.out[base..base + len]
-            }
+        let mut out = Out {
+            buf: &mut self.out,
+            start: &mut self.start,
+            end: &mut self.end,
         };
-        if f.content_checksum {
-            f.hash.update(plain);
-        }
-        f.produced += plain.len() as u64;
-        f.blocks = n;
-        if let Some(want) = f.content_size {
-            if f.produced > want {
-                return Err(corrupt(format!(
-                    "block {n} at byte offset {at}: the frame holds more than its declared \
-                     content size of {want} bytes"
-                )));
-            }
-        }
-        Ok(())
+        decode_block(f, data, stored, &mut out, n, at, raw, direct, direct_len)
     }
 
     /// After the end mark at `at`: the content checksum and size must agree.
@@ -471,6 +439,101 @@ impl<R: BufRead> Read for Lz4FrameReader<R> {
             }
         }
     }
+}
+
+/// Where decompressed blocks go: `buf[start..end]` is output not yet handed out.
+struct Out<'a> {
+    buf: &'a mut Vec<u8>,
+    start: &'a mut usize,
+    end: &'a mut usize,
+}
+
+fn le32_of(b: &[u8]) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(w)
+}
+
+/// Checks block `n` (at byte offset `at`) against its checksum and decompresses it, into
+/// `direct` when given (independent blocks), else into `out`.
+#[allow(clippy::too_many_arguments)]
+fn decode_block(
+    f: &mut Frame,
+    data: &[u8],
+    stored: Option<u32>,
+    out: &mut Out<'_>,
+    n: u64,
+    at: u64,
+    raw: bool,
+    direct: Option<&mut [u8]>,
+    direct_len: &mut usize,
+) -> io::Result<()> {
+    let size = data.len();
+    if let Some(stored) = stored {
+        let computed = xxh32(data, 0);
+        if stored != computed {
+            return Err(corrupt(format!(
+                "block {n} at byte offset {at}: block checksum mismatch (stored \
+                 {stored:#010x}, computed {computed:#010x})"
+            )));
+        }
+    }
+    let bad = |e: &dyn std::fmt::Display| {
+        corrupt(format!(
+            "block {n} at byte offset {at}: the compressed data is damaged ({e})"
+        ))
+    };
+    // Where the block's plaintext goes.
+    let plain: &[u8] = match direct {
+        Some(dst) if f.independent => {
+            let dst = &mut dst[..f.block_max];
+            let len = if raw {
+                dst[..size].copy_from_slice(data);
+                size
+            } else {
+                lz4::decompress(data, dst).map_err(|e| bad(&e))?
+            };
+            *direct_len = len;
+            &dst[..len]
+        }
+        _ => {
+            let base = if f.independent {
+                0
+            } else {
+                // Keep the last WINDOW bytes of output in front of the new block.
+                let keep = (*out.end).min(WINDOW);
+                out.buf.copy_within(*out.end - keep..*out.end, 0);
+                keep
+            };
+            let (dict, dst) = out.buf.split_at_mut(base);
+            let dst = &mut dst[..f.block_max];
+            let len = if raw {
+                dst[..size].copy_from_slice(data);
+                size
+            } else if base == 0 {
+                lz4::decompress(data, dst).map_err(|e| bad(&e))?
+            } else {
+                lz4::decompress_with_dict(data, dst, dict).map_err(|e| bad(&e))?
+            };
+            *out.start = base;
+            *out.end = base + len;
+            &out.buf[base..base + len]
+        }
+    };
+    if f.content_checksum {
+        f.hash.update(plain);
+    }
+    f.produced += plain.len() as u64;
+    f.blocks = n;
+    if let Some(want) = f.content_size {
+        if f.produced > want {
+            return Err(corrupt(format!(
+                "block {n} at byte offset {at}: the frame holds more than its declared \
+                 content size of {want} bytes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

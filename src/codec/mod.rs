@@ -635,6 +635,44 @@ mod damage_tests {
     }
 
     #[test]
+    fn a_cut_or_flipped_encrypted_object_is_a_decode_error() {
+        let id = age::x25519::Identity::generate();
+        let enc = Encryption::from_recipients(&[id.to_public().to_string()]).unwrap();
+        let dec = Decryption::from_identity(id);
+        let data = wal_like(1 << 20, 25);
+        for c in [Compression::Lz4, Compression::Zstd] {
+            let (obj, _) = encode(&data[..], Vec::new(), c, Some(&enc)).unwrap();
+            let mut cases: Vec<Vec<u8>> = cut_points(obj.len(), &[obj.len() / 2], 10, 26)
+                .into_iter()
+                .filter(|&cut| cut > 64)
+                .map(|cut| obj[..cut].to_vec())
+                .collect();
+            for i in [200, obj.len() / 2, obj.len() - 1] {
+                let mut bad = obj.clone();
+                bad[i] ^= 1;
+                cases.push(bad);
+            }
+            for bad in cases {
+                let e = decode(&bad[..], &mut Vec::new(), c, Some(&dec))
+                    .expect_err("a damaged encrypted object is an error");
+                // A damaged age header fails the header MAC: PermissionDenied, which wal-fetch
+                // also counts as a corrupt object.
+                assert!(
+                    matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData
+                            | io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::PermissionDenied
+                    ),
+                    "{c:?} {} of {} bytes: {e:?}",
+                    bad.len(),
+                    obj.len()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn single_bit_flips_in_checksummed_zstd_and_lzop_objects_are_errors() {
         let data = wal_like(2 << 20, 23);
         for (what, c, obj) in objects(&data) {
