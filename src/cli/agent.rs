@@ -7,7 +7,11 @@ pub struct Args {}
 
 pub async fn run(cli: &super::Cli, _args: &Args) -> i32 {
     let result = async {
-        let agent = Agent::new(cli.settings()?, cli.global_args()).await?;
+        let settings = cli.settings()?;
+        // The agent archives, heals and backs up: an encryption it cannot apply must stop it
+        // before it uploads anything in plaintext.
+        settings.refuse_unimplemented_encryption()?;
+        let agent = Agent::new(settings, cli.global_args()).await?;
         agent.run().await
     }
     .await;
