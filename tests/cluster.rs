@@ -850,3 +850,147 @@ fn restarts_under_load_work_on_leaders_that_were_replicas_and_replicas_follow_th
     let t2 = restart_to_marker_keeps_exactly_the_rows_before(&c, third, 2, false);
     assert!(t2 > t1, "timeline {t2} after {t1}");
 }
+
+/// Blocks archiving on leader `l`, then ends `n` small segments that stay `.ready` there, and
+/// makes every replica replay them, run a restartpoint and lose all but the newest
+/// `keep_on_replicas` of them, as replicas recycle WAL. Returns the blocked segments, oldest
+/// first.
+fn blocked_segments_the_replicas_recycle(
+    c: &Cluster,
+    l: usize,
+    n: usize,
+    keep_on_replicas: usize,
+) -> Vec<String> {
+    std::fs::write(c.members[l].dir.join("archive-blocked"), b"").unwrap();
+    c.psql(l, "CREATE TABLE IF NOT EXISTS filler (x int)");
+    let mut blocked = Vec::new();
+    for i in 0..n {
+        c.psql(l, &format!("INSERT INTO filler VALUES ({i})"));
+        blocked.push(c.psql(l, "SELECT pg_walfile_name(pg_switch_wal())"));
+    }
+    c.psql(l, "CHECKPOINT");
+    let lsn = c.psql(l, "SELECT pg_current_wal_lsn()");
+    for i in (0..c.members.len()).filter(|&i| i != l) {
+        wait_until_or(
+            "the replicas to replay the blocked segments",
+            Duration::from_secs(60),
+            || {
+                c.psql_try(i, &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"))
+                    .as_deref()
+                    == Some("t")
+            },
+            || c.logs(),
+        );
+        c.psql(i, "CHECKPOINT");
+        // A long-running replica would have recycled these by now; Patroni's member slots and
+        // wal_keep_size keep them in a short test. The restartpoint above is past them, so the
+        // replica never needs them again.
+        let pg_wal = c.members[i].data.join("pg_wal");
+        for seg in &blocked[..n - keep_on_replicas] {
+            let _ = std::fs::remove_file(pg_wal.join(seg));
+            let _ = std::fs::remove_file(pg_wal.join(format!("archive_status/{seg}.done")));
+        }
+    }
+    blocked
+}
+
+#[test]
+fn a_gap_the_new_leader_cannot_heal_is_closed_by_the_old_primary_that_rejoined_as_a_replica() {
+    let (c, old) = cluster_of(
+        "heal-rejoined",
+        3,
+        MemberOpts {
+            blockable_archiving: true,
+            ..Default::default()
+        },
+    );
+    c.switch_and_wait_archived(old);
+    let new = (0..3).find(|&i| i != old).unwrap();
+    let blocked = blocked_segments_the_replicas_recycle(&c, old, 6, 2);
+    let archived = archived_wal(&c);
+    let gap: Vec<&String> = blocked.iter().filter(|s| !archived.contains(*s)).collect();
+    let lacking: Vec<&&String> = gap
+        .iter()
+        .filter(|s| !c.members[new].data.join("pg_wal").join(s.as_str()).exists())
+        .collect();
+    assert!(
+        !lacking.is_empty(),
+        "the new leader still holds every blocked segment; the test cannot show the old primary closing the gap"
+    );
+    // A clean switchover: the old primary rejoins without a rewind, its unarchived segments
+    // still .ready, and its archive_command still failing.
+    switchover(&c, old, new);
+    wait_until_or(
+        "the gap to close with no further switchover",
+        Duration::from_secs(90),
+        || {
+            let now = archived_wal(&c);
+            gap.iter().all(|s| now.contains(*s))
+        },
+        || c.logs(),
+    );
+    assert!(
+        c.members[old]
+            .agent_log_text()
+            .contains("gap healing from a non-leader"),
+        "{}",
+        c.members[old].agent_log_text()
+    );
+    assert_eq!(c.leader(), Some(new), "no switchover back");
+    let out = c.walkeeper(&["wal-verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "wal-verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
+
+#[test]
+fn when_no_member_holds_a_gap_the_leader_takes_a_backup_and_the_gap_is_no_longer_reported() {
+    let (mut c, old) = cluster_of(
+        "heal-backup",
+        2,
+        MemberOpts {
+            blockable_archiving: true,
+            ..Default::default()
+        },
+    );
+    c.switch_and_wait_archived(old);
+    let new = 1 - old;
+    let backups_before = c.backup_list().len();
+    blocked_segments_the_replicas_recycle(&c, old, 6, 2);
+    // The old primary's host dies with the only copies of the oldest blocked segments.
+    c.crash(old);
+    wait_until_or(
+        "the replica to take over",
+        Duration::from_secs(90),
+        || c.leader() == Some(new),
+        || c.logs(),
+    );
+    let status = |c: &Cluster| -> serde_json::Value {
+        let (_, body) = c.agent_get(new, "/status");
+        serde_json::from_str(&body).unwrap_or_default()
+    };
+    wait_until_or(
+        "the new leader to report the gap",
+        Duration::from_secs(90),
+        || status(&c)["unhealable_segments"].as_i64().unwrap_or(0) > 0,
+        || format!("{}\n{}", status(&c), c.logs()),
+    );
+    wait_until_or(
+        "a base backup after the gap, and the gap no longer reported",
+        Duration::from_secs(180),
+        || {
+            c.backup_list().len() > backups_before
+                && status(&c)["unhealable_segments"].as_i64() == Some(0)
+        },
+        || format!("{}\n{}", status(&c), c.logs()),
+    );
+    let (_, metrics) = c.agent_get(new, "/metrics");
+    assert!(
+        metrics.contains("walkeeper_unhealable_segments 0"),
+        "{metrics}"
+    );
+}

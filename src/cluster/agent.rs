@@ -33,6 +33,10 @@ use crate::wal::WalContext;
 
 /// Where the archive keeps the cluster's system identifier (as the dingo image did).
 pub const SYSID_KEY: &str = "sysids/sysid";
+/// How often every member looks for gaps it can close, and the leader rechecks an open one.
+const HEAL_INTERVAL: Duration = Duration::from_secs(15);
+/// How long the leader waits for other members to close a gap before it takes a base backup.
+const GAP_GRACE: Duration = Duration::from_secs(45);
 
 /// When base backups run.
 #[derive(Debug, Clone)]
@@ -491,7 +495,8 @@ impl Agent {
             .unwrap_or(false)
     }
 
-    /// Leader duties: gap healing on gaining the key, scheduled backups, retention and the
+    /// Duties: on the leader, gap healing on gaining the key (and a backup when a gap stays
+    /// open),  scheduled backups, retention and the
     /// backup list.
     async fn duties(self: Arc<Self>) {
         let mut view = self.view.clone();
@@ -501,14 +506,19 @@ impl Agent {
         // After a failed scheduled backup: no new try before this.
         let mut retry_after: Option<DateTime<Utc>> = None;
         let mut next_refresh = Instant::now();
+        // Healing from every member (a former primary may hold what the leader lacks), and,
+        // on the leader, since when a gap has stayed open.
+        let mut next_heal = Instant::now() + HEAL_INTERVAL;
+        let mut gap_since: Option<Instant> = None;
         loop {
             view.borrow_and_update();
             let leader = self.view_says_leader();
             self.metrics.leader.set(leader as i64);
             if leader && !was_leader && !self.pitr_running() {
                 tracing::info!(member = self.me(), "this member holds the leader key");
-                self.on_gained_leadership().await;
+                gap_since = self.on_gained_leadership().await.then(Instant::now);
                 next_refresh = Instant::now() + self.cfg.backup_list_refresh;
+                next_heal = Instant::now() + HEAL_INTERVAL;
             } else if !leader && was_leader {
                 tracing::info!(
                     member = self.me(),
@@ -516,6 +526,16 @@ impl Agent {
                 );
             }
             was_leader = leader;
+            if Instant::now() >= next_heal && !self.pitr_running() {
+                next_heal = Instant::now() + HEAL_INTERVAL;
+                if leader {
+                    if let Some(since) = gap_since {
+                        gap_since = self.recheck_gap(since).await;
+                    }
+                } else {
+                    self.heal_as_replica().await;
+                }
+            }
             if !newest_known {
                 match list_backups(&self.archive.store).await {
                     Ok(list) => {
@@ -579,7 +599,8 @@ impl Agent {
                 next_refresh.saturating_duration_since(Instant::now())
             } else {
                 Duration::from_secs(1)
-            };
+            }
+            .min(next_heal.saturating_duration_since(Instant::now()));
             let nap = until_backup
                 .min(until_refresh)
                 .max(Duration::from_millis(100));
@@ -618,12 +639,15 @@ impl Agent {
         }
     }
 
-    async fn on_gained_leadership(&self) {
+    /// The new leader's first duties. Returns whether a gap stayed open.
+    async fn on_gained_leadership(&self) -> bool {
         if let Err(e) = self.wait_until_primary(Duration::from_secs(300)).await {
             tracing::error!(error = %e, "leader duties postponed");
-            return;
+            return false;
         }
-        match self.heal_gaps().await {
+        let heal = self.heal_gaps().await;
+        let gap = matches!(&heal, Ok(r) if !r.unhealable.is_empty());
+        match heal {
             Ok(r) if r.healed.is_empty() && r.unhealable.is_empty() => {
                 tracing::info!(
                     timeline = r.timeline,
@@ -652,6 +676,69 @@ impl Agent {
             }
             Ok(_) => self.publish_backup_list().await,
             Err(e) => tracing::warn!(error = %e, "cannot list backups"),
+        }
+        gap
+    }
+
+    /// On the leader, while a gap is open: heal again (another member may have uploaded the
+    /// segments meanwhile); once it has stayed open for [`GAP_GRACE`], take a base backup, so
+    /// the archive restores again from after the gap. Returns since when a gap is still open.
+    async fn recheck_gap(&self, since: Instant) -> Option<Instant> {
+        let open = match self.heal_gaps().await {
+            Ok(r) if r.unhealable.is_empty() => {
+                tracing::info!(timeline = r.timeline, "gap healing: the gap is closed");
+                return None;
+            }
+            Ok(r) => r.unhealable,
+            Err(e) => {
+                tracing::warn!(error = %e, "gap healing failed");
+                return Some(since);
+            }
+        };
+        if since.elapsed() < GAP_GRACE {
+            return Some(since);
+        }
+        tracing::error!(
+            unhealable_segments = open.join(","),
+            "no member holds these segments: taking a base backup so the archive restores again from after the gap"
+        );
+        if self.backup("unhealable gap").await.is_err() {
+            return Some(since);
+        }
+        match self.heal_gaps().await {
+            Ok(r) if r.unhealable.is_empty() => None,
+            _ => Some(since),
+        }
+    }
+
+    /// On a non-leader: upload segments of earlier timelines that this member holds as
+    /// `.ready` (a former primary that rejoined without a rewind keeps what it never archived)
+    /// and the archive lacks. The history rule admits only segments that end at or before
+    /// their timeline's switch point.
+    async fn heal_as_replica(&self) {
+        let pg_wal = self.cfg.pgdata.join("pg_wal");
+        if !heal::holds_unarchived_older_segments(&pg_wal) {
+            return;
+        }
+        let ctx = match self.wal_context() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "gap healing from this member: no WAL context");
+                return;
+            }
+        };
+        match heal::heal(ctx, &self.leadership()).await {
+            Ok(r) if !r.healed.is_empty() => {
+                self.metrics.healed_segments.inc_by(r.healed.len() as u64);
+                tracing::warn!(
+                    timeline = r.timeline,
+                    healed = r.healed.len(),
+                    healed_segments = r.healed.join(","),
+                    "gap healing from a non-leader: uploaded segments of earlier timelines the archive lacked"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "gap healing from this member failed"),
         }
     }
 
@@ -888,6 +975,7 @@ impl Agent {
             "archiver": archiver,
             "last_backup": last_backup,
             "restart_running": self.pitr_running(),
+            "unhealable_segments": self.metrics.unhealable_segments.get(),
         })
     }
 

@@ -156,6 +156,28 @@ pub async fn heal(ctx: Arc<WalContext>, leadership: &Leadership) -> Result<HealR
     Ok(report)
 }
 
+/// Does pg_wal hold a segment of an earlier timeline than its newest history's that was never
+/// archived from here (`archive_status/<segment>.ready`)? A cheap check before listing the
+/// archive: one directory read.
+pub fn holds_unarchived_older_segments(pg_wal: &Path) -> bool {
+    let Ok(history) = local_history(pg_wal) else {
+        return false;
+    };
+    if history.entries.is_empty() {
+        return false;
+    }
+    let Ok(rd) = std::fs::read_dir(pg_wal.join("archive_status")) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".ready")) else {
+            return false;
+        };
+        matches!(WalName::parse(stem), Ok(WalName::Segment(s)) if s.timeline < history.timeline)
+    })
+}
+
 /// The start of the oldest segment of an earlier timeline held in pg_wal.
 fn oldest_local(pg_wal: &Path, history: &History, seg_size: WalSegSize) -> Option<u64> {
     std::fs::read_dir(pg_wal)

@@ -718,11 +718,17 @@ postgresql:
             &format!("{seg} to be archived"),
             Duration::from_secs(60),
             || {
+                // pg_stat_archiver names the last file archived, which may be an older
+                // segment's `.backup` file archived after this segment: ask the archive too.
                 self.psql_try(
                     i,
                     "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
                 )
                 .is_some_and(|l| l >= seg)
+                    || self
+                        .objects()
+                        .iter()
+                        .any(|o| o.starts_with(&format!("wal_005/{seg}.")))
             },
             || self.logs(),
         );
