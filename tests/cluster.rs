@@ -994,3 +994,77 @@ fn when_no_member_holds_a_gap_the_leader_takes_a_backup_and_the_gap_is_no_longer
         "{metrics}"
     );
 }
+
+/// Starts a restart to `target` on leader `l`, optionally on `timeline`'s branch, and waits for
+/// the job. Returns the job's final state.
+fn restart_and_wait(
+    c: &Cluster,
+    l: usize,
+    target: &str,
+    timeline: Option<u32>,
+) -> serde_json::Value {
+    let body = match timeline {
+        Some(t) => format!("{{\"recovery_target_time\": \"{target}\", \"timeline\": {t}}}"),
+        None => format!("{{\"recovery_target_time\": \"{target}\"}}"),
+    };
+    let (code, msg) = c.agent_post(l, "/restart", &body);
+    assert_eq!(code, 202, "{msg}\n{}", c.logs());
+    let id = serde_json::from_str::<serde_json::Value>(&msg).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job_state = || -> serde_json::Value {
+        let (_, j) = c.agent_get(l, &format!("/restart/{id}"));
+        serde_json::from_str(&j).unwrap_or_default()
+    };
+    wait_until_or(
+        "the restart to finish",
+        Duration::from_secs(400),
+        || job_state()["status"] != "running",
+        || format!("{:#}\n{}", job_state(), c.logs()),
+    );
+    job_state()
+}
+
+#[test]
+fn a_target_on_a_branch_a_restart_abandoned_is_refused_or_restored_from_the_named_branch() {
+    let (c, l) = cluster_of("abandoned-branch", 2, MemberOpts::default());
+    c.psql(l, "CREATE TABLE marks (id int, note text)");
+    c.psql(l, "INSERT INTO marks VALUES (1, 'a'), (2, 'a')");
+    let t1 = server_now(&c, l);
+    c.psql(l, "INSERT INTO marks VALUES (3, 'b')");
+    c.psql(l, "INSERT INTO marks VALUES (4, 'b')");
+    let t2 = server_now(&c, l);
+    c.psql(l, "INSERT INTO marks VALUES (5, 'c')");
+    c.switch_and_wait_archived(l);
+    let rows = "SELECT string_agg(id::text, ',' ORDER BY id) FROM marks";
+
+    // A restart to t1 abandons timeline 1's WAL after t1, with the rows 3, 4 and 5.
+    let job = restart_and_wait(&c, l, &t1, None);
+    assert_eq!(job["status"], "succeeded", "{job:#}\n{}", c.logs());
+    assert_eq!(c.psql(l, rows), "1,2");
+
+    // t2 lies on that abandoned branch: read on the current history it would restore 1,2.
+    let body = format!("{{\"recovery_target_time\": \"{t2}\"}}");
+    let (code, msg) = c.agent_post(l, "/restart", &body);
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("timeline 1 ("), "{msg}");
+    assert!(msg.contains("abandoned"), "{msg}");
+    let dir = c.scratch.path().join("not-restored");
+    let out = c.walkeeper(&["restore", dir.to_str().unwrap(), "--target-time", &t2]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("abandoned"), "{}", stderr(&out));
+    assert!(!dir.join("PG_VERSION").exists());
+
+    // Named, the branch restores exactly what it held at t2.
+    let job = restart_and_wait(&c, l, &t2, Some(1));
+    assert_eq!(job["status"], "succeeded", "{job:#}\n{}", c.logs());
+    assert_eq!(c.psql(l, rows), "1,2,3,4");
+    let other = 1 - l;
+    wait_until_or(
+        "the replica to show the branch's rows",
+        Duration::from_secs(120),
+        || c.psql_try(other, rows).as_deref() == Some("1,2,3,4"),
+        || c.logs(),
+    );
+}

@@ -8,6 +8,7 @@
 //! basebackups_005/<name>/tar_partitions/pg_control.tar.lz4
 //! ```
 
+pub mod branches;
 pub mod delete;
 pub mod fetch;
 pub mod pg;

@@ -77,6 +77,8 @@ pub fn choose<'a>(backups: &'a [BackupInfo], target: &Target) -> Result<&'a Back
 pub struct RestoreOptions {
     pub target: Target,
     pub backup: Option<String>,
+    /// The timeline whose history recovery follows; None: the newest in the archive.
+    pub timeline: Option<u32>,
     pub action: Action,
     pub fetch: FetchOptions,
     /// The restore_command to write (walkeeper with the same global options).
@@ -90,9 +92,32 @@ pub async fn restore(
     pgdata: &Path,
     opts: RestoreOptions,
 ) -> Result<BackupInfo> {
-    let backups = list_backups(&archive.store).await?;
+    let branches = super::branches::load(&archive).await?;
+    let timeline = opts
+        .timeline
+        .unwrap_or_else(|| super::branches::newest(&branches));
+    let lineage = super::branches::history_of(&branches, timeline)?;
+    if let Target::Time(t) = &opts.target {
+        super::branches::check_target(&branches, &lineage, *t)?;
+    }
+    // Only backups on that history: after a restart, the newest backup may sit on the
+    // abandoned branch.
+    let backups: Vec<BackupInfo> = list_backups(&archive.store)
+        .await?
+        .into_iter()
+        .filter(|b| lineage.contains(b.timeline, b.finish_lsn.0))
+        .collect();
     let chosen = match &opts.backup {
-        Some(name) => resolve(&archive.store, name).await?,
+        Some(name) => {
+            let b = resolve(&archive.store, name).await?;
+            if !lineage.contains(b.timeline, b.finish_lsn.0) {
+                return Err(Error::BadInput(format!(
+                    "backup {} (timeline {}) is not on timeline {timeline}'s history",
+                    b.name, b.timeline
+                )));
+            }
+            b
+        }
         None => choose(&backups, &opts.target)?.clone(),
     };
     if let Target::Time(t) = &opts.target {
@@ -122,7 +147,7 @@ pub async fn restore(
             Action::Pause => "pause",
         };
         conf.push_str(&format!(
-            "recovery_target_action = '{action}'\nrecovery_target_timeline = 'latest'\n"
+            "recovery_target_action = '{action}'\nrecovery_target_timeline = '{timeline}'\n"
         ));
     }
     if let Some(cmd) = &opts.recovery_end_command {

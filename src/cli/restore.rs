@@ -20,6 +20,10 @@ pub struct Args {
     /// Use this backup instead of the newest one that finished before the target.
     #[arg(long)]
     pub backup: Option<String>,
+    /// Recover along this timeline's history (default: the newest timeline in the archive).
+    /// A target on a branch the newest history abandoned needs it.
+    #[arg(long)]
+    pub timeline: Option<u32>,
     #[arg(long, value_enum, default_value = "promote")]
     pub target_action: ActionArg,
     #[command(flatten)]
@@ -57,6 +61,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
         let opts = RestoreOptions {
             target,
             backup: args.backup.clone(),
+            timeline: args.timeline,
             action: match args.target_action {
                 ActionArg::Promote => Action::Promote,
                 ActionArg::Pause => Action::Pause,

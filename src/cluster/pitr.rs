@@ -52,6 +52,10 @@ pub struct RestartRequest {
     /// Use this backup instead of the newest one that finished before the target.
     #[serde(default)]
     pub backup: Option<String>,
+    /// Restore this timeline's branch (one a previous restart abandoned, say) instead of the
+    /// current timeline's history.
+    #[serde(default)]
+    pub timeline: Option<u32>,
     /// Rebuild the replicas afterwards (default true).
     #[serde(default = "yes")]
     pub reinitialize_replicas: bool,
@@ -177,8 +181,19 @@ pub async fn start(
             leader: status.leader,
         });
     }
-    let lineage = local_history(&agent.cfg.pgdata.join("pg_wal"))
+    let local = local_history(&agent.cfg.pgdata.join("pg_wal"))
         .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    let branches = crate::backup::branches::load(&agent.archive)
+        .await
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    let lineage = match req.timeline {
+        None => local,
+        Some(t) if t == local.timeline => local,
+        Some(t) => crate::backup::branches::history_of(&branches, t)
+            .map_err(|e| Refusal::BadRequest(e.to_string()))?,
+    };
+    crate::backup::branches::check_target(&branches, &lineage, target)
+        .map_err(|e| Refusal::BadRequest(e.to_string()))?;
     let backups: Vec<BackupInfo> = list_backups(&agent.archive.store)
         .await
         .map_err(|e| Refusal::Unavailable(e.to_string()))?
