@@ -319,10 +319,7 @@ async fn run(
         .await?;
     job.step("stop", "stopping PostgreSQL");
     if let Err(e) = pg_ctl_stop(agent, &pgdata, "fast").await {
-        let _ = agent
-            .patroni
-            .set_pause(false, Duration::from_secs(60))
-            .await;
+        resume_after_failure(agent).await;
         return Err(e);
     }
     let aside = aside_path(&pgdata, &job.id);
@@ -331,10 +328,7 @@ async fn run(
         format!("moving {} to {}", pgdata.display(), aside.display()),
     );
     if let Err(e) = std::fs::rename(&pgdata, &aside) {
-        let _ = agent
-            .patroni
-            .set_pause(false, Duration::from_secs(60))
-            .await;
+        resume_after_failure(agent).await;
         return Err(Error::io(&pgdata, e));
     }
     let mut child = None;
@@ -350,10 +344,7 @@ async fn run(
                 format!("{e}; putting the old data directory back"),
             );
             rollback(agent, &pgdata, &aside, child).await;
-            let _ = agent
-                .patroni
-                .set_pause(false, Duration::from_secs(60))
-                .await;
+            resume_after_failure(agent).await;
             return Err(e);
         }
     };
@@ -610,6 +601,18 @@ fn scrub_recovery_targets(path: &Path) -> Result<()> {
         tracing::info!(file = %path.display(), "commented out the member's own recovery targets for the restart");
     }
     Ok(())
+}
+
+/// Resumes Patroni after a failed restart. A failure to resume is logged loudly: a paused
+/// Patroni does no failover.
+async fn resume_after_failure(agent: &Agent) {
+    if let Err(e) = agent
+        .patroni
+        .set_pause(false, Duration::from_secs(60))
+        .await
+    {
+        tracing::error!(error = %e, "the restart failed and Patroni could not be resumed: it stays paused (no automatic failover) until `PATCH /config {{\"pause\": false}}`");
+    }
 }
 
 /// The end of a log file, for error messages.
