@@ -569,23 +569,7 @@ fn a_restart_to_a_marker_time_keeps_rows_before_drops_rows_after_and_replicas_re
     assert_eq!(code, 400, "{msg}");
     assert!(msg.contains("earliest restorable point"), "{msg}");
 
-    let (code, msg) = c.agent_post(l, "/restart", &body(&target));
-    assert_eq!(code, 202, "{msg}");
-    let id = serde_json::from_str::<serde_json::Value>(&msg).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let job_state = || -> serde_json::Value {
-        let (_, j) = c.agent_get(l, &format!("/restart/{id}"));
-        serde_json::from_str(&j).unwrap_or_default()
-    };
-    wait_until_or(
-        "the restart to finish",
-        Duration::from_secs(400),
-        || job_state()["status"] != "running",
-        || format!("{:#}\n{}", job_state(), c.logs()),
-    );
-    let job = job_state();
+    let job = restart_and_wait(&c, l, &target, None);
     assert_eq!(job["status"], "succeeded", "{job:#}\n{}", c.logs());
     let new_tli = job["new_timeline"].as_u64().unwrap();
     assert!(new_tli >= 2, "{job:#}");
@@ -599,31 +583,14 @@ fn a_restart_to_a_marker_time_keeps_rows_before_drops_rows_after_and_replicas_re
         .as_bool()
         .unwrap_or(false);
     assert!(!paused, "Patroni is still paused");
-    for i in (0..3).filter(|&i| i != l) {
-        wait_until_or(
-            &format!("{} to follow timeline {new_tli}", c.members[i].name),
-            Duration::from_secs(300),
-            || {
-                c.psql_try(
-                    i,
-                    "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'",
-                )
-                .as_deref()
-                    == Some(new_tli.to_string().as_str())
-            },
-            || format!("{job:#}\n{}", c.logs()),
-        );
-        wait_until_or(
-            "the replica to show the restored rows",
-            Duration::from_secs(60),
-            || {
-                c.psql_try(i, "SELECT string_agg(note, ',' ORDER BY id) FROM marks")
-                    .as_deref()
-                    == Some("before")
-            },
-            || c.logs(),
-        );
-    }
+    replicas_follow_with_rows(
+        &c,
+        l,
+        new_tli,
+        "SELECT string_agg(note, ',' ORDER BY id) FROM marks",
+        "before",
+        &job,
+    );
 }
 
 #[test]
@@ -774,27 +741,7 @@ fn restart_to_marker_keeps_exactly_the_rows_before(
         );
     }
     c.switch_and_wait_archived(l);
-    let (code, msg) = c.agent_post(
-        l,
-        "/restart",
-        &format!("{{\"recovery_target_time\": \"{target}\"}}"),
-    );
-    assert_eq!(code, 202, "round {round}: {msg}\n{}", c.logs());
-    let id = serde_json::from_str::<serde_json::Value>(&msg).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let job_state = || -> serde_json::Value {
-        let (_, j) = c.agent_get(l, &format!("/restart/{id}"));
-        serde_json::from_str(&j).unwrap_or_default()
-    };
-    wait_until_or(
-        &format!("restart round {round} to finish"),
-        Duration::from_secs(400),
-        || job_state()["status"] != "running",
-        || format!("{:#}\n{}", job_state(), c.logs()),
-    );
-    let job = job_state();
+    let job = restart_and_wait(c, l, &target, None);
     assert_eq!(
         job["status"],
         "succeeded",
@@ -806,27 +753,7 @@ fn restart_to_marker_keeps_exactly_the_rows_before(
     let rows = "SELECT count(*) || ':' || count(*) FILTER (WHERE note = 'after') FROM marks";
     let want = format!("{before_target}:0");
     assert_eq!(c.psql(l, rows), want, "round {round}\n{}", c.logs());
-    for i in (0..c.members.len()).filter(|&i| i != l) {
-        wait_until_or(
-            &format!("{} to follow timeline {new_tli}", c.members[i].name),
-            Duration::from_secs(300),
-            || {
-                c.psql_try(
-                    i,
-                    "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'",
-                )
-                .as_deref()
-                    == Some(new_tli.to_string().as_str())
-            },
-            || format!("{job:#}\n{}", c.logs()),
-        );
-        wait_until_or(
-            "the replica to show exactly the restored rows",
-            Duration::from_secs(60),
-            || c.psql_try(i, rows).as_deref() == Some(want.as_str()),
-            || c.logs(),
-        );
-    }
+    replicas_follow_with_rows(c, l, new_tli, rows, &want, &job);
     new_tli
 }
 
@@ -1067,4 +994,36 @@ fn a_target_on_a_branch_a_restart_abandoned_is_refused_or_restored_from_the_name
         || c.psql_try(other, rows).as_deref() == Some("1,2,3,4"),
         || c.logs(),
     );
+}
+
+/// Waits until every member but `l` streams on `new_tli` and shows `want` for `rows`.
+fn replicas_follow_with_rows(
+    c: &Cluster,
+    l: usize,
+    new_tli: u64,
+    rows: &str,
+    want: &str,
+    job: &serde_json::Value,
+) {
+    for i in (0..c.members.len()).filter(|&i| i != l) {
+        wait_until_or(
+            &format!("{} to follow timeline {new_tli}", c.members[i].name),
+            Duration::from_secs(300),
+            || {
+                c.psql_try(
+                    i,
+                    "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                )
+                .as_deref()
+                    == Some(new_tli.to_string().as_str())
+            },
+            || format!("{job:#}\n{}", c.logs()),
+        );
+        wait_until_or(
+            "the replica to show exactly the restored rows",
+            Duration::from_secs(60),
+            || c.psql_try(i, rows).as_deref() == Some(want),
+            || c.logs(),
+        );
+    }
 }
