@@ -58,19 +58,6 @@ fn record_sysid(archive: &Path, sysid: u64) {
     std::fs::write(archive.join("sysids/sysid"), format!("{sysid}\n")).unwrap();
 }
 
-/// initdb only (no server): its pg_wal holds a real PostgreSQL 15 segment.
-fn initdb(scratch: &Scratch, name: &str) -> PathBuf {
-    let data = scratch.path().join(name);
-    let out = pg_tool("initdb")
-        .arg("-D")
-        .arg(&data)
-        .args(["--auth=trust", "--no-sync", "-U", "postgres"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "initdb: {}", stderr(&out));
-    data
-}
-
 #[test]
 fn real_segments_are_checked_against_name_and_cluster_in_both_directions() {
     let scratch = Scratch::new();

@@ -13,10 +13,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 
 use crate::archive::Archive;
-use crate::codec::Compression;
 use crate::error::{Error, Result};
-use crate::wal::history::{read_text, History};
-use crate::wal::names::WalName;
+use crate::wal::history::{fetch_object, History};
 
 /// One timeline as the archive knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,27 +37,17 @@ pub async fn load(archive: &Archive) -> Result<BTreeMap<u32, Branch>> {
             stopped_at: None,
         },
     );
-    let exts: Vec<&str> = Compression::ALL.iter().map(|c| c.ext()).collect();
     for tli in 2u32.. {
-        let stem = WalName::History(tli).key_stem();
-        let Some((key, meta)) = archive
-            .store
-            .find_stem(&stem, &exts)
-            .await?
-            .into_iter()
-            .next()
-        else {
+        let Some(o) = fetch_object(archive, tli).await? else {
             break;
         };
-        let text = read_text(archive, &key).await?;
-        let history = History::from_text(tli, &key, &text)?;
-        let parent = history.entries.last().map(|(p, _)| *p);
+        let parent = o.history.entries.last().map(|(p, _)| *p);
         out.insert(
             tli,
             Branch {
-                stopped_at: parent.and_then(|p| stop_time(&text, p)),
-                created: Some(meta.last_modified),
-                history,
+                stopped_at: parent.and_then(|p| stop_time(&o.text, p)),
+                created: Some(o.archived_at),
+                history: o.history,
             },
         );
     }

@@ -102,9 +102,23 @@ pub async fn fetch(archive: &Archive, tli: u32) -> Result<Option<History>> {
     if tli <= 1 {
         return Ok(Some(History::first()));
     }
+    Ok(fetch_object(archive, tli).await?.map(|o| o.history))
+}
+
+/// An archived history file of a timeline above 1: its ancestry, its text (the reasons) and
+/// when it was archived.
+pub struct HistoryObject {
+    pub history: History,
+    pub text: String,
+    pub archived_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Reads and decodes the archived history file of `tli` (above 1). None when the archive does
+/// not hold it.
+pub async fn fetch_object(archive: &Archive, tli: u32) -> Result<Option<HistoryObject>> {
     let stem = WalName::History(tli).key_stem();
     let exts: Vec<&str> = Compression::ALL.iter().map(|c| c.ext()).collect();
-    let Some((key, _)) = archive
+    let Some((key, meta)) = archive
         .store
         .find_stem(&stem, &exts)
         .await?
@@ -114,7 +128,11 @@ pub async fn fetch(archive: &Archive, tli: u32) -> Result<Option<History>> {
         return Ok(None);
     };
     let text = read_text(archive, &key).await?;
-    Ok(Some(History::from_text(tli, &key, &text)?))
+    Ok(Some(HistoryObject {
+        history: History::from_text(tli, &key, &text)?,
+        text,
+        archived_at: meta.last_modified,
+    }))
 }
 
 /// The archived history files from `after + 1` upwards, until the first one missing (timeline

@@ -114,21 +114,27 @@ pub struct Pg {
     running: bool,
 }
 
+/// initdb only (no server) into `<scratch>/<name>`: its pg_wal holds a real segment.
+pub fn initdb(scratch: &Scratch, name: &str) -> PathBuf {
+    let data = scratch.path().join(name);
+    let out = pg_tool("initdb")
+        .arg("-D")
+        .arg(&data)
+        .args(["--auth=trust", "--no-sync", "-U", "postgres"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    data
+}
+
 impl Pg {
     /// initdb with `extra` appended to postgresql.conf.
     pub fn init(scratch: &Scratch, name: &str, extra: &str) -> Pg {
-        let data = scratch.path().join(name);
-        let out = pg_tool("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["--auth=trust", "--no-sync", "-U", "postgres"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let data = initdb(scratch, name);
         Self::configure(scratch, name, data, extra)
     }
 
