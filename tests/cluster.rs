@@ -1058,8 +1058,24 @@ fn a_restart_interrupted_by_sigterm_or_sigkill_at_any_step_is_finished_or_rolled
     });
     let leader = c.wait_leader(Duration::from_secs(60));
     c.psql(leader, "CREATE TABLE marks (round int, id int, note text)");
+    c.pgbench(leader, &["-i", "-s", "1", "-q"]);
     for (round, r) in rounds.iter().enumerate() {
         let l = c.wait_leader(Duration::from_secs(90));
+        // pgbench writes until the restart stops the server (or, rolled back, until the agent
+        // is stopped).
+        let m = &c.members[l];
+        let bench = KillOnDrop(
+            support::pg_tool("pgbench")
+                .arg("-h")
+                .arg(&m.dir)
+                .arg("-p")
+                .arg(m.pg_port.to_string())
+                .args(["-U", "postgres", "-c", "1", "-T", "600", "postgres"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         for id in 1..=3 {
             c.psql(
                 l,
@@ -1100,6 +1116,7 @@ fn a_restart_interrupted_by_sigterm_or_sigkill_at_any_step_is_finished_or_rolled
             || c.logs(),
         );
         c.signal_agent(l, r.sig);
+        drop(bench);
         std::fs::remove_file(&hold).unwrap();
         c.start_agent(l);
         let job_state = || -> serde_json::Value {
