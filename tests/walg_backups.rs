@@ -673,12 +673,33 @@ fn a_wal_g_backup_packed_with_zstd_restores_with_backup_fetch_and_restore() {
 }
 
 #[test]
-fn a_wal_g_backup_missing_a_listed_partition_or_file_fails_backup_fetch_naming_it() {
+fn a_wal_g_delta_or_a_wal_g_backup_missing_a_listed_partition_or_file_fails_backup_fetch() {
     let c = Cluster::start(&[]);
     c.primary
         .psql("CREATE TABLE rows_kept AS SELECT g AS id FROM generate_series(1, 1000) g");
     c.primary.pgbench(&["-i", "-s", "1", "-q"]);
     let b = walg_backup(&c, 1 << 20, Codec::Lz4);
+
+    // A delta backup (files marked as increments, or a `_D_` name) is refused, not half restored.
+    let meta_path = c
+        .archive
+        .join(format!("basebackups_005/{}/files_metadata.json", b.name));
+    let original = std::fs::read(&meta_path).unwrap();
+    let mut files: WalgFiles = serde_json::from_slice(&original).unwrap();
+    files.files.values_mut().next().unwrap().is_incremented = true;
+    std::fs::write(&meta_path, serde_json::to_vec(&files).unwrap()).unwrap();
+    let target = c.dir("delta");
+    for which in [
+        "LATEST".to_string(),
+        format!("{}_D_000000010000000000000001", b.name),
+    ] {
+        let out = c.walkeeper(&["backup-fetch", target.to_str().unwrap(), &which]);
+        assert_eq!(out.status.code(), Some(2), "{which}: {}", stderr(&out));
+        assert!(stderr(&out).contains("delta backup"), "{}", stderr(&out));
+        assert!(!target.join("PG_VERSION").exists());
+    }
+    std::fs::write(&meta_path, &original).unwrap();
+
     let parts = c
         .archive
         .join(format!("basebackups_005/{}/tar_partitions", b.name));
