@@ -1,4 +1,5 @@
-//! `walkeeper wal-verify`: exit 0 when the archive has no gap, 1 when it has.
+//! `walkeeper wal-verify`: exit 0 when the archive has no gap and no WAL name stored under two
+//! codecs with different content, 1 otherwise. Identical copies are reported and accepted.
 
 use crate::archive::Archive;
 use crate::backup::verify::verify;
@@ -25,7 +26,13 @@ pub async fn run(cli: &super::Cli, _args: &Args) -> i32 {
             for m in &r.missing {
                 println!("missing {m}");
             }
-            i32::from(!r.missing.is_empty())
+            for d in &r.duplicates {
+                let verdict = if d.differs() { "conflict" } else { "duplicate" };
+                let list: Vec<String> =
+                    d.copies.iter().map(|(k, x)| format!("{k} ({x})")).collect();
+                println!("{verdict} {}: {}", d.name, list.join(", "));
+            }
+            i32::from(!r.is_clean())
         }
         Err(e) => {
             tracing::error!("wal-verify failed: {e}");
