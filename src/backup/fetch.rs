@@ -360,7 +360,8 @@ async fn extract_one(
     Ok(files)
 }
 
-/// Extracts one partition. Returns the regular files it held, relative to the data directory.
+/// Extracts one partition. Returns the names of its entries (files, directories, links),
+/// relative to the data directory.
 fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<Vec<String>> {
     let mut ar = tar::Archive::new(TarTail::new(plain));
     ar.set_preserve_permissions(true);
@@ -377,6 +378,9 @@ fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<V
         let name = entry.path()?.into_owned();
         let dest = routes.dest(target, &name)?;
         let kind = entry.header().entry_type();
+        if let Some(rel) = name.to_str().and_then(super::files::relative) {
+            files.push(rel);
+        }
         if kind.is_symlink() || kind.is_hard_link() {
             let link = entry
                 .link_name()?
@@ -391,11 +395,6 @@ fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<V
         entry
             .unpack(&dest)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", name.display())))?;
-        if kind.is_file() || kind == tar::EntryType::Continuous {
-            if let Some(rel) = name.to_str().and_then(super::files::relative) {
-                files.push(rel);
-            }
-        }
     }
     // Read to the end, so the decoder checks the stream's end (truncation, checksums), and
     // check that the archive really ended: the tar reader also stops, without an error, where
@@ -741,7 +740,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut files = unpack(&tar[..], dir.path(), &Routes::default()).unwrap();
         files.sort();
-        assert_eq!(files, ["backup_label", "base/1259", "global/pg_control"]);
+        assert_eq!(
+            files,
+            ["backup_label", "base", "base/1259", "global/pg_control"]
+        );
         assert_eq!(
             std::fs::read(dir.path().join("base/1259")).unwrap(),
             b"page"
