@@ -759,6 +759,36 @@ mod tests {
     }
 
     #[test]
+    fn long_wal_g_names_in_a_ustar_prefix_or_a_pax_record_extract_into_the_data_directory() {
+        let dir = "/pg_tblspc/16384/PG_15_202209061/16385/".to_string() + &"d".repeat(70);
+        let long = format!("{dir}/{}", "f".repeat(90));
+        let mut b = tar::Builder::new(Vec::new());
+        // Go's USTAR split: prefix (up to 155 bytes) + name (up to 100).
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o600);
+        h.set_size(1);
+        let u = h.as_ustar_mut().unwrap();
+        u.prefix[..dir.len()].copy_from_slice(dir.as_bytes());
+        u.name[..90].copy_from_slice("f".repeat(90).as_bytes());
+        h.set_cksum();
+        b.append(&h, &b"u"[..]).unwrap();
+        // Past USTAR's limits Go writes a PAX record with the path.
+        let longer = format!("/base/{0}/{0}/{0}", "p".repeat(100));
+        b.append_pax_extensions([("path", longer.as_bytes())])
+            .unwrap();
+        raw_entry(&mut b, tar::EntryType::Regular, "/base/short", "", b"p");
+        let tar = b.into_inner().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("data");
+        let mut got = unpack(&tar[..], &target, &Routes::default()).unwrap();
+        got.sort();
+        assert_eq!(got, [longer[1..].to_string(), long[1..].to_string()]);
+        assert_eq!(std::fs::read(target.join(&long[1..])).unwrap(), b"u");
+        assert_eq!(std::fs::read(target.join(&longer[1..])).unwrap(), b"p");
+    }
+
+    #[test]
     fn links_are_made_only_inside_the_data_directory() {
         let root = tempfile::tempdir().unwrap();
         let target = root.path().join("data");
