@@ -317,6 +317,18 @@ impl Tarball {
     }
 }
 
+/// WAL-G's record of a file or directory packed whole.
+fn walg_file(meta: &std::fs::Metadata) -> WalgFile {
+    WalgFile {
+        is_incremented: false,
+        is_skipped: false,
+        mtime: chrono::DateTime::from_timestamp(meta.mtime(), meta.mtime_nsec() as u32)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        updates_count: 0,
+    }
+}
+
 /// Writes partitions the way WAL-G's tarball queue does, and records what it wrote.
 struct WalgPacker {
     parts: PathBuf,
@@ -402,6 +414,9 @@ impl WalgPacker {
                     meta.gid(),
                 );
                 current.append(&h, &[]);
+                // AddHeader: directories are in Files and TarFileSets too.
+                current.files.push(entry.clone());
+                self.files.files.insert(entry.clone(), walg_file(&meta));
                 if !excluded {
                     let mut children: Vec<PathBuf> = std::fs::read_dir(&path)
                         .unwrap()
@@ -426,20 +441,7 @@ impl WalgPacker {
                 current.append(&h, &data);
                 current.size += data.len() as u64;
                 current.files.push(entry.clone());
-                self.files.files.insert(
-                    entry,
-                    WalgFile {
-                        is_incremented: false,
-                        is_skipped: false,
-                        mtime: chrono::DateTime::from_timestamp(
-                            meta.mtime(),
-                            meta.mtime_nsec() as u32,
-                        )
-                        .unwrap()
-                        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-                        updates_count: 0,
-                    },
-                );
+                self.files.files.insert(entry, walg_file(&meta));
                 if current.size > threshold {
                     let next = self.make();
                     let full = std::mem::replace(&mut current, next);

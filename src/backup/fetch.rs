@@ -360,7 +360,8 @@ async fn extract_one(
     Ok(files)
 }
 
-/// Extracts one partition. Returns the regular files it held, relative to the data directory.
+/// Extracts one partition. Returns the names of its entries (files, directories, links),
+/// relative to the data directory.
 fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<Vec<String>> {
     let mut ar = tar::Archive::new(TarTail::new(plain));
     ar.set_preserve_permissions(true);
@@ -377,6 +378,9 @@ fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<V
         let name = entry.path()?.into_owned();
         let dest = routes.dest(target, &name)?;
         let kind = entry.header().entry_type();
+        if let Some(rel) = name.to_str().and_then(super::files::relative) {
+            files.push(rel);
+        }
         if kind.is_symlink() || kind.is_hard_link() {
             let link = entry
                 .link_name()?
@@ -391,11 +395,6 @@ fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<V
         entry
             .unpack(&dest)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", name.display())))?;
-        if kind.is_file() || kind == tar::EntryType::Continuous {
-            if let Some(rel) = name.to_str().and_then(super::files::relative) {
-                files.push(rel);
-            }
-        }
     }
     // Read to the end, so the decoder checks the stream's end (truncation, checksums), and
     // check that the archive really ended: the tar reader also stops, without an error, where
@@ -741,7 +740,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut files = unpack(&tar[..], dir.path(), &Routes::default()).unwrap();
         files.sort();
-        assert_eq!(files, ["backup_label", "base/1259", "global/pg_control"]);
+        assert_eq!(
+            files,
+            ["backup_label", "base", "base/1259", "global/pg_control"]
+        );
         assert_eq!(
             std::fs::read(dir.path().join("base/1259")).unwrap(),
             b"page"
@@ -754,6 +756,36 @@ mod tests {
             std::fs::read(dir.path().join("backup_label")).unwrap(),
             b"label"
         );
+    }
+
+    #[test]
+    fn long_wal_g_names_in_a_ustar_prefix_or_a_pax_record_extract_into_the_data_directory() {
+        let dir = "/pg_tblspc/16384/PG_15_202209061/16385/".to_string() + &"d".repeat(70);
+        let long = format!("{dir}/{}", "f".repeat(90));
+        let mut b = tar::Builder::new(Vec::new());
+        // Go's USTAR split: prefix (up to 155 bytes) + name (up to 100).
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o600);
+        h.set_size(1);
+        let u = h.as_ustar_mut().unwrap();
+        u.prefix[..dir.len()].copy_from_slice(dir.as_bytes());
+        u.name[..90].copy_from_slice("f".repeat(90).as_bytes());
+        h.set_cksum();
+        b.append(&h, &b"u"[..]).unwrap();
+        // Past USTAR's limits Go writes a PAX record with the path.
+        let longer = format!("/base/{0}/{0}/{0}", "p".repeat(100));
+        b.append_pax_extensions([("path", longer.as_bytes())])
+            .unwrap();
+        raw_entry(&mut b, tar::EntryType::Regular, "/base/short", "", b"p");
+        let tar = b.into_inner().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("data");
+        let mut got = unpack(&tar[..], &target, &Routes::default()).unwrap();
+        got.sort();
+        assert_eq!(got, [longer[1..].to_string(), long[1..].to_string()]);
+        assert_eq!(std::fs::read(target.join(&long[1..])).unwrap(), b"u");
+        assert_eq!(std::fs::read(target.join(&longer[1..])).unwrap(), b"p");
     }
 
     #[test]

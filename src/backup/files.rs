@@ -166,19 +166,23 @@ impl FilesMetadata {
             .any(|d| d.is_incremented || d.is_skipped)
     }
 
-    /// The regular files this backup must restore, relative to the data directory. An entry
-    /// that climbs out of it is an error naming `key`.
+    /// The entries this backup must restore, relative to the data directory: WAL-G lists its
+    /// regular files and directories (the data directory itself as `/`, which is left out
+    /// here). An entry that climbs out (`..`) is an error naming `key`.
     pub fn required(&self, key: &str) -> Result<Vec<String>> {
-        self.files
-            .iter()
-            .filter(|(_, d)| !d.is_skipped)
-            .map(|(name, _)| {
-                relative(name).ok_or_else(|| Error::Corrupt {
+        let mut out = Vec::new();
+        for (name, d) in &self.files {
+            if name.split('/').any(|c| c == "..") {
+                return Err(Error::Corrupt {
                     key: key.into(),
                     msg: format!("file {name:?} is outside the data directory"),
-                })
-            })
-            .collect()
+                });
+            }
+            if let (false, Some(rel)) = (d.is_skipped, relative(name)) {
+                out.push(rel);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -236,6 +240,9 @@ mod tests {
         assert!(e.contains("basebackups_005/b/files_metadata.json"), "{e}");
         let m = FilesMetadata::parse("k", br#"{"Files":{"/../etc/x":{}}}"#).unwrap();
         assert!(m.required("k").is_err());
+        // WAL-G lists the data directory itself as "/".
+        let m = FilesMetadata::parse("k", br#"{"Files":{"/":{},"/base":{}}}"#).unwrap();
+        assert_eq!(m.required("k").unwrap(), vec!["base"]);
     }
 
     #[test]

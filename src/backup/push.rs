@@ -759,6 +759,54 @@ mod tests {
     }
 
     #[test]
+    fn entries_are_named_as_wal_g_names_them_even_past_100_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let long_dir = format!("pg_tblspc/16384/PG_15_202209061/{}", "d".repeat(90));
+        std::fs::create_dir_all(d.path().join(&long_dir)).unwrap();
+        std::fs::write(d.path().join("PG_VERSION"), b"15\n").unwrap();
+        std::fs::write(d.path().join(&long_dir).join("16385"), b"page").unwrap();
+        let e = |name: &str, kind: Kind, size: u64| Entry {
+            name: name.into(),
+            path: d.path().join(name),
+            kind,
+            size,
+        };
+        let entries = vec![
+            e("PG_VERSION", Kind::File, 3),
+            e(&long_dir, Kind::Dir, 0),
+            e(&format!("{long_dir}/16385"), Kind::File, 4),
+        ];
+        let mut out = Vec::new();
+        let written = write_tar(&entries, &mut out, None).unwrap();
+        let names: Vec<String> = written.iter().map(|w| w.name.clone()).collect();
+        assert_eq!(
+            names,
+            vec!["/PG_VERSION".to_string(), format!("/{long_dir}/16385")]
+        );
+        let mut ar = tar::Archive::new(&out[..]);
+        let read: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| String::from_utf8(e.unwrap().path_bytes().into_owned()).unwrap())
+            .collect();
+        assert_eq!(
+            read,
+            vec![
+                "/PG_VERSION".to_string(),
+                format!("/{long_dir}"),
+                format!("/{long_dir}/16385")
+            ]
+        );
+        // The mtime recorded is the file's own, to the nanosecond.
+        let m = std::fs::metadata(d.path().join("PG_VERSION")).unwrap();
+        assert_eq!(written[0].mtime.timestamp(), m.mtime());
+        assert_eq!(
+            written[0].mtime.timestamp_subsec_nanos() as i64,
+            m.mtime_nsec()
+        );
+    }
+
+    #[test]
     fn walk_leaves_out_what_postgres_says_to_leave_out() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
