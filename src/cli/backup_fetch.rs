@@ -18,6 +18,10 @@ pub struct Args {
     /// Restore tablespaces into pg_tblspc/<oid> inside the data directory, without links.
     #[arg(long)]
     pub blind_restore: bool,
+    /// Do not make the restored files durable before exiting (by default one syncfs per file
+    /// system restored to).
+    #[arg(long)]
+    pub no_sync: bool,
 }
 
 impl Args {
@@ -25,6 +29,7 @@ impl Args {
         FetchOptions {
             restore_spec: self.restore_spec.clone(),
             blind_restore: self.blind_restore,
+            no_sync: self.no_sync,
             concurrency: archive
                 .settings
                 .vars
