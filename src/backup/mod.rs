@@ -12,6 +12,7 @@ pub mod branches;
 pub mod delete;
 pub mod fetch;
 pub mod pg;
+pub mod pgtls;
 pub mod push;
 pub mod restore;
 pub mod verify;
