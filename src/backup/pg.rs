@@ -373,7 +373,13 @@ fn split_pgpass(line: &str) -> Vec<String> {
 }
 
 pub async fn connect(cfg: &ConnConfig) -> Result<Client> {
-    let client = if cfg.tls.mode == TlsMode::Disable {
+    // Unix sockets never use TLS (as in libpq); tokio-postgres-rustls cannot name their server.
+    let local_only = cfg
+        .pg
+        .get_hosts()
+        .iter()
+        .all(|h| !matches!(h, Host::Tcp(_)));
+    let client = if cfg.tls.mode == TlsMode::Disable || local_only {
         let (client, conn) = cfg.pg.connect(NoTls).await.map_err(pg_err("connection"))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
