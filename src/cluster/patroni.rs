@@ -165,3 +165,17 @@ impl Patroni {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_go_to_another_member_only_over_the_configured_scheme() {
+        let p = Patroni::new("https://10.0.0.1:8008", Some(("u".into(), "pw".into()))).unwrap();
+        assert!(p.at("https://10.0.0.2:8008").auth.is_some());
+        assert!(p.at("http://10.0.0.2:8008").auth.is_none());
+        assert!(p.at("10.0.0.2:8008").auth.is_none());
+        assert!(!format!("{p:?}").contains("pw"));
+    }
+}
