@@ -890,3 +890,30 @@ fn s3_uploads_carry_server_side_encryption_and_the_storage_class() {
     let out = run(&["wal-push", &format!("pg_wal/{name}")], &bad, &pgdata);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn create_replica_names_the_leader_without_its_password() {
+    let scratch = Scratch::new();
+    let backend = Backend::file(&scratch);
+    let datadir = scratch.path().join("new");
+    let out = run(
+        &[
+            "create-replica",
+            "--scope=sec",
+            &format!("--datadir={}", datadir.display()),
+            &format!(
+                "--connstring=host=127.0.0.1 port={} user=replicator password=s3cret-pw",
+                free_port()
+            ),
+        ],
+        &backend.vars(),
+        scratch.path(),
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("password=***"),
+        "the error does not name the leader: {}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("s3cret-pw"), "{}", stderr(&out));
+}
