@@ -498,24 +498,25 @@ async fn restore_and_promote(
     let log_file = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
     let log_err = log_file.try_clone().map_err(|e| Error::io(&log, e))?;
     // No cloud keys, API token or passwords in the postmaster's (and its backends') environment.
-    let spawned =
-        crate::security::scrub_env(&mut Command::new(agent.cfg.pg_bin_dir.join("postgres")))
-            .arg("-D")
-            .arg(pgdata)
-            .arg("-c")
-            .arg(format!("restore_command={restore_command}"))
-            .arg("-c")
-            .arg(format!("recovery_target_time={}", pg_time(&target)))
-            .arg("-c")
-            .arg("recovery_target_action=promote")
-            .arg("-c")
-            .arg(format!("recovery_target_timeline={timeline}"))
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| Error::io(agent.cfg.pg_bin_dir.join("postgres"), e))?;
+    let mut postgres = Command::new(agent.cfg.pg_bin_dir.join("postgres"));
+    crate::security::scrub_env(&mut postgres);
+    let spawned = postgres
+        .arg("-D")
+        .arg(pgdata)
+        .arg("-c")
+        .arg(format!("restore_command={restore_command}"))
+        .arg("-c")
+        .arg(format!("recovery_target_time={}", pg_time(&target)))
+        .arg("-c")
+        .arg("recovery_target_action=promote")
+        .arg("-c")
+        .arg(format!("recovery_target_timeline={timeline}"))
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io(agent.cfg.pg_bin_dir.join("postgres"), e))?;
     *child = Some(spawned);
     job.step(
         "recover",
