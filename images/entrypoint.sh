@@ -118,7 +118,8 @@ rm -rf "$WALKEEPER_ENVDIR"
 install -d -o postgres -g postgres -m 0700 "$(dirname "$WALKEEPER_ENVDIR")" "$WALKEEPER_ENVDIR"
 while IFS= read -r name; do
   case "$name" in
-    WALKEEPER_* | WALG_* | WALE_* | AWS_* | GOOGLE_* | GCS_* | AZURE_* | WABS_*)
+    WALKEEPER_* | WALG_* | WALE_* | AWS_* | GOOGLE_* | GCS_* | AZURE_* | WABS_* | \
+      PATRONI_ETCD3_PROTOCOL | PATRONI_ETCD3_CACERT | PATRONI_ETCD3_CERT | PATRONI_ETCD3_KEY)
       (umask 077 && printf '%s\n' "${!name}" >"$WALKEEPER_ENVDIR/$name")
       ;;
   esac

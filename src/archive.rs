@@ -22,7 +22,10 @@ impl Archive {
             Some(Encryption::from_recipients(&settings.age_recipients)?)
         };
         let decryption = match &settings.age_identity_file {
-            Some(p) => Some(Decryption::from_file(p)?),
+            Some(p) => {
+                crate::security::check_private(p, "age identity file")?;
+                Some(Decryption::from_file(p)?)
+            }
             None => None,
         };
         Ok(Archive {

@@ -43,13 +43,26 @@ pub struct FileConfig {
     pub age_identity_file: Option<PathBuf>,
     /// Extra variables (e.g. `AWS_ENDPOINT`), used where the environment does not set them.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: Vars,
     /// The Patroni cluster this member belongs to (turns on leader-only uploads).
     #[serde(default)]
     pub cluster: ClusterFile,
     /// The `walkeeper agent` daemon.
     #[serde(default)]
     pub agent: AgentFile,
+    /// S3 uploads: server-side encryption and storage class (fill WALG_S3_* when unset).
+    #[serde(default)]
+    pub s3: S3File,
+}
+
+/// `s3:` in the YAML file: `sse` (WALG_S3_SSE), `sse_kms_id` (WALG_S3_SSE_KMS_ID),
+/// `storage_class` (WALG_S3_STORAGE_CLASS).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3File {
+    pub sse: Option<String>,
+    pub sse_kms_id: Option<String>,
+    pub storage_class: Option<String>,
 }
 
 /// `cluster:` in the YAML file. Each key has an environment variable that overrides it.
@@ -62,10 +75,18 @@ pub struct ClusterFile {
     pub etcd_hosts: Option<Vec<String>>,
     /// Where wal-push finds the local agent (default: `http://` + the agent's listen address).
     pub agent_url: Option<String>,
+    /// `http` or `https`: the scheme of etcd hosts given without one (Patroni's `protocol`).
+    pub etcd_protocol: Option<String>,
+    /// CA certificate (PEM) that etcd's server certificate must chain to.
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) presented to etcd.
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub etcd_key: Option<PathBuf>,
 }
 
 /// `agent:` in the YAML file. Each key has an environment variable that overrides it.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
     pub pgdata: Option<PathBuf>,
@@ -81,9 +102,51 @@ pub struct AgentFile {
     pub restore_when_empty: Option<bool>,
 }
 
+/// Shows the connection string without its password.
+impl std::fmt::Debug for AgentFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentFile")
+            .field("pgdata", &self.pgdata)
+            .field(
+                "connstring",
+                &self
+                    .connstring
+                    .as_deref()
+                    .map(crate::security::scrub_connstring),
+            )
+            .field("pg_bin_dir", &self.pg_bin_dir)
+            .field("patroni_url", &self.patroni_url)
+            .field("listen", &self.listen)
+            .field("api_token_file", &self.api_token_file)
+            .field("backup_schedule", &self.backup_schedule)
+            .field("retain", &self.retain)
+            .field("retain_min_age", &self.retain_min_age)
+            .field("backup_list_refresh", &self.backup_list_refresh)
+            .field("restore_when_empty", &self.restore_when_empty)
+            .finish()
+    }
+}
+
 /// Resolved variables: file `env:` entries, then the process environment, then the envdir.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
 pub struct Vars(BTreeMap<String, String>);
+
+/// Names every variable but shows no value of one that may hold a secret.
+impl std::fmt::Debug for Vars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if crate::security::holds_secret(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k, shown)
+            }))
+            .finish()
+    }
+}
 
 impl Vars {
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -141,7 +204,7 @@ pub struct Settings {
 pub const DEFAULT_AGENT_LISTEN: &str = "127.0.0.1:8432";
 
 /// Who this member is and where the cluster's etcd is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterSettings {
     pub scope: String,
     pub name: String,
@@ -150,8 +213,36 @@ pub struct ClusterSettings {
     /// etcd endpoints, each `http://host:port`.
     pub etcd_hosts: Vec<String>,
     pub etcd_user: Option<(String, String)>,
+    /// TLS towards etcd (for `https://` hosts).
+    pub etcd_tls: EtcdTls,
     /// The local agent's base URL.
     pub agent_url: String,
+}
+
+/// TLS settings for etcd: the CA that etcd's certificate must chain to (else the system's
+/// roots), and the client certificate and key etcd's `--client-cert-auth` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("scope", &self.scope)
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("etcd_hosts", &self.etcd_hosts)
+            .field(
+                "etcd_user",
+                &self.etcd_user.as_ref().map(|(u, _)| (u, "<redacted>")),
+            )
+            .field("etcd_tls", &self.etcd_tls)
+            .field("agent_url", &self.agent_url)
+            .finish()
+    }
 }
 
 impl ClusterSettings {
@@ -162,8 +253,13 @@ impl ClusterSettings {
 }
 
 /// Splits an etcd host list as Patroni writes it (`'h1:2379','h2:2379'`, or a YAML list) into
-/// URLs.
+/// URLs (`http://` for hosts without a scheme).
 pub fn parse_etcd_hosts<S: AsRef<str>>(items: &[S]) -> Vec<String> {
+    parse_etcd_hosts_with(items, "http")
+}
+
+/// [`parse_etcd_hosts`] with `scheme` for hosts given without one.
+pub fn parse_etcd_hosts_with<S: AsRef<str>>(items: &[S], scheme: &str) -> Vec<String> {
     items
         .iter()
         .flat_map(|i| {
@@ -182,7 +278,7 @@ pub fn parse_etcd_hosts<S: AsRef<str>>(items: &[S]) -> Vec<String> {
             if h.starts_with("http://") || h.starts_with("https://") {
                 h
             } else {
-                format!("http://{h}")
+                format!("{scheme}://{h}")
             }
         })
         .collect()
@@ -216,7 +312,50 @@ fn resolve_cluster(
     }
     let scope = pick("WALKEEPER_SCOPE", "PATRONI_SCOPE", &file.scope);
     let name = pick("WALKEEPER_NAME", "PATRONI_NAME", &file.name);
-    let etcd_hosts = parse_etcd_hosts(&hosts_text.unwrap_or_default());
+    let protocol = pick(
+        "WALKEEPER_ETCD_PROTOCOL",
+        "PATRONI_ETCD3_PROTOCOL",
+        &file.etcd_protocol,
+    )
+    .unwrap_or_else(|| "http".into())
+    .trim()
+    .to_ascii_lowercase();
+    if protocol != "http" && protocol != "https" {
+        return Err(Error::Config(format!(
+            "etcd protocol {protocol:?} (WALKEEPER_ETCD_PROTOCOL, PATRONI_ETCD3_PROTOCOL or \
+             cluster.etcd_protocol) is neither http nor https"
+        )));
+    }
+    let etcd_hosts = parse_etcd_hosts_with(&hosts_text.unwrap_or_default(), &protocol);
+    let path = |own: &str, patroni: &str, f: &Option<PathBuf>| -> Option<PathBuf> {
+        vars.get(own)
+            .map(PathBuf::from)
+            .or_else(|| f.clone())
+            .or_else(|| vars.get(patroni).map(PathBuf::from))
+    };
+    let etcd_tls = EtcdTls {
+        ca: path(
+            "WALKEEPER_ETCD_CACERT",
+            "PATRONI_ETCD3_CACERT",
+            &file.etcd_cacert,
+        ),
+        cert: path("WALKEEPER_ETCD_CERT", "PATRONI_ETCD3_CERT", &file.etcd_cert),
+        key: path("WALKEEPER_ETCD_KEY", "PATRONI_ETCD3_KEY", &file.etcd_key),
+    };
+    if etcd_tls.cert.is_some() != etcd_tls.key.is_some() {
+        return Err(Error::Config(
+            "an etcd client certificate needs both WALKEEPER_ETCD_CERT and WALKEEPER_ETCD_KEY \
+             (PATRONI_ETCD3_CERT and PATRONI_ETCD3_KEY, or cluster.etcd_cert and cluster.etcd_key)"
+                .into(),
+        ));
+    }
+    if vars.get("PATRONI_ETCD3_KEY_PASSWORD").is_some() {
+        return Err(Error::Config(
+            "PATRONI_ETCD3_KEY_PASSWORD is set: walkeeper reads only unencrypted client keys; \
+             give it an unencrypted key file (mode 0600) in WALKEEPER_ETCD_KEY"
+                .into(),
+        ));
+    }
     let mut missing = Vec::new();
     if scope.is_none() {
         missing.push("the scope (WALKEEPER_SCOPE, PATRONI_SCOPE or cluster.scope)");
@@ -270,6 +409,7 @@ fn resolve_cluster(
         namespace,
         etcd_hosts,
         etcd_user,
+        etcd_tls,
         agent_url: agent_url.trim_end_matches('/').to_string(),
     }))
 }
@@ -302,7 +442,16 @@ impl Settings {
             Some(p) => read_config_file(p)?,
             None => FileConfig::default(),
         };
-        let mut vars = Vars(file.env.clone());
+        let mut vars = file.env.clone();
+        for (k, v) in [
+            ("WALG_S3_SSE", &file.s3.sse),
+            ("WALG_S3_SSE_KMS_ID", &file.s3.sse_kms_id),
+            ("WALG_S3_STORAGE_CLASS", &file.s3.storage_class),
+        ] {
+            if let Some(v) = v {
+                vars.0.insert(k.to_string(), v.clone());
+            }
+        }
         for (k, v) in overlay {
             vars.0.insert(k, v);
         }
@@ -441,6 +590,9 @@ pub fn read_envdir(dir: &Path) -> Result<BTreeMap<String, String>> {
             .map_err(|e| Error::Config(format!("envdir {}: {e}", path.display())))?;
         if !meta.is_file() {
             continue;
+        }
+        if crate::security::holds_secret(&name) {
+            crate::security::check_private(&path, &format!("envdir file for {name}"))?;
         }
         let bytes = std::fs::read(&path)
             .map_err(|e| Error::Config(format!("envdir {}: {e}", path.display())))?;

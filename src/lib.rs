@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod security;
 pub mod storage;
 pub mod wal;
 

@@ -198,6 +198,7 @@ fn only_the_holder_of_the_leader_key_can_write_the_backup_list() {
         namespace: "/service".into(),
         etcd_hosts: vec![format!("http://{}", m.etcd.url())],
         etcd_user: None,
+        etcd_tls: Default::default(),
         agent_url: String::new(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -290,7 +291,7 @@ fn an_agent_listening_beyond_loopback_refuses_to_start_without_a_token() {
 fn mutating_endpoints_need_the_bearer_token_and_file_names_never_leave_pg_wal() {
     let m = Member::new();
     let token_file = m.scratch.path().join("token");
-    std::fs::write(&token_file, "s3cr3t-token\n").unwrap();
+    write_private(&token_file, "s3cr3t-token\n");
     let agent = start_agent(
         &m,
         &[("WALKEEPER_API_TOKEN_FILE", token_file.to_str().unwrap())],
@@ -314,11 +315,18 @@ fn mutating_endpoints_need_the_bearer_token_and_file_names_never_leave_pg_wal() 
     assert_eq!(send(Method::POST, "/backup-push", Some("wrong")).0, 401);
     assert_eq!(send(Method::POST, "/restart", None).0, 401);
     assert_eq!(
-        send(Method::GET, "/wal-push/000000010000000000000001", None).0,
+        send(Method::POST, "/wal-push/000000010000000000000001", None).0,
         401
     );
+    // Mutations are POST only.
+    let tok = Some("s3cr3t-token");
+    assert_eq!(send(Method::GET, "/backup-push", tok).0, 405);
+    assert_eq!(
+        send(Method::GET, "/wal-push/000000010000000000000001", tok).0,
+        405
+    );
     // With the token, the request gets through to the leadership check: nobody leads.
-    let (code, body) = send(Method::POST, "/backup-push", Some("s3cr3t-token"));
+    let (code, body) = send(Method::POST, "/backup-push", tok);
     assert_eq!(code, 409, "{body}");
 
     // Read-only endpoints need no token.
@@ -331,20 +339,19 @@ fn mutating_endpoints_need_the_bearer_token_and_file_names_never_leave_pg_wal() 
     assert!(status.contains("\"role\":\"replica\""), "{status}");
 
     // Only WAL names, only pg_wal.
-    let tok = Some("s3cr3t-token");
     for path in [
         "/wal-push/..%2F..%2Fetc%2Fpasswd",
         "/wal-push/etc/passwd",
         "/wal-fetch/postgresql.conf",
     ] {
-        let (code, body) = send(Method::GET, path, tok);
+        let (code, body) = send(Method::POST, path, tok);
         assert_eq!(code, 400, "{path}: {body}");
     }
-    let (code, body) = send(Method::GET, "/wal-fetch/000000010000000000000009", tok);
+    let (code, body) = send(Method::POST, "/wal-fetch/000000010000000000000009", tok);
     assert_eq!(code, 404, "{body}");
     assert!(!m.pgdata.join("pg_wal/000000010000000000000009").exists());
     // A nested sidecar path names its last component, inside pg_wal.
-    let (code, body) = send(Method::GET, "/wal-push/a/b/000000010000000000000001", tok);
+    let (code, body) = send(Method::POST, "/wal-push/a/b/000000010000000000000001", tok);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("pg_wal"), "{body}");
 }

@@ -18,6 +18,7 @@ pub mod delete;
 pub mod fetch;
 pub mod files;
 pub mod pg;
+pub mod pgtls;
 pub mod push;
 pub mod restore;
 pub mod verify;

@@ -1,10 +1,10 @@
 //! The PostgreSQL side of a base backup: connecting (PG* variables, a libpq connstring,
-//! PGPASSFILE) and the non-exclusive backup functions.
+//! PGPASSFILE, TLS as libpq does it) and the non-exclusive backup functions.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, NoTls};
 
 use super::Lsn;
@@ -13,18 +13,260 @@ use crate::error::{Error, Result};
 use crate::wal::names::WalSegSize;
 
 fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
-    move |e| Error::BadInput(format!("PostgreSQL {what}: {e}"))
+    move |e| Error::BadInput(format!("PostgreSQL {what}: {}", with_causes(&e)))
+}
+
+/// An error with its causes (a TLS failure says why, not only "error performing TLS handshake").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    Disable,
+    /// libpq tries plaintext first; here TLS is tried first, as with `prefer`.
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl TlsMode {
+    fn parse(v: &str) -> Result<TlsMode> {
+        Ok(match v.trim() {
+            "disable" => TlsMode::Disable,
+            "allow" => TlsMode::Allow,
+            "prefer" => TlsMode::Prefer,
+            "require" => TlsMode::Require,
+            "verify-ca" => TlsMode::VerifyCa,
+            "verify-full" => TlsMode::VerifyFull,
+            other => {
+                return Err(Error::BadInput(format!(
+                    "sslmode {other:?} is not one of disable, allow, prefer, require, verify-ca, \
+                     verify-full"
+                )))
+            }
+        })
+    }
+}
+
+/// TLS for a PostgreSQL connection, from `sslmode`, `sslrootcert`, `sslcert` and `sslkey` in the
+/// connection string, else PGSSLMODE, PGSSLROOTCERT, PGSSLCERT and PGSSLKEY, else libpq's
+/// defaults (`prefer`, and the files in `~/.postgresql/` when they exist).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub mode: TlsMode,
+    /// CA certificates (PEM), or `system` for the system's roots.
+    pub rootcert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// A connection config: tokio-postgres's, and the TLS settings it cannot hold.
+#[derive(Clone)]
+pub struct ConnConfig {
+    pub pg: Config,
+    pub tls: TlsSettings,
+}
+
+impl std::ops::Deref for ConnConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.pg
+    }
+}
+
+/// The TLS keys libpq takes that tokio-postgres does not.
+const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// Splits the TLS keys out of a connection string (key=value or URL): the rest, for
+/// tokio-postgres, and the TLS values.
+fn split_tls_keys(s: &str) -> Result<(String, Vec<(String, String)>)> {
+    let t = s.trim();
+    if t.starts_with("postgres://") || t.starts_with("postgresql://") {
+        let Some((base, query)) = t.split_once('?') else {
+            return Ok((t.to_string(), Vec::new()));
+        };
+        let mut keep = Vec::new();
+        let mut tls = Vec::new();
+        for part in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            if TLS_KEYS.contains(&k) {
+                let v: String = url::form_urlencoded::parse(format!("v={v}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                tls.push((k.to_string(), v));
+            } else {
+                keep.push(part);
+            }
+        }
+        let rest = if keep.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", keep.join("&"))
+        };
+        return Ok((rest, tls));
+    }
+    let mut keep = Vec::new();
+    let mut tls = Vec::new();
+    let mut chars = t.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            return Err(Error::BadInput(format!(
+                "connection string: {key:?} has no value (expected key=value)"
+            )));
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut raw = String::new();
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            raw.push('\'');
+            chars.next();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                raw.push(c);
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            raw.push(n);
+                            value.push(n);
+                        }
+                    }
+                    '\'' => {
+                        closed = true;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            if !closed {
+                return Err(Error::BadInput(format!(
+                    "connection string: the value of {key:?} has no closing quote"
+                )));
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                chars.next();
+                raw.push(c);
+                if c == '\\' {
+                    if let Some(n) = chars.next() {
+                        raw.push(n);
+                        value.push(n);
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        if TLS_KEYS.contains(&key.as_str()) {
+            tls.push((key, value));
+        } else {
+            keep.push(format!("{key}={raw}"));
+        }
+    }
+    Ok((keep.join(" "), tls))
+}
+
+fn tls_settings(given: &[(String, String)], vars: &Vars) -> Result<TlsSettings> {
+    let pick = |key: &str, var: &str| -> Option<String> {
+        given
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .or_else(|| vars.get(var).map(String::from))
+            .filter(|v| !v.is_empty())
+    };
+    let mode = TlsMode::parse(&pick("sslmode", "PGSSLMODE").unwrap_or_else(|| "prefer".into()))?;
+    // libpq's defaults: files in ~/.postgresql/, used when they exist.
+    let home_file = |name: &str| -> Option<PathBuf> {
+        let p = Path::new(vars.get("HOME")?).join(".postgresql").join(name);
+        p.exists().then_some(p)
+    };
+    let rootcert = pick("sslrootcert", "PGSSLROOTCERT")
+        .map(PathBuf::from)
+        .or_else(|| home_file("root.crt"));
+    let cert = pick("sslcert", "PGSSLCERT")
+        .map(PathBuf::from)
+        .or_else(|| home_file("postgresql.crt"));
+    let key = pick("sslkey", "PGSSLKEY")
+        .map(PathBuf::from)
+        .or_else(|| home_file("postgresql.key"));
+    if matches!(mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && rootcert.is_none() {
+        return Err(Error::Config(
+            "sslmode verify-ca and verify-full need the CA certificate: sslrootcert (or \
+             PGSSLROOTCERT, or ~/.postgresql/root.crt; `system` for the system's roots)"
+                .into(),
+        ));
+    }
+    Ok(TlsSettings {
+        mode,
+        rootcert,
+        cert,
+        key,
+    })
 }
 
 /// Builds a connection config from `--connstring` (libpq key=value or URL) and the PG* variables
 /// libpq reads, and finds the password in PGPASSFILE (or ~/.pgpass) when none is given.
-pub fn config(connstring: Option<&str>, vars: &Vars) -> Result<Config> {
-    let mut cfg = match connstring {
+pub fn config(connstring: Option<&str>, vars: &Vars) -> Result<ConnConfig> {
+    let (rest, given_tls) = match connstring {
         Some(s) => {
-            Config::from_str(s).map_err(|e| Error::BadInput(format!("connection string: {e}")))?
+            let (rest, tls) = split_tls_keys(s)?;
+            (Some(rest), tls)
         }
-        None => Config::new(),
+        None => (None, Vec::new()),
     };
+    let tls = tls_settings(&given_tls, vars)?;
+    let mut cfg = match rest.as_deref() {
+        Some(s) if !s.trim().is_empty() => Config::from_str(s).map_err(|e| {
+            Error::BadInput(format!(
+                "connection string {}: {e}",
+                crate::security::scrub_connstring(s)
+            ))
+        })?,
+        _ => Config::new(),
+    };
+    cfg.ssl_mode(match tls.mode {
+        TlsMode::Disable => SslMode::Disable,
+        TlsMode::Allow | TlsMode::Prefer => SslMode::Prefer,
+        TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
+    });
     if cfg.get_hosts().is_empty() {
         let host = vars.get("PGHOST").unwrap_or("/var/run/postgresql");
         for h in host.split(',') {
@@ -54,7 +296,7 @@ pub fn config(connstring: Option<&str>, vars: &Vars) -> Result<Config> {
             cfg.password(p);
         }
     }
-    Ok(cfg)
+    Ok(ConnConfig { pg: cfg, tls })
 }
 
 fn passfile_path(vars: &Vars) -> Option<PathBuf> {
@@ -69,6 +311,16 @@ fn passfile_password(cfg: &Config, vars: &Vars) -> Result<Option<String>> {
     let Some(path) = passfile_path(vars) else {
         return Ok(None);
     };
+    if path.exists() {
+        if let Err(e) = crate::security::check_private(&path, "password file") {
+            // Like libpq: a password file others can read is not used.
+            if vars.get("PGPASSFILE").is_some() {
+                return Err(e);
+            }
+            tracing::warn!("{e}; not using it");
+            return Ok(None);
+        }
+    }
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         // Like libpq, an unreadable default ~/.pgpass is ignored; a named PGPASSFILE is not.
@@ -120,13 +372,33 @@ fn split_pgpass(line: &str) -> Vec<String> {
     fields
 }
 
-pub async fn connect(cfg: &Config) -> Result<Client> {
-    let (client, conn) = cfg.connect(NoTls).await.map_err(pg_err("connection"))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!("PostgreSQL connection ended: {e}");
-        }
-    });
+pub async fn connect(cfg: &ConnConfig) -> Result<Client> {
+    // Unix sockets never use TLS (as in libpq); tokio-postgres-rustls cannot name their server.
+    let local_only = cfg
+        .pg
+        .get_hosts()
+        .iter()
+        .all(|h| !matches!(h, Host::Tcp(_)));
+    let client = if cfg.tls.mode == TlsMode::Disable || local_only {
+        let (client, conn) = cfg.pg.connect(NoTls).await.map_err(pg_err("connection"))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!("PostgreSQL connection ended: {e}");
+            }
+        });
+        client
+    } else {
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+            crate::backup::pgtls::client_config(&cfg.tls)?,
+        );
+        let (client, conn) = cfg.pg.connect(tls).await.map_err(pg_err("connection"))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!("PostgreSQL connection ended: {e}");
+            }
+        });
+        client
+    };
     Ok(client)
 }
 
@@ -246,6 +518,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_keys_leave_the_connection_string_in_both_forms() {
+        let (rest, tls) = split_tls_keys(
+            "host=h sslmode=verify-full user='u x' sslrootcert='/a b/ca.pem' sslkey=/k",
+        )
+        .unwrap();
+        assert_eq!(rest, "host=h user='u x'");
+        assert_eq!(
+            tls,
+            vec![
+                ("sslmode".to_string(), "verify-full".to_string()),
+                ("sslrootcert".to_string(), "/a b/ca.pem".to_string()),
+                ("sslkey".to_string(), "/k".to_string()),
+            ]
+        );
+        let (rest, tls) =
+            split_tls_keys("postgresql://u@h:5/db?sslmode=require&application_name=x&sslcert=%2Fc")
+                .unwrap();
+        assert_eq!(rest, "postgresql://u@h:5/db?application_name=x");
+        assert_eq!(tls[1], ("sslcert".to_string(), "/c".to_string()));
+        assert!(split_tls_keys("host='unclosed").is_err());
+    }
+
+    #[test]
+    fn sslmode_comes_from_the_connstring_then_pgsslmode() {
+        let mut vars = Vars::default();
+        vars.set("PGSSLMODE", "disable");
+        let cfg = config(Some("host=h sslmode=require"), &vars).unwrap();
+        assert_eq!(cfg.tls.mode, TlsMode::Require);
+        let cfg = config(Some("host=h"), &vars).unwrap();
+        assert_eq!(cfg.tls.mode, TlsMode::Disable);
+        let e = config(Some("host=h sslmode=verify-full"), &Vars::default());
+        assert!(e.is_err());
+        vars.set("PGSSLMODE", "sometimes");
+        assert!(config(Some("host=h"), &vars).is_err());
+    }
+
+    #[test]
     fn pgpass_lines_split_with_escapes() {
         assert_eq!(
             split_pgpass("h:5432:db:u:p\\:w\\\\d:x"),
@@ -262,6 +571,16 @@ mod tests {
             "# comment\nother:5432:*:*:nope\n127.0.0.1:5433:*:replicator:s3cret\n",
         )
         .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut open = Vars::default();
+        open.set("PGPASSFILE", pass.display().to_string());
+        let e = config(Some("host=127.0.0.1 port=5433 user=replicator"), &open)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("group or world access"), "{e}");
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut vars = Vars::default();
         vars.set("PGPASSFILE", pass.display().to_string());
         let cfg = config(

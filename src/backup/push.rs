@@ -43,7 +43,7 @@ const SKIP_FILES: &[&str] = &[
     "tablespace_map.old",
 ];
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PushOptions {
     pub pgdata: PathBuf,
     pub connstring: Option<String>,
@@ -54,6 +54,26 @@ pub struct PushOptions {
     /// Partitions compressed and uploaded at once.
     pub concurrency: usize,
     pub permanent: bool,
+}
+
+/// Shows the connection string without its password.
+impl std::fmt::Debug for PushOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushOptions")
+            .field("pgdata", &self.pgdata)
+            .field(
+                "connstring",
+                &self
+                    .connstring
+                    .as_deref()
+                    .map(crate::security::scrub_connstring),
+            )
+            .field("read_rate_limit", &self.read_rate_limit)
+            .field("part_size", &self.part_size)
+            .field("concurrency", &self.concurrency)
+            .field("permanent", &self.permanent)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -23,12 +23,15 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
         let settings = cli.settings()?;
         settings.refuse_unimplemented_encryption()?;
-        let leadership = Arc::new(Leadership::from_settings(&settings)?);
         let pgdata = args
             .pgdata
             .clone()
             .or_else(|| WalContext::pgdata_of(&args.path));
         let ctx = Arc::new(WalContext::new(settings, pgdata.as_deref())?);
+        let leadership = Arc::new(Leadership::from_settings(
+            &ctx.archive.settings,
+            &ctx.state_dir,
+        )?);
         push::wal_push(ctx, leadership, &args.path, Some(&cli.global_args())).await
     }
     .await;

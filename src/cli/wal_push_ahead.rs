@@ -27,8 +27,11 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             .collect::<crate::Result<Vec<_>>>()?;
         let settings = cli.settings()?;
         settings.refuse_unimplemented_encryption()?;
-        let leadership = Arc::new(Leadership::from_settings(&settings)?);
         let ctx = Arc::new(WalContext::new(settings, Some(&args.pgdata))?);
+        let leadership = Arc::new(Leadership::from_settings(
+            &ctx.archive.settings,
+            &ctx.state_dir,
+        )?);
         Ok::<_, crate::Error>(push::push_ahead(ctx, leadership, &names).await)
     }
     .await;

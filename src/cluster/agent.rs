@@ -115,7 +115,7 @@ pub async fn due_from_archive(
 }
 
 /// The agent's settings, resolved from the environment and the YAML file's `agent:` section.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
     pub pgdata: PathBuf,
     pub connstring: Option<String>,
@@ -123,13 +123,35 @@ pub struct AgentConfig {
     pub patroni_url: String,
     pub patroni_auth: Option<(String, String)>,
     pub listen: SocketAddr,
-    /// Bearer token for mutating endpoints (required when listening beyond loopback).
+    /// Bearer token for mutating endpoints: configured (required when listening beyond
+    /// loopback), else made at start.
     pub token: Option<String>,
+    /// Where the agent keeps the token it made (`<state dir>/api-token`), for its own commands.
+    pub token_file: Option<PathBuf>,
     pub schedule: Schedule,
     pub retain: Option<usize>,
     pub retain_min_age: Duration,
     pub backup_list_refresh: Duration,
     pub restore_when_empty: bool,
+}
+
+/// Shows no secret: the connection string without its password, no token, no Patroni password.
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("pgdata", &self.pgdata)
+            .field(
+                "connstring",
+                &self
+                    .connstring
+                    .as_deref()
+                    .map(crate::security::scrub_connstring),
+            )
+            .field("patroni_url", &self.patroni_url)
+            .field("listen", &self.listen)
+            .field("token_file", &self.token_file)
+            .finish_non_exhaustive()
+    }
 }
 
 fn parse_duration(key: &str, v: &str) -> Result<Duration> {
@@ -180,21 +202,17 @@ impl AgentConfig {
                 "API listen address {listen_text:?} is not host:port: {e}"
             ))
         })?;
-        let token_file = v
-            .get("WALKEEPER_API_TOKEN_FILE")
-            .map(PathBuf::from)
-            .or_else(|| f.api_token_file.clone());
-        let token = match (v.get("WALKEEPER_API_TOKEN"), token_file) {
-            (Some(t), _) => Some(t.trim().to_string()),
-            (None, Some(p)) => Some(
-                std::fs::read_to_string(&p)
-                    .map_err(|e| Error::Config(format!("API token file {}: {e}", p.display())))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => None,
-        }
-        .filter(|t| !t.is_empty());
+        let token_source = crate::security::TokenSource::resolve(
+            v,
+            f.api_token_file.as_deref(),
+            &settings
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| pgdata.join("pg_wal/.walkeeper")),
+        );
+        let configured = token_source.is_configured();
+        let (token, token_file) = token_source.for_agent()?;
+        let token = (configured || listen.ip().is_loopback()).then_some(token);
         if !listen.ip().is_loopback() && token.is_none() {
             return Err(Error::Config(format!(
                 "the API listens on {listen}, beyond loopback: set WALKEEPER_API_TOKEN or WALKEEPER_API_TOKEN_FILE (agent.api_token_file)"
@@ -244,6 +262,7 @@ impl AgentConfig {
             patroni_auth,
             listen,
             token,
+            token_file,
             schedule,
             retain,
             retain_min_age,

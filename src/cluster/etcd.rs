@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp, WatchOptions,
 };
 use serde::Serialize;
 
@@ -24,7 +25,68 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn etcd_err(what: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Error {
     let what = what.into();
-    move |e| Error::Cluster(format!("etcd {what}: {e}"))
+    move |e| Error::Cluster(format!("etcd {what}: {}", with_causes(&e)))
+}
+
+/// An error with its causes: a TLS failure says why ("invalid peer certificate: UnknownIssuer"),
+/// not only "transport error".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Config(format!("etcd {what} {}: {e}", path.display())))
+}
+
+/// TLS options for `https://` hosts: the configured CA (else the system's roots) and the client
+/// certificate. Settings for TLS with `http://` hosts are an error, not silently plaintext.
+fn tls_options(settings: &ClusterSettings) -> Result<Option<TlsOptions>> {
+    let t = &settings.etcd_tls;
+    let https = settings
+        .etcd_hosts
+        .iter()
+        .filter(|h| h.starts_with("https://"))
+        .count();
+    let configured = t.ca.is_some() || t.cert.is_some();
+    if https == 0 {
+        if configured {
+            return Err(Error::Config(format!(
+                "etcd TLS files are configured but the etcd hosts ({}) are http://: use https:// \
+                 hosts or set WALKEEPER_ETCD_PROTOCOL / PATRONI_ETCD3_PROTOCOL=https",
+                settings.etcd_hosts.join(",")
+            )));
+        }
+        return Ok(None);
+    }
+    if https != settings.etcd_hosts.len() {
+        return Err(Error::Config(format!(
+            "the etcd hosts mix http:// and https:// ({}); use one scheme",
+            settings.etcd_hosts.join(",")
+        )));
+    }
+    let mut tls = TlsOptions::new();
+    tls = match &t.ca {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read_pem(ca, "CA file")?)),
+        None => tls.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
+        crate::security::check_private_key(key, "etcd client key")?;
+        tls = tls.identity(Identity::from_pem(
+            read_pem(cert, "client certificate")?,
+            read_pem(key, "client key")?,
+        ));
+    }
+    Ok(Some(tls))
 }
 
 /// Who holds the leader key, and for how long it certainly stays held.
@@ -100,7 +162,14 @@ impl Etcd {
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
         if let Some((user, password)) = &settings.etcd_user {
-            opts = opts.with_user(user.clone(), password.clone());
+            // etcd's auth token expires (--auth-token-ttl); a request refused with "invalid auth
+            // token" authenticates again and is retried once.
+            opts = opts
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        if let Some(tls) = tls_options(settings)? {
+            opts = opts.with_tls(tls);
         }
         let client = tokio::time::timeout(
             CONNECT_TIMEOUT + REQUEST_TIMEOUT,

@@ -58,13 +58,16 @@ pub enum Source {
 pub struct ClusterCheck {
     pub settings: ClusterSettings,
     source: Source,
+    /// The agent's API token, which the agent must prove it knows (asking the agent only).
+    token: Option<crate::security::TokenSource>,
     /// One answer per process: (when it was asked, the answer).
     asked: tokio::sync::OnceCell<(Instant, LeaderStatus)>,
 }
 
 impl Leadership {
-    /// The check the settings call for.
-    pub fn from_settings(settings: &Settings) -> Result<Leadership> {
+    /// The check the settings call for. `state_dir` is where the local agent keeps its API token
+    /// when none is configured.
+    pub fn from_settings(settings: &Settings, state_dir: &std::path::Path) -> Result<Leadership> {
         let Some(c) = &settings.cluster else {
             return Ok(Leadership::AlwaysLeader);
         };
@@ -77,6 +80,11 @@ impl Leadership {
         Ok(Leadership::Cluster(Arc::new(ClusterCheck {
             settings: c.clone(),
             source: Source::Agent(http),
+            token: Some(crate::security::TokenSource::resolve(
+                &settings.vars,
+                settings.agent_file.api_token_file.as_deref(),
+                state_dir,
+            )),
             asked: Default::default(),
         })))
     }
@@ -86,6 +94,7 @@ impl Leadership {
         Leadership::Cluster(Arc::new(ClusterCheck {
             settings,
             source: Source::Etcd(Box::new(etcd)),
+            token: None,
             asked: Default::default(),
         }))
     }
@@ -111,11 +120,10 @@ impl ClusterCheck {
             Source::Etcd(etcd) => etcd.leader_status().await?,
             Source::Agent(http) => {
                 let url = format!("{}/leadership", self.settings.agent_url);
-                match http.get(&url).send().await {
+                let nonce = crate::security::random_hex()?;
+                match http.get(&url).query(&[("nonce", &nonce)]).send().await {
                     Ok(resp) if resp.status().is_success() => {
-                        resp.json::<LeaderStatus>().await.map_err(|e| {
-                            Error::Cluster(format!("agent {url}: unusable answer: {e}"))
-                        })?
+                        self.verified_answer(&url, &nonce, resp).await?
                     }
                     Ok(resp) => {
                         let code = resp.status();
@@ -140,6 +148,47 @@ impl ClusterCheck {
             )));
         }
         Ok((asked, status))
+    }
+
+    /// The agent's answer, once it proved that it knows the API token: any local process could
+    /// take the agent's port first and tell a replica that it leads.
+    async fn verified_answer(
+        &self,
+        url: &str,
+        nonce: &str,
+        resp: reqwest::Response,
+    ) -> Result<LeaderStatus> {
+        let proof = resp
+            .headers()
+            .get(crate::security::PROOF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::Cluster(format!("agent {url}: {e}")))?;
+        // Read after the answer: an agent that just made its token has written it by now.
+        let token = match &self.token {
+            Some(source) => source.read()?,
+            None => None,
+        };
+        let trusted = match (&token, &proof) {
+            (Some(t), Some(p)) => crate::security::verify_leadership_proof(t, nonce, &body, p),
+            _ => false,
+        };
+        if !trusted {
+            return Err(Error::Cluster(format!(
+                "the process answering at {url} did not prove that it knows the agent's API token \
+                 ({}); not trusting its answer",
+                match (&token, &proof) {
+                    (None, _) => "no token to check against: set WALKEEPER_API_TOKEN or let the agent write api-token in the state directory",
+                    (_, None) => "no proof in the answer",
+                    _ => "wrong proof",
+                }
+            )));
+        }
+        serde_json::from_slice::<LeaderStatus>(&body)
+            .map_err(|e| Error::Cluster(format!("agent {url}: unusable answer: {e}")))
     }
 
     /// Who leads, asked once per process.

@@ -8,12 +8,22 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Patroni {
     http: reqwest::Client,
     /// Base URL, e.g. `http://127.0.0.1:8008`.
     pub url: String,
     auth: Option<(String, String)>,
+}
+
+/// Shows the user name, never the password.
+impl std::fmt::Debug for Patroni {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Patroni")
+            .field("url", &self.url)
+            .field("user", &self.auth.as_ref().map(|(u, _)| u))
+            .finish()
+    }
 }
 
 /// `api_url` from a member's etcd value (`http://host:port/patroni`) → its base URL.
@@ -39,12 +49,24 @@ impl Patroni {
         })
     }
 
-    /// The same client, pointed at another member's API.
+    /// The same client, pointed at another member's API (its `api_url` in this cluster's
+    /// etcd keys). The credentials go along only over the scheme configured for the local
+    /// Patroni: never in clear text to a member that advertises `http://` when `https://` is
+    /// configured.
     pub fn at(&self, url: &str) -> Patroni {
+        let scheme = |u: &str| u.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let same_scheme = scheme(url).is_some() && scheme(url) == scheme(&self.url);
+        if self.auth.is_some() && !same_scheme {
+            tracing::warn!(
+                member_api = %url,
+                configured = %self.url,
+                "not sending Patroni's REST credentials: the member's API does not use the configured scheme"
+            );
+        }
         Patroni {
             http: self.http.clone(),
             url: url.trim_end_matches('/').to_string(),
-            auth: self.auth.clone(),
+            auth: self.auth.clone().filter(|_| same_scheme),
         }
     }
 
@@ -141,5 +163,19 @@ impl Patroni {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_go_to_another_member_only_over_the_configured_scheme() {
+        let p = Patroni::new("https://10.0.0.1:8008", Some(("u".into(), "pw".into()))).unwrap();
+        assert!(p.at("https://10.0.0.2:8008").auth.is_some());
+        assert!(p.at("http://10.0.0.2:8008").auth.is_none());
+        assert!(p.at("10.0.0.2:8008").auth.is_none());
+        assert!(!format!("{p:?}").contains("pw"));
     }
 }

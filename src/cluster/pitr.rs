@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -940,11 +941,14 @@ fn spawn_postmaster(
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
         .map_err(|e| Error::io(log, e))?;
     let log_err = log_file.try_clone().map_err(|e| Error::io(log, e))?;
     let bin = agent.cfg.pg_bin_dir.join("postgres");
     let mut cmd = Command::new(&bin);
+    // No cloud keys, API token or passwords in the postmaster's (and its backends') environment.
+    crate::security::scrub_env(&mut cmd);
     cmd.arg("-D").arg(pgdata);
     for s in settings {
         cmd.arg("-c").arg(s);

@@ -24,7 +24,7 @@ pub const DEFAULT_THRESHOLD_MB: u64 = 10240;
 pub const DEFAULT_THRESHOLD_PERCENTAGE: f64 = 30.0;
 
 /// Patroni's argv, parsed leniently: `--key=value` pairs, unknown keys ignored.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ReplicaArgs {
     pub scope: Option<String>,
     pub datadir: Option<PathBuf>,
@@ -34,6 +34,27 @@ pub struct ReplicaArgs {
     pub retries: u32,
     /// `--no_leader=1` / `--no_master=1`: this method may run without a leader.
     pub no_leader: bool,
+}
+
+/// Shows the connection string without its password.
+impl std::fmt::Debug for ReplicaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaArgs")
+            .field("scope", &self.scope)
+            .field("datadir", &self.datadir)
+            .field(
+                "connstring",
+                &self
+                    .connstring
+                    .as_deref()
+                    .map(crate::security::scrub_connstring),
+            )
+            .field("threshold_megabytes", &self.threshold_megabytes)
+            .field("threshold_percentage", &self.threshold_percentage)
+            .field("retries", &self.retries)
+            .field("no_leader", &self.no_leader)
+            .finish()
+    }
 }
 
 fn truthy(v: &str) -> bool {
@@ -227,9 +248,12 @@ async fn leader_from_etcd(etcd: &Etcd) -> Result<Option<LeaderPosition>> {
 /// password).
 async fn leader_from_connstring(connstring: &str, vars: &Vars) -> Result<LeaderPosition> {
     let cfg = pg::config(Some(connstring), vars)?;
-    let client = pg::connect(&cfg)
-        .await
-        .map_err(|e| Error::Cluster(format!("the leader ({connstring}): {e}")))?;
+    let client = pg::connect(&cfg).await.map_err(|e| {
+        Error::Cluster(format!(
+            "the leader ({}): {e}",
+            crate::security::scrub_connstring(connstring)
+        ))
+    })?;
     let (lsn, timeline) = pg::wal_position(&client).await?;
     Ok(LeaderPosition { lsn, timeline })
 }

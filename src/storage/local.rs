@@ -261,7 +261,16 @@ where
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let guard = TmpGuard(tmp.clone());
-    let file = File::create(&tmp)?;
+    // Private (0600), like every file walkeeper creates.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+    };
     let mut counted = Counting {
         inner: io::BufWriter::with_capacity(256 * 1024, file),
         n: 0,

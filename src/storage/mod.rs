@@ -58,6 +58,8 @@ pub struct Store {
     create_only_put: bool,
     /// Can a multipart upload's completion be made create-only (S3 `If-None-Match: *`)?
     create_only_multipart: bool,
+    /// Attributes every upload carries (the S3 storage class).
+    put_attributes: object_store::Attributes,
 }
 
 impl Store {
@@ -82,6 +84,7 @@ impl Store {
             scheme,
             create_only_put: built.create_only_put,
             create_only_multipart: built.create_only_multipart,
+            put_attributes: built.put_attributes,
         })
     }
 
@@ -656,9 +659,13 @@ impl Upload<'_> {
             let opened = self
                 .bounded(
                     "create multipart upload",
-                    self.store
-                        .inner
-                        .put_multipart_opts(&self.key, PutMultipartOptions::default()),
+                    self.store.inner.put_multipart_opts(
+                        &self.key,
+                        PutMultipartOptions {
+                            attributes: self.store.put_attributes.clone(),
+                            ..Default::default()
+                        },
+                    ),
                 )
                 .await?;
             *self.open_upload() = Some(opened);
@@ -732,7 +739,10 @@ impl Upload<'_> {
             if !self.store.create_only_put {
                 self.refuse_existing().await?;
             }
-            let opts = PutOptions::from(self.store.put_mode());
+            let opts = PutOptions {
+                attributes: self.store.put_attributes.clone(),
+                ..PutOptions::from(self.store.put_mode())
+            };
             self.bounded("put", self.store.inner.put_opts(&self.key, payload, opts))
                 .await
                 .map_err(already_exists)?;

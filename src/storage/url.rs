@@ -156,6 +156,62 @@ pub(super) struct Built {
     pub local_root: Option<PathBuf>,
     pub create_only_put: bool,
     pub create_only_multipart: bool,
+    /// Attributes every upload carries (the S3 storage class).
+    pub put_attributes: object_store::Attributes,
+}
+
+/// S3 server-side encryption and storage class, under WAL-G's names (the YAML's `s3:` section
+/// fills them when unset): `WALG_S3_SSE` (`AES256`, `aws:kms`, `aws:kms:dsse`; object_store's
+/// `AWS_SERVER_SIDE_ENCRYPTION` still works), `WALG_S3_SSE_KMS_ID` (implies `aws:kms`) and
+/// `WALG_S3_STORAGE_CLASS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Upload {
+    pub sse: Option<String>,
+    pub kms_key_id: Option<String>,
+    pub storage_class: Option<String>,
+}
+
+pub fn s3_upload(vars: &crate::config::Vars) -> Result<S3Upload> {
+    let kms_key_id = vars
+        .get("WALG_S3_SSE_KMS_ID")
+        .or(vars.get("AWS_SSE_KMS_KEY_ID"))
+        .map(|v| v.trim().to_string());
+    let sse = vars
+        .get("WALG_S3_SSE")
+        .or(vars.get("AWS_SERVER_SIDE_ENCRYPTION"))
+        .map(|v| v.trim().to_string());
+    let sse = match (sse.as_deref(), &kms_key_id) {
+        (None, Some(_)) => Some("aws:kms".to_string()),
+        (Some("AES256"), Some(_)) => {
+            return Err(Error::Config(
+                "WALG_S3_SSE_KMS_ID is set but WALG_S3_SSE=AES256: a KMS key needs aws:kms".into(),
+            ))
+        }
+        (Some(v @ ("AES256" | "aws:kms" | "aws:kms:dsse")), _) => Some(v.to_string()),
+        (Some(other), _) => {
+            return Err(Error::Config(format!(
+                "WALG_S3_SSE={other:?} is not one of AES256, aws:kms, aws:kms:dsse"
+            )))
+        }
+        (None, None) => None,
+    };
+    let storage_class = match vars.get("WALG_S3_STORAGE_CLASS").map(str::trim) {
+        Some(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') => {
+            Some(c.to_string())
+        }
+        Some(c) => {
+            return Err(Error::Config(format!(
+                "WALG_S3_STORAGE_CLASS={c:?} is not an S3 storage class (e.g. STANDARD, \
+                 STANDARD_IA, INTELLIGENT_TIERING)"
+            )))
+        }
+        None => None,
+    };
+    Ok(S3Upload {
+        sse,
+        kms_key_id,
+        storage_class,
+    })
 }
 
 /// Builds the store for a location.
@@ -173,6 +229,7 @@ pub(super) fn build(location: &Location, settings: &Settings) -> Result<Built> {
                 local_root: Some(dir.clone()),
                 create_only_put: true,
                 create_only_multipart: true,
+                put_attributes: Default::default(),
             })
         }
         Location::S3 { bucket, path } => {
@@ -183,6 +240,23 @@ pub(super) fn build(location: &Location, settings: &Settings) -> Result<Built> {
                         b = b.with_config(key, v);
                     }
                 }
+            }
+            let upload = s3_upload(vars)?;
+            // object_store's encryption keys, by their configuration names (the key enum is
+            // not exported).
+            for (name, value) in [
+                ("aws_server_side_encryption", &upload.sse),
+                ("aws_sse_kms_key_id", &upload.kms_key_id),
+            ] {
+                if let Some(v) = value {
+                    let key = AmazonS3ConfigKey::from_str(name)
+                        .map_err(|e| Error::Config(format!("s3://{bucket}: {name}: {e}")))?;
+                    b = b.with_config(key, v);
+                }
+            }
+            let mut put_attributes = object_store::Attributes::new();
+            if let Some(c) = &upload.storage_class {
+                put_attributes.insert(object_store::Attribute::StorageClass, c.clone().into());
             }
             let mut endpoint = vars.get("AWS_ENDPOINT").map(String::from);
             let mut path_style = None;
@@ -227,6 +301,7 @@ pub(super) fn build(location: &Location, settings: &Settings) -> Result<Built> {
                 local_root: None,
                 create_only_put: conditional,
                 create_only_multipart: conditional,
+                put_attributes,
             })
         }
         Location::Gcs { bucket, path } => {
@@ -250,6 +325,7 @@ pub(super) fn build(location: &Location, settings: &Settings) -> Result<Built> {
                 local_root: None,
                 create_only_put: true,
                 create_only_multipart: false,
+                put_attributes: Default::default(),
             })
         }
         Location::Azure { container, path } => {
@@ -292,6 +368,7 @@ pub(super) fn build(location: &Location, settings: &Settings) -> Result<Built> {
                 local_root: None,
                 create_only_put: true,
                 create_only_multipart: false,
+                put_attributes: Default::default(),
             })
         }
     }

@@ -66,6 +66,9 @@ impl WalContext {
             .state_dir
             .clone()
             .unwrap_or_else(|| pg_wal.join(".walkeeper"));
+        // Private from the start (mode 0700): it holds the agent's API token, locks and staged
+        // WAL. Only a hint here: the commands that need it report a failure to create it.
+        let _ = crate::security::ensure_private_dir(&state_dir);
         // Every WAL path (the CLI, the agent's healing and API) refuses encryption it would
         // otherwise ignore.
         settings.refuse_unimplemented_encryption()?;
@@ -267,7 +270,14 @@ where
             std::process::id(),
             TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?
+        };
         file.lock()?;
         // A sweeper may have taken it between creation and lock: then it is gone; start over.
         match fs::symlink_metadata(&tmp) {

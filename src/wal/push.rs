@@ -780,7 +780,7 @@ mod tests {
 
     fn leadership() -> Leadership {
         let settings = Settings::from_sources(Default::default(), None, None).unwrap();
-        Leadership::from_settings(&settings).unwrap()
+        Leadership::from_settings(&settings, Path::new("/nonexistent")).unwrap()
     }
 
     fn objects(dir: &Path) -> Vec<String> {

@@ -339,7 +339,8 @@ impl Cluster {
         ]);
         env.extend(m.opts.env.iter().cloned());
         for (k, val) in &env {
-            std::fs::write(m.envdir.join(k), format!("{val}\n")).unwrap();
+            // Private, as walkeeper requires of an envdir file that holds a secret.
+            write_private(&m.envdir.join(k), &format!("{val}\n"));
         }
         let wk = walkeeper();
         let envdir = m.envdir.display();
@@ -753,11 +754,31 @@ postgresql:
         let r = self
             .http
             .post(self.members[i].agent_url(path))
+            .bearer_auth(self.agent_token(i))
             .header("content-type", "application/json")
             .body(body.to_string())
             .send()
             .unwrap();
         (r.status().as_u16(), r.text().unwrap_or_default())
+    }
+
+    /// The API token member `i`'s agent made in its state directory (mode 0600), as
+    /// walkeeper's own commands read it; waits until the agent has written it.
+    pub fn agent_token(&self, i: usize) -> String {
+        let file = self.members[i].data.join("pg_wal/.walkeeper/api-token");
+        let mut token = String::new();
+        wait_until_or(
+            "the agent's API token file",
+            Duration::from_secs(60),
+            || {
+                token = std::fs::read_to_string(&file)
+                    .map(|t| t.trim().to_string())
+                    .unwrap_or_default();
+                !token.is_empty()
+            },
+            || self.logs(),
+        );
+        token
     }
 
     /// Takes a base backup through the leader's agent and returns the backup list.

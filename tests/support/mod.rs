@@ -80,6 +80,14 @@ pub fn chown_pg(path: &Path) {
     std::os::unix::fs::chown(path, Some(u), Some(g)).unwrap();
 }
 
+/// Writes a file only its owner can read (mode 0600), as walkeeper requires of files that hold
+/// secrets (envdir files, token files, keys).
+pub fn write_private(path: &Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 pub fn chown_pg_recursive(path: &Path) {
     let status = Command::new("chown")
         .args(["-R", "postgres:postgres"])
@@ -411,10 +419,10 @@ impl Backend {
     pub fn envdir(&self, scratch: &Scratch, extra: &[(&str, &str)]) -> PathBuf {
         let dir = scratch.mkdir("env");
         for (k, v) in self.vars() {
-            std::fs::write(dir.join(&k), format!("{v}\n")).unwrap();
+            write_private(&dir.join(&k), &format!("{v}\n"));
         }
         for (k, v) in extra {
-            std::fs::write(dir.join(k), format!("{v}\n")).unwrap();
+            write_private(&dir.join(k), &format!("{v}\n"));
         }
         chown_pg_recursive(&dir);
         dir

@@ -47,6 +47,8 @@ struct State {
     rules: Vec<Rule>,
     /// (method, path and query) of every request seen.
     seen: Vec<(String, String)>,
+    /// (method, path and query, the request head in lower case) of every request seen.
+    heads: Vec<(String, String, String)>,
     released: bool,
     held: usize,
 }
@@ -114,6 +116,11 @@ impl Proxy {
     /// How many requests are being held now.
     pub fn held(&self) -> usize {
         self.state.0.lock().unwrap().held
+    }
+
+    /// Every request seen so far: method, path and query, and its head in lower case.
+    pub fn requests(&self) -> Vec<(String, String, String)> {
+        self.state.0.lock().unwrap().heads.clone()
     }
 
     /// Requests seen so far matching `on`.
@@ -196,6 +203,8 @@ fn serve(
         let fault = {
             let mut s = state.0.lock().unwrap();
             s.seen.push((method.clone(), path.clone()));
+            s.heads
+                .push((method.clone(), path.clone(), line.to_ascii_lowercase()));
             let mut fault = None;
             for r in s.rules.iter_mut() {
                 if r.left > 0 && matches(r.on, &method, &path) {
