@@ -328,6 +328,14 @@ fn mutating_endpoints_need_the_bearer_token_and_file_names_never_leave_pg_wal() 
     // With the token, the request gets through to the leadership check: nobody leads.
     let (code, body) = send(Method::POST, "/backup-push", tok);
     assert_eq!(code, 409, "{body}");
+    // The configured token is also in the state directory, where wal-push looks when its own
+    // environment lacks it.
+    let copy = m.pgdata.join("pg_wal/.walkeeper/api-token");
+    wait_until(
+        "the token in the state directory",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&copy).is_ok_and(|t| t.trim() == "s3cr3t-token"),
+    );
 
     // Read-only endpoints need no token.
     assert_eq!(send(Method::GET, "/health", None).0, 200);

@@ -126,7 +126,8 @@ pub struct AgentConfig {
     /// Bearer token for mutating endpoints: configured (required when listening beyond
     /// loopback), else made at start.
     pub token: Option<String>,
-    /// Where the agent keeps the token it made (`<state dir>/api-token`), for its own commands.
+    /// Where the agent keeps its token (`<state dir>/api-token`, mode 0600), for its own
+    /// commands.
     pub token_file: Option<PathBuf>,
     pub schedule: Schedule,
     pub retain: Option<usize>,
@@ -202,16 +203,17 @@ impl AgentConfig {
                 "API listen address {listen_text:?} is not host:port: {e}"
             ))
         })?;
-        let token_source = crate::security::TokenSource::resolve(
-            v,
-            f.api_token_file.as_deref(),
-            &settings
-                .state_dir
-                .clone()
-                .unwrap_or_else(|| pgdata.join("pg_wal/.walkeeper")),
-        );
+        let state_dir = settings
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| pgdata.join("pg_wal/.walkeeper"));
+        let token_source =
+            crate::security::TokenSource::resolve(v, f.api_token_file.as_deref(), &state_dir);
         let configured = token_source.is_configured();
-        let (token, token_file) = token_source.for_agent()?;
+        let (token, _) = token_source.for_agent()?;
+        // Also a configured token goes to the state directory (0600): wal-push finds it there
+        // when its own environment lacks it.
+        let token_file = Some(state_dir.join(crate::security::TOKEN_FILE_NAME));
         let token = (configured || listen.ip().is_loopback()).then_some(token);
         if !listen.ip().is_loopback() && token.is_none() {
             return Err(Error::Config(format!(

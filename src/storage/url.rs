@@ -414,6 +414,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn s3_encryption_and_storage_class_follow_wal_g_names() {
+        let vars = |pairs: &[(&str, &str)]| {
+            let mut v = crate::config::Vars::default();
+            for (k, val) in pairs {
+                v.set(*k, *val);
+            }
+            v
+        };
+        assert_eq!(s3_upload(&vars(&[])).unwrap(), S3Upload::default());
+        let u = s3_upload(&vars(&[("WALG_S3_SSE_KMS_ID", "k1")])).unwrap();
+        assert_eq!(u.sse.as_deref(), Some("aws:kms"));
+        assert_eq!(u.kms_key_id.as_deref(), Some("k1"));
+        let u = s3_upload(&vars(&[
+            ("WALG_S3_SSE", "AES256"),
+            ("WALG_S3_STORAGE_CLASS", "INTELLIGENT_TIERING"),
+        ]))
+        .unwrap();
+        assert_eq!(u.sse.as_deref(), Some("AES256"));
+        assert_eq!(u.storage_class.as_deref(), Some("INTELLIGENT_TIERING"));
+        assert!(s3_upload(&vars(&[
+            ("WALG_S3_SSE", "AES256"),
+            ("WALG_S3_SSE_KMS_ID", "k")
+        ]))
+        .is_err());
+        assert!(s3_upload(&vars(&[("WALG_S3_SSE", "rot13")])).is_err());
+        assert!(s3_upload(&vars(&[("WALG_S3_STORAGE_CLASS", "glacier; x")])).is_err());
+    }
+
+    #[test]
     fn prefixes_of_every_scheme_parse() {
         assert_eq!(
             parse_prefix("/srv/a").unwrap(),
