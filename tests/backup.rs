@@ -160,7 +160,7 @@ fn backup_under_load_restores(backend_for: impl FnOnce(&Scratch) -> Backend) {
         parts >= 3,
         "an 8 MiB threshold splits ~60 MB into several partitions: {objects:?}"
     );
-    let json = c.walkeeper(&["backup-list", "--json"]);
+    let json = c.walkeeper(&["backup-list", "--walkeeper-json"]);
     let json = String::from_utf8_lossy(&json.stdout);
     assert!(
         json.contains(&format!("\"system_identifier\": {sysid}")),

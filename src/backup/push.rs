@@ -53,6 +53,8 @@ pub struct PushOptions {
     /// Partitions compressed and uploaded at once.
     pub concurrency: usize,
     pub permanent: bool,
+    /// WAL-G's `--add-user-data`: stored as `UserData` / `user_data`.
+    pub user_data: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -406,7 +408,7 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
         uncompressed_size: uncompressed as i64,
         compressed_size: (compressed + compressed_label) as i64,
         spec: Some(spec),
-        user_data: None,
+        user_data: opts.user_data.clone(),
         version: 2,
         start_time: Some(started_at),
         finish_time: Some(finished_at),
@@ -431,7 +433,7 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
         timeline,
         uncompressed_size: sentinel.uncompressed_size,
         compressed_size: sentinel.compressed_size,
-        user_data: None,
+        user_data: opts.user_data.clone(),
     };
     archive
         .store
@@ -455,7 +457,7 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
     Ok(sentinel)
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes> {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes> {
     serde_json::to_vec_pretty(v)
         .map(Bytes::from)
         .map_err(|e| Error::Corrupt {
@@ -464,7 +466,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes> {
         })
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
@@ -472,7 +474,7 @@ fn hostname() -> String {
 
 /// Uploads the data directory (all partitions, then pg_control). Returns the uncompressed and
 /// compressed sizes and the tablespace spec.
-async fn upload_body(
+pub(super) async fn upload_body(
     archive: &Arc<Archive>,
     opts: &PushOptions,
     pgdata: &Path,

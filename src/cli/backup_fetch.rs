@@ -18,6 +18,10 @@ pub struct Args {
     /// Restore tablespaces into pg_tblspc/<oid> inside the data directory, without links.
     #[arg(long)]
     pub blind_restore: bool,
+    /// WAL-E's `--pool-size N`: partitions downloaded at once (1 to 8; default
+    /// WALG_DOWNLOAD_CONCURRENCY, else 2).
+    #[arg(short = 'p', long, value_name = "N")]
+    pub pool_size: Option<usize>,
 }
 
 impl Args {
@@ -25,11 +29,15 @@ impl Args {
         FetchOptions {
             restore_spec: self.restore_spec.clone(),
             blind_restore: self.blind_restore,
-            concurrency: archive
-                .settings
-                .vars
-                .get("WALG_DOWNLOAD_CONCURRENCY")
-                .and_then(|v| v.parse().ok())
+            concurrency: self
+                .pool_size
+                .or_else(|| {
+                    archive
+                        .settings
+                        .vars
+                        .get("WALG_DOWNLOAD_CONCURRENCY")
+                        .and_then(|v| v.parse().ok())
+                })
                 .unwrap_or(2usize)
                 .clamp(1, 8),
         }
