@@ -213,6 +213,8 @@ pub struct Metadata {
     pub finish_lsn: Lsn,
     pub is_permanent: bool,
     pub system_identifier: Option<u64>,
+    /// walkeeper's own field: WAL-G's metadata.json has none (0 when read from one).
+    #[serde(default)]
     pub timeline: u32,
     pub uncompressed_size: i64,
     pub compressed_size: i64,

@@ -123,6 +123,14 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
         }
         let settings = cli.settings()?;
         settings.refuse_unimplemented_encryption()?;
+        if let Some(v) = settings.vars.get("WALG_DELTA_MAX_STEPS") {
+            if v.trim() != "0" {
+                return Err(Error::Config(format!(
+                    "WALG_DELTA_MAX_STEPS={v} asks for delta backups: walkeeper takes full \
+                     backups only; unset it (or set 0)"
+                )));
+            }
+        }
         let archive = Arc::new(Archive::open(settings)?);
         let vars = &archive.settings.vars;
         let part_size = vars
