@@ -243,7 +243,7 @@ fn pitr(backend_for: impl FnOnce(&Scratch) -> Backend) {
         "2026-01-01 00:00:00",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("with a zone"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has no zone"), "{}", stderr(&out));
     let out = c.walkeeper(&[
         "restore",
         dir.to_str().unwrap(),
