@@ -693,6 +693,17 @@ mod tests {
         assert!(Settings::from_sources(BTreeMap::new(), Some(&yaml), None).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_config_text_is_read_or_refused_never_a_panic(s in "[ -~\n]{0,200}") {
+            let _ = as_walg_config(&s);
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("c");
+            std::fs::write(&p, &s).unwrap();
+            let _ = read_config_file(&p);
+        }
+    }
+
     #[test]
     fn envdir_with_nul_byte_is_an_error() {
         let dir = tempfile::tempdir().unwrap();

@@ -326,6 +326,17 @@ Bytes per WAL segment:                16777216
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_controldata_text_is_parsed_or_refused_never_a_panic(
+            lines in proptest::collection::vec(("[A-Za-z' ]{0,40}", "[ -~]{0,30}"), 0..20)
+        ) {
+            let text: String = lines.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+            let _ = parse_controldata(&text);
+            let _ = version_num(&text);
+        }
+    }
+
     #[test]
     fn versions_map_to_server_version_num() {
         assert_eq!(

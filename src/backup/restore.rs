@@ -269,6 +269,26 @@ pub fn write_recovery_settings(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_as_a_target_time_is_parsed_or_refused_never_a_panic(s in "[ -~]{0,40}") {
+            let _ = parse_given_time(&s);
+            let _ = parse_target_time(&s);
+        }
+
+        #[test]
+        fn dates_without_a_zone_are_local_and_with_one_absolute(
+            secs in 0i64..4_000_000_000, off in -14i32..=14
+        ) {
+            let t = DateTime::from_timestamp(secs, 0).unwrap();
+            let local = t.naive_utc().format("%Y-%m-%d %H:%M:%S").to_string();
+            proptest::prop_assert_eq!(parse_given_time(&local).unwrap(), GivenTime::Local(t.naive_utc()));
+            let zone = FixedOffset::east_opt(off * 3600).unwrap();
+            let with = t.with_timezone(&zone).format("%Y-%m-%d %H:%M:%S%:z").to_string();
+            proptest::prop_assert_eq!(parse_given_time(&with).unwrap(), GivenTime::Absolute(t));
+        }
+    }
+
     #[test]
     fn target_times_need_a_zone_and_must_be_past() {
         assert!(parse_target_time("2026-01-02T03:04:05+01:00").is_ok());
