@@ -474,19 +474,20 @@ fn backup_push_full_p_and_add_user_data_and_refused_options_on_a_real_server() {
     );
     pg.start();
     let data = pg.data.to_str().unwrap().to_string();
-    let walkeeper_as_pg = |args: &[&str]| -> Output {
+    let walkeeper_env = |args: &[&str], env: &[(&str, &str)]| -> Output {
         let mut c = as_postgres(walkeeper());
         c.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("WALG_FILE_PREFIX", &prefix)
-            .env("WALG_DISK_RATE_LIMIT", "500000000")
             .env("PGHOST", &pg.sock)
             .env("PGPORT", pg.port.to_string())
             .env("PGUSER", "postgres")
+            .envs(env.iter().copied())
             .current_dir(scratch.path());
         c.output().unwrap()
     };
+    let walkeeper_as_pg = |args: &[&str]| walkeeper_env(args, &[]);
     // Unimplemented WAL-G options are refused by name, before anything is stored.
     let out = walkeeper_as_pg(&["backup-push", &data, "--delta-from-name", "base_x"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -513,5 +514,36 @@ fn backup_push_full_p_and_add_user_data_and_refused_options_on_a_real_server() {
     let v = json(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(v[0]["user_data"]["tier"], "gold", "{v}");
     assert_eq!(v[0]["is_permanent"], true, "{v}");
+
+    // WALG_NETWORK_RATE_LIMIT and WALG_DISK_RATE_LIMIT bound backup-push's reading (the
+    // lowest applies): the data directory takes at least size / limit seconds.
+    let size = v[0]["uncompressed_size"].as_u64().unwrap();
+    let limit = size / 2; // about two seconds' worth
+    for (var, other) in [
+        ("WALG_NETWORK_RATE_LIMIT", "WALG_DISK_RATE_LIMIT"),
+        ("WALG_DISK_RATE_LIMIT", "WALG_NETWORK_RATE_LIMIT"),
+    ] {
+        pg.psql("SELECT pg_switch_wal()");
+        pg.psql("CHECKPOINT");
+        let started = std::time::Instant::now();
+        let limit_s = limit.to_string();
+        let out = walkeeper_env(
+            &["backup-push", &data],
+            &[(var, &limit_s), (other, "900000000000")],
+        );
+        assert_eq!(out.status.code(), Some(0), "{var}: {}", stderr(&out));
+        let took = started.elapsed().as_secs_f64();
+        assert!(
+            took >= 1.5,
+            "{var}={limit} for {size} bytes took only {took:.2} s"
+        );
+    }
+    let out = walkeeper_env(&["backup-push", &data], &[("WALG_DELTA_MAX_STEPS", "6")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("WALG_DELTA_MAX_STEPS"),
+        "{}",
+        stderr(&out)
+    );
     pg.stop();
 }
