@@ -547,3 +547,24 @@ fn backup_push_full_p_and_add_user_data_and_refused_options_on_a_real_server() {
     );
     pg.stop();
 }
+
+#[test]
+fn backup_fetch_refuses_the_wal_g_options_it_does_not_implement_by_name() {
+    let a = Archive::new();
+    let b = a.backup(2, 3, 10, false);
+    let dest = a.scratch.path().join("restored");
+    for (opt, extra) in [
+        ("--target-user-data", Some("{\"tier\":\"gold\"}")),
+        ("--reverse-delta-unpack", None),
+        ("--skip-redundant-tars", None),
+        ("--restore-only", Some("db1")),
+    ] {
+        let mut args = vec!["backup-fetch", dest.to_str().unwrap(), b.as_str(), opt];
+        args.extend(extra);
+        let out = a.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{opt}: {}", stderr(&out));
+        assert!(stderr(&out).contains(opt), "{opt}: {}", stderr(&out));
+        assert!(stderr(&out).contains("drop the option"), "{}", stderr(&out));
+        assert!(!dest.exists(), "{opt}: nothing is restored");
+    }
+}

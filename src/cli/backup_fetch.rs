@@ -22,6 +22,50 @@ pub struct Args {
     /// WALG_DOWNLOAD_CONCURRENCY, else 2).
     #[arg(short = 'p', long, value_name = "N")]
     pub pool_size: Option<usize>,
+    /// WAL-G options walkeeper does not implement: refused by name.
+    #[command(flatten)]
+    pub refused: RefusedWalG,
+}
+
+/// WAL-G's backup-fetch options that walkeeper refuses, with what it does instead.
+#[derive(Debug, clap::Args)]
+pub struct RefusedWalG {
+    #[arg(long, hide = true, value_name = "DATA")]
+    pub target_user_data: Option<String>,
+    #[arg(long, hide = true)]
+    pub reverse_delta_unpack: bool,
+    #[arg(long, hide = true)]
+    pub skip_redundant_tars: bool,
+    #[arg(long, hide = true, value_name = "MASK")]
+    pub mask: Option<String>,
+    #[arg(long, hide = true, value_name = "DATABASES")]
+    pub restore_only: Option<String>,
+}
+
+impl RefusedWalG {
+    fn refusal(&self) -> Option<String> {
+        let (opt, instead) = if self.target_user_data.is_some() {
+            (
+                "--target-user-data",
+                "name the backup (backup-list --detail --json shows each one's user_data)",
+            )
+        } else if self.reverse_delta_unpack || self.skip_redundant_tars {
+            (
+                "--reverse-delta-unpack/--skip-redundant-tars",
+                "walkeeper restores full backups, which need neither",
+            )
+        } else if self.mask.is_some() || self.restore_only.is_some() {
+            (
+                "--mask/--restore-only",
+                "walkeeper restores the whole data directory",
+            )
+        } else {
+            return None;
+        };
+        Some(format!(
+            "{opt} is not implemented: {instead}; drop the option"
+        ))
+    }
 }
 
 impl Args {
@@ -46,6 +90,9 @@ impl Args {
 
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
+        if let Some(msg) = args.refused.refusal() {
+            return Err(crate::Error::BadInput(msg));
+        }
         let archive = Arc::new(Archive::open(cli.settings()?)?);
         let opts = args.options(&archive);
         backup_fetch(archive, &args.pgdata, &args.backup, opts).await
