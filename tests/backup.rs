@@ -149,9 +149,7 @@ fn backup_under_load_restores(backend_for: impl FnOnce(&Scratch) -> Backend) {
     assert!(objects.contains(&format!(
         "basebackups_005/{name}/tar_partitions/pg_control.tar.lz4"
     )));
-    assert!(objects.contains(&format!(
-        "basebackups_005/{name}/tar_partitions/backup_label.tar.lz4"
-    )));
+    assert!(objects.contains(&format!("basebackups_005/{name}/files_metadata.json")));
     let parts = objects
         .iter()
         .filter(|o| o.contains("/tar_partitions/part_"))

@@ -1134,3 +1134,174 @@ fn dingo_stop_and_empty_the_data_directory_and_patroni_brings_the_member_back_fr
         sysid
     );
 }
+
+/// A restart held (`WALKEEPER_TEST_HOLD_RESTART_AT`) right after `step`'s action, its agent
+/// stopped there with `sig`, and the agent started again without the hold.
+struct Interruption {
+    step: &'static str,
+    sig: i32,
+    /// The job ends restored (true) or rolled back (false).
+    finished: bool,
+}
+
+#[test]
+fn a_restart_interrupted_by_sigterm_or_sigkill_at_any_step_is_finished_or_rolled_back() {
+    let (mut c, _) = cluster_of("restart-interrupted", 2, MemberOpts::default());
+    let (term, kill) = (libc::SIGTERM, libc::SIGKILL);
+    let rounds = [
+        ("pause", term, false),
+        ("stop", kill, false),
+        ("move-aside", term, false),
+        ("fetch", kill, false),
+        ("start", term, true),
+        ("promoted", kill, true),
+        ("resume", term, true),
+        ("reinitialize", kill, true),
+    ]
+    .map(|(step, sig, finished)| Interruption {
+        step,
+        sig,
+        finished,
+    });
+    let leader = c.wait_leader(Duration::from_secs(60));
+    c.psql(leader, "CREATE TABLE marks (round int, id int, note text)");
+    c.pgbench(leader, &["-i", "-s", "1", "-q"]);
+    for (round, r) in rounds.iter().enumerate() {
+        let l = c.wait_leader(Duration::from_secs(90));
+        // pgbench writes until the restart stops the server (or, rolled back, until the agent
+        // is stopped).
+        let m = &c.members[l];
+        let bench = KillOnDrop(
+            support::pg_tool("pgbench")
+                .arg("-h")
+                .arg(&m.dir)
+                .arg("-p")
+                .arg(m.pg_port.to_string())
+                .args(["-U", "postgres", "-c", "1", "-T", "600", "postgres"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        for id in 1..=3 {
+            c.psql(
+                l,
+                &format!("INSERT INTO marks VALUES ({round}, {id}, 'before')"),
+            );
+        }
+        let target = server_now(&c, l);
+        for id in 4..=6 {
+            c.psql(
+                l,
+                &format!("INSERT INTO marks VALUES ({round}, {id}, 'after')"),
+            );
+        }
+        c.switch_and_wait_archived(l);
+        let ran = l;
+        let hold = c.members[l].envdir.join("WALKEEPER_TEST_HOLD_RESTART_AT");
+        std::fs::write(&hold, r.step).unwrap();
+        c.stop_agent(l);
+        c.start_agent(l);
+        let holding = |c: &Cluster| {
+            c.members[l]
+                .agent_log_text()
+                .matches("holding the restart here")
+                .count()
+        };
+        let held_before = holding(&c);
+        let body = format!("{{\"recovery_target_time\": \"{target}\"}}");
+        let (code, msg) = c.agent_post(l, "/restart", &body);
+        assert_eq!(code, 202, "round {round}: {msg}\n{}", c.logs());
+        let id = serde_json::from_str::<serde_json::Value>(&msg).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        wait_until_or(
+            &format!("the restart to hold after step {}", r.step),
+            Duration::from_secs(300),
+            || holding(&c) > held_before,
+            || c.logs(),
+        );
+        c.signal_agent(l, r.sig);
+        drop(bench);
+        std::fs::remove_file(&hold).unwrap();
+        c.start_agent(l);
+        let job_state = || -> serde_json::Value {
+            let (_, j) = c.agent_get(l, &format!("/restart/{id}"));
+            serde_json::from_str(&j).unwrap_or_default()
+        };
+        wait_until_or(
+            &format!("the job interrupted after {} to end", r.step),
+            Duration::from_secs(400),
+            || {
+                let s = job_state();
+                s["status"].is_string() && s["status"] != "running"
+            },
+            || format!("{:#}\n{}", job_state(), c.logs()),
+        );
+        let job = job_state();
+        let ctx = format!(
+            "round {round} (after {}, signal {}): {job:#}",
+            r.step, r.sig
+        );
+        let steps: Vec<&str> = job["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["step"].as_str())
+            .collect();
+        assert!(steps.contains(&"interrupted"), "{ctx}");
+        let rows = format!(
+            "SELECT count(*) FILTER (WHERE note = 'before') || ':' || count(*) FILTER (WHERE note = 'after') FROM marks WHERE round = {round}"
+        );
+        let want = if r.finished {
+            assert_eq!(job["status"], "succeeded", "{ctx}\n{}", c.logs());
+            "3:0"
+        } else {
+            assert_eq!(job["status"], "failed", "{ctx}\n{}", c.logs());
+            let err = job["error"].as_str().unwrap_or_default();
+            assert!(
+                err.contains("rolled back") || err.contains("nothing was restored"),
+                "{ctx}"
+            );
+            "3:3"
+        };
+        // Every member: Patroni resumed, the right rows.
+        let l = c.wait_leader(Duration::from_secs(120));
+        for i in 0..c.members.len() {
+            wait_until_or(
+                &format!("{} to be resumed with the round's rows", c.members[i].name),
+                Duration::from_secs(300),
+                || {
+                    let paused = c
+                        .patroni_state(i)
+                        .map(|s| s["pause"].as_bool().unwrap_or(false));
+                    paused == Some(false) && c.psql_try(i, &rows).as_deref() == Some(want)
+                },
+                || format!("{ctx}\n{}", c.logs()),
+            );
+        }
+        if r.finished {
+            assert_eq!(l, ran, "{ctx}");
+            let tli = c.psql(
+                l,
+                "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+            );
+            assert_eq!(
+                job["new_timeline"].as_u64(),
+                u64::from_str_radix(&tli, 16).ok(),
+                "{ctx}"
+            );
+        }
+        // Nothing left aside: the old directory was removed (finished) or put back.
+        let data = &c.members[ran].data;
+        let parent = data.parent().unwrap();
+        let leftovers: Vec<String> = std::fs::read_dir(parent)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("walkeeper-restart-") && !n.ends_with(".log"))
+            .collect();
+        assert!(leftovers.is_empty(), "{ctx}: {leftovers:?}");
+    }
+}

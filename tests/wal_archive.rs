@@ -688,3 +688,78 @@ fn wal_e_lzop_segments_are_restored() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(std::fs::read(data.join("pg_wal/RECOVERYXLOG")).unwrap() == bytes);
 }
+
+/// Compresses `src` with the zstd tool into `dest`, as another WAL-G-format tool would store it.
+fn zstd_object(src: &Path, dest: &Path) {
+    let out = std::process::Command::new("zstd")
+        .args(["-q", "-f", "-o"])
+        .arg(dest)
+        .arg(src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn one_name_under_two_codecs_restores_when_equal_and_is_refused_and_reported_when_different() {
+    let scratch = Scratch::new();
+    let backend = Backend::file(&scratch);
+    let Backend::File(store) = &backend else {
+        unreachable!()
+    };
+    // Two real PostgreSQL 15 segments with the same name, from two clusters.
+    let one = initdb(&scratch, "one");
+    let two = initdb(&scratch, "two");
+    let n = "000000010000000000000001";
+    let bytes = std::fs::read(one.join("pg_wal").join(n)).unwrap();
+    let other = std::fs::read(two.join("pg_wal").join(n)).unwrap();
+    assert_ne!(bytes, other);
+    let out = run(&["wal-push", &format!("pg_wal/{n}")], &backend.vars(), &one);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let zst = store.join(format!("wal_005/{n}.zst"));
+    let data = fake_pgdata(&scratch, "data");
+    let fetch = |vars: &[(String, String)]| {
+        let _ = std::fs::remove_file(data.join("pg_wal/RECOVERYXLOG"));
+        run(&["wal-fetch", n, "pg_wal/RECOVERYXLOG"], vars, &data)
+    };
+    let verify = || run(&["wal-verify"], &backend.vars(), &data);
+
+    // The same segment under both codecs: restored, and reported as a harmless duplicate.
+    zstd_object(&one.join("pg_wal").join(n), &zst);
+    let out = fetch(&backend.vars());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(std::fs::read(data.join("pg_wal/RECOVERYXLOG")).unwrap() == bytes);
+    let v = verify();
+    let text = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert_eq!(v.status.code(), Some(0), "{text}{}", stderr(&v));
+    assert!(
+        text.contains(&format!("duplicate {n}: wal_005/{n}.lz4 (16777216 bytes")),
+        "{text}"
+    );
+
+    // Another cluster's segment under the other codec: neither copy is restored, whichever
+    // codec is configured, and the error names both.
+    std::fs::remove_file(&zst).unwrap();
+    zstd_object(&two.join("pg_wal").join(n), &zst);
+    let mut zstd_vars = backend.vars();
+    zstd_vars.push(("WALG_COMPRESSION_METHOD".into(), "zstd".into()));
+    for vars in [backend.vars(), zstd_vars] {
+        let out = fetch(&vars);
+        assert_eq!(out.status.code(), Some(128), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("different content"), "{err}");
+        assert!(
+            err.contains(&format!("{n}.lz4")) && err.contains(&format!("{n}.zst")),
+            "{err}"
+        );
+        assert!(!data.join("pg_wal/RECOVERYXLOG").exists());
+    }
+    let v = verify();
+    let text = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert_eq!(v.status.code(), Some(1), "{text}{}", stderr(&v));
+    assert!(text.contains(&format!("conflict {n}: ")), "{text}");
+}

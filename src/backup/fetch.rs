@@ -4,16 +4,18 @@
 //! everything extracted is removed again, so a failed fetch never leaves a data directory that
 //! looks complete.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use super::files::{files_metadata_key, FilesMetadata, FILES_METADATA};
 use super::{parts_prefix, resolve, BackupInfo, TablespaceSpec};
 use crate::archive::Archive;
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
+use crate::storage::Store;
 
 /// Directories PostgreSQL needs even when a backup left their contents out.
 const NEEDED_DIRS: &[&str] = &[
@@ -41,6 +43,8 @@ pub struct FetchOptions {
     /// Extract tablespaces into `pg_tblspc/<oid>` inside the data directory, without links.
     pub blind_restore: bool,
     pub concurrency: usize,
+    /// Skip making the restored files durable before returning (`--no-sync`).
+    pub no_sync: bool,
 }
 
 /// Where entries under `pg_tblspc/<oid>/` go.
@@ -50,20 +54,23 @@ struct Routes {
 }
 
 impl Routes {
-    /// The destination of a tar entry name, refusing anything that would leave its root.
+    /// The destination of a tar entry name, refusing anything that would leave its root. A
+    /// leading `/` means the data directory: WAL-G names every entry `/` + its relative path.
     fn dest(&self, target: &Path, name: &Path) -> io::Result<PathBuf> {
-        let clean: Vec<&std::ffi::OsStr> = name
-            .components()
-            .map(|c| match c {
-                Component::Normal(s) => Ok(s),
-                Component::CurDir => Ok(std::ffi::OsStr::new(".")),
-                _ => Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("tar entry {} leaves the data directory", name.display()),
-                )),
-            })
-            .collect::<io::Result<_>>()?;
-        let clean: Vec<&std::ffi::OsStr> = clean.into_iter().filter(|c| *c != ".").collect();
+        let mut clean: Vec<&std::ffi::OsStr> = Vec::new();
+        for (i, c) in name.components().enumerate() {
+            match c {
+                Component::Normal(s) => clean.push(s),
+                Component::CurDir => {}
+                Component::RootDir if i == 0 => {}
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("tar entry {} leaves the data directory", name.display()),
+                    ))
+                }
+            }
+        }
         if clean.len() >= 2 && clean[0] == "pg_tblspc" {
             if let Some(loc) = clean[1].to_str().and_then(|oid| self.tablespaces.get(oid)) {
                 let mut p = loc.clone();
@@ -141,9 +148,25 @@ pub async fn backup_fetch(
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io(&target, e))?;
     let info = resolve(&archive.store, which).await?;
+    let files_meta = load_files_metadata(&archive.store, &info).await?;
+    if files_meta.as_ref().is_some_and(FilesMetadata::is_delta) {
+        return Err(Error::BadInput(format!(
+            "backup {} is a WAL-G delta backup (its {FILES_METADATA} marks files as increments \
+             or as taken from its base); walkeeper restores only full backups",
+            info.name
+        )));
+    }
     let routes = Arc::new(tablespace_routes(&info, &target, &opts)?);
     let opts_blind = opts.blind_restore;
-    let res = extract_all(&archive, &info, &target, &routes, &opts).await;
+    let res = extract_all(
+        &archive,
+        &info,
+        &target,
+        &routes,
+        &opts,
+        files_meta.as_ref(),
+    )
+    .await;
     if let Err(e) = res {
         // Leave nothing that looks like a data directory.
         cleanup(&target, &routes);
@@ -151,6 +174,9 @@ pub async fn backup_fetch(
     }
     finish_layout(&target, &routes)?;
     rewrite_tablespace_map(&target, &routes, opts_blind)?;
+    if !opts.no_sync {
+        sync_restored(&target, &routes)?;
+    }
     tracing::info!(backup = info.name, target = %target.display(), "backup fetched");
     Ok(info)
 }
@@ -161,12 +187,15 @@ async fn extract_all(
     target: &Path,
     routes: &Arc<Routes>,
     opts: &FetchOptions,
+    files_meta: Option<&FilesMetadata>,
 ) -> Result<()> {
     let listed = archive.store.list(&parts_prefix(&info.name)).await?;
     let mut parts = Vec::new();
     let mut control = None;
+    let mut names = HashSet::new();
     for (key, _) in listed {
         let file = key.rsplit('/').next().unwrap_or("");
+        names.insert(file.to_string());
         let Some((stem, ext)) = file.rsplit_once('.') else {
             continue;
         };
@@ -180,6 +209,15 @@ async fn extract_all(
         }
     }
     check_partitions(info, &parts)?;
+    // WAL-G records which partitions it wrote (walkeeper records how many): one lost is noticed.
+    if let Some(m) = files_meta {
+        if let Some(lost) = m.tar_file_sets.keys().find(|t| !names.contains(*t)) {
+            return Err(Error::Corrupt {
+                key: format!("{}/{lost}", parts_prefix(&info.name)),
+                msg: format!("partition missing ({} lists it)", FILES_METADATA),
+            });
+        }
+    }
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let mut tasks = Vec::new();
     for (key, c) in parts {
@@ -195,20 +233,41 @@ async fn extract_all(
         }));
     }
     let mut first_err = None;
+    let mut extracted: HashSet<String> = HashSet::new();
     for t in tasks {
         let r = t
             .await
             .map_err(|e| Error::io(target, io::Error::other(e.to_string())))
             .and_then(|r| r);
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
+        match r {
+            Ok(files) => extracted.extend(files),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
         }
     }
     if let Some(e) = first_err {
         return Err(e);
     }
+    // Every file the backup lists must have come out of a partition, before pg_control makes
+    // the directory look complete.
+    if let Some(m) = files_meta {
+        let key = files_metadata_key(&info.name);
+        if let Some(lost) = m
+            .required(&key)?
+            .into_iter()
+            .find(|f| !extracted.contains(f) && f != "global/pg_control")
+        {
+            return Err(Error::Corrupt {
+                key,
+                msg: format!("lists /{lost}, but no partition holds it"),
+            });
+        }
+    }
     match control {
-        Some((key, c)) => extract_one(archive, &key, c, target, routes).await,
+        Some((key, c)) => extract_one(archive, &key, c, target, routes)
+            .await
+            .map(|_| ()),
         // WAL-E keeps pg_control inside a partition; it must be there by now.
         None if target.join("global/pg_control").exists() => Ok(()),
         None => Err(Error::Corrupt {
@@ -218,7 +277,30 @@ async fn extract_all(
     }
 }
 
-/// Every `part_NNN` from 1 to the recorded count (or to the highest present) must be there.
+/// The backup's per-file records: `files_metadata.json`, or the `Files` older WAL-G kept in
+/// the sentinel. None for a backup that has neither (WAL-E, old WAL-G, walkeeper before it
+/// wrote them).
+async fn load_files_metadata(store: &Store, info: &BackupInfo) -> Result<Option<FilesMetadata>> {
+    if info.format != super::Format::WalG {
+        return Ok(None);
+    }
+    let key = files_metadata_key(&info.name);
+    match store.get_bytes(&key).await {
+        Ok(b) => return FilesMetadata::parse(&key, &b).map(Some),
+        Err(Error::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let skey = super::sentinel_key(&info.name);
+    match store.get_bytes(&skey).await {
+        Ok(b) => FilesMetadata::from_sentinel(&skey, &b),
+        Err(e) => Err(e),
+    }
+}
+
+/// walkeeper records how many partitions it wrote (`TarPartitions`): every `part_NNN` from 1 to
+/// that count must be there. WAL-G's numbers have gaps (a tarball it opened but filled with
+/// nothing, and pg_control's tar, take a number each), so for its backups only at least one
+/// partition is required here; its `TarFileSets` names the ones that must exist.
 fn check_partitions(info: &BackupInfo, parts: &[(String, Compression)]) -> Result<()> {
     let numbers: std::collections::BTreeSet<u32> = parts
         .iter()
@@ -228,11 +310,11 @@ fn check_partitions(info: &BackupInfo, parts: &[(String, Compression)]) -> Resul
             n.parse().ok()
         })
         .collect();
-    let expected = info
-        .tar_partitions
-        .or(numbers.iter().next_back().copied())
-        .unwrap_or(0);
-    let first_missing = (1..=expected.max(1)).find(|n| !numbers.contains(n));
+    let expected = info.tar_partitions.unwrap_or(1);
+    let first_missing = match info.tar_partitions {
+        Some(_) => (1..=expected.max(1)).find(|n| !numbers.contains(n)),
+        None => numbers.is_empty().then_some(1),
+    };
     match first_missing {
         // WAL-E numbers its partitions from 0.
         _ if info.format == super::Format::WalE && !numbers.is_empty() => Ok(()),
@@ -250,7 +332,7 @@ async fn extract_one(
     c: Compression,
     target: &Path,
     routes: &Arc<Routes>,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let reader = archive
         .store
         .open_read(key)
@@ -265,7 +347,7 @@ async fn extract_one(
         routes.clone(),
         key.to_string(),
     );
-    tokio::task::spawn_blocking(move || -> Result<()> {
+    let files = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
         let plain = codec::decoder(reader, c, archive2.decryption.as_ref()).map_err(|e| {
             Error::Corrupt {
                 key: key2.clone(),
@@ -279,15 +361,18 @@ async fn extract_one(
     })
     .await
     .map_err(|e| Error::io(target, io::Error::other(e.to_string())))??;
-    tracing::debug!(key, "extracted");
-    Ok(())
+    tracing::debug!(key, files = files.len(), "extracted");
+    Ok(files)
 }
 
-fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<()> {
+/// Extracts one partition. Returns the names of its entries (files, directories, links),
+/// relative to the data directory.
+fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<Vec<String>> {
     let mut ar = tar::Archive::new(TarTail::new(plain));
     ar.set_preserve_permissions(true);
     ar.set_preserve_mtime(true);
     ar.set_overwrite(true);
+    let mut files = Vec::new();
     // Where the header after the last entry read starts.
     let mut next_header = 0u64;
     for entry in ar.entries()? {
@@ -298,8 +383,15 @@ fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<(
         let name = entry.path()?.into_owned();
         let dest = routes.dest(target, &name)?;
         let kind = entry.header().entry_type();
+        if let Some(rel) = name.to_str().and_then(super::files::relative) {
+            files.push(rel);
+        }
         if kind.is_symlink() || kind.is_hard_link() {
-            // Tablespace links are made from the spec; no other links are followed.
+            let link = entry
+                .link_name()?
+                .map(|l| l.into_owned())
+                .unwrap_or_default();
+            link_entry(&name, &link, kind.is_symlink(), &dest, target, routes)?;
             continue;
         }
         if let Some(parent) = dest.parent() {
@@ -314,7 +406,66 @@ fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<(
     // the input ends at a header boundary.
     let mut tail = ar.into_inner();
     io::copy(&mut tail, &mut io::sink())?;
-    tail.check_end(next_header)
+    tail.check_end(next_header)?;
+    Ok(files)
+}
+
+/// A link entry. Tablespace links (`pg_tblspc/<oid>`) are made from the spec, and a linked
+/// `pg_wal` becomes the plain directory the restore makes: both are skipped. Any other link is
+/// made only when it stays inside the data directory: a symbolic link whose target only
+/// descends from its own directory (no `/` start, no `..`), or a hard link to another entry.
+fn link_entry(
+    name: &Path,
+    link: &Path,
+    symbolic: bool,
+    dest: &Path,
+    target: &Path,
+    routes: &Routes,
+) -> io::Result<()> {
+    let rel = name.to_str().and_then(super::files::relative);
+    let parts: Vec<&str> = rel
+        .as_deref()
+        .map(|r| r.split('/').collect())
+        .unwrap_or_default();
+    let outside = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "tar entry {} links to {}, outside the data directory",
+                name.display(),
+                link.display()
+            ),
+        )
+    };
+    if symbolic {
+        if matches!(parts.as_slice(), ["pg_tblspc", _] | ["pg_wal" | "pg_xlog"]) {
+            tracing::debug!(entry = %name.display(), "link skipped: made by the restore");
+            return Ok(());
+        }
+        let descends = !link.as_os_str().is_empty()
+            && link
+                .components()
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if !descends {
+            return Err(outside());
+        }
+        replace_with(dest, |d| std::os::unix::fs::symlink(link, d))
+    } else {
+        let src = routes.dest(target, link).map_err(|_| outside())?;
+        replace_with(dest, |d| std::fs::hard_link(&src, d))
+    }
+}
+
+/// Makes `dest` with `make`, replacing a file (never a directory) already there.
+fn replace_with(dest: &Path, make: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if !m.is_dir() => std::fs::remove_file(dest)?,
+        _ => {}
+    }
+    make(dest).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dest.display())))
 }
 
 /// Counts the bytes of a tar stream and how many of the last ones are zero.
@@ -386,6 +537,31 @@ fn cleanup(target: &Path, routes: &Routes) {
 }
 
 /// Recreates the directories PostgreSQL needs, the tablespace links, and mode 0700.
+/// Makes everything restored durable: one `syncfs(2)` per file system holding the data
+/// directory or a tablespace (the restored files are written without fsync, which would cost
+/// a flush per file).
+fn sync_restored(target: &Path, routes: &Routes) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut devices = std::collections::BTreeSet::new();
+    for dir in std::iter::once(target).chain(routes.tablespaces.values().map(PathBuf::as_path)) {
+        let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+        if !devices.insert(std::os::unix::fs::MetadataExt::dev(&meta)) {
+            continue;
+        }
+        let f = std::fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
+        // SAFETY: syncfs on a descriptor this function owns.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
+            return Err(Error::io(dir, io::Error::last_os_error()));
+        }
+    }
+    tracing::debug!(
+        file_systems = devices.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "restored files synced"
+    );
+    Ok(())
+}
+
 fn finish_layout(target: &Path, routes: &Routes) -> Result<()> {
     for d in NEEDED_DIRS {
         let p = target.join(d);
@@ -470,7 +646,7 @@ mod tests {
 
     fn unpack_into(bytes: &[u8]) -> (tempfile::TempDir, io::Result<()>) {
         let dir = tempfile::tempdir().unwrap();
-        let res = unpack(bytes, dir.path(), &Routes::default());
+        let res = unpack(bytes, dir.path(), &Routes::default()).map(|_| ());
         (dir, res)
     }
 
@@ -549,6 +725,194 @@ mod tests {
         }
     }
 
+    /// A tar entry with exactly this name, as WAL-G (Go's archive/tar, USTAR) writes it.
+    fn raw_entry(
+        b: &mut tar::Builder<Vec<u8>>,
+        kind: tar::EntryType,
+        name: &str,
+        link: &str,
+        data: &[u8],
+    ) {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(if kind.is_dir() { 0o700 } else { 0o600 });
+        h.set_size(data.len() as u64);
+        let u = h.as_ustar_mut().unwrap();
+        let n = name.len().min(100);
+        u.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        let l = link.len().min(100);
+        u.linkname[..l].copy_from_slice(&link.as_bytes()[..l]);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    #[test]
+    fn wal_g_names_extract_into_the_data_directory() {
+        let mut b = tar::Builder::new(Vec::new());
+        raw_entry(&mut b, tar::EntryType::Directory, "/", "", b"");
+        raw_entry(&mut b, tar::EntryType::Directory, "/base", "", b"");
+        raw_entry(&mut b, tar::EntryType::Regular, "/base/1259", "", b"page");
+        raw_entry(
+            &mut b,
+            tar::EntryType::Regular,
+            "/global/pg_control",
+            "",
+            b"ctl",
+        );
+        raw_entry(
+            &mut b,
+            tar::EntryType::Regular,
+            "backup_label",
+            "",
+            b"label",
+        );
+        let tar = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = unpack(&tar[..], dir.path(), &Routes::default()).unwrap();
+        files.sort();
+        assert_eq!(
+            files,
+            ["backup_label", "base", "base/1259", "global/pg_control"]
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("base/1259")).unwrap(),
+            b"page"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("global/pg_control")).unwrap(),
+            b"ctl"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("backup_label")).unwrap(),
+            b"label"
+        );
+    }
+
+    #[test]
+    fn long_wal_g_names_in_a_ustar_prefix_or_a_pax_record_extract_into_the_data_directory() {
+        let dir = "/pg_tblspc/16384/PG_15_202209061/16385/".to_string() + &"d".repeat(70);
+        let long = format!("{dir}/{}", "f".repeat(90));
+        let mut b = tar::Builder::new(Vec::new());
+        // Go's USTAR split: prefix (up to 155 bytes) + name (up to 100).
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o600);
+        h.set_size(1);
+        let u = h.as_ustar_mut().unwrap();
+        u.prefix[..dir.len()].copy_from_slice(dir.as_bytes());
+        u.name[..90].copy_from_slice("f".repeat(90).as_bytes());
+        h.set_cksum();
+        b.append(&h, &b"u"[..]).unwrap();
+        // Past USTAR's limits Go writes a PAX record with the path.
+        let longer = format!("/base/{0}/{0}/{0}", "p".repeat(100));
+        b.append_pax_extensions([("path", longer.as_bytes())])
+            .unwrap();
+        raw_entry(&mut b, tar::EntryType::Regular, "/base/short", "", b"p");
+        let tar = b.into_inner().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("data");
+        let mut got = unpack(&tar[..], &target, &Routes::default()).unwrap();
+        got.sort();
+        assert_eq!(got, [longer[1..].to_string(), long[1..].to_string()]);
+        assert_eq!(std::fs::read(target.join(&long[1..])).unwrap(), b"u");
+        assert_eq!(std::fs::read(target.join(&longer[1..])).unwrap(), b"p");
+    }
+
+    #[test]
+    fn links_are_made_only_inside_the_data_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("data");
+        std::fs::create_dir(&target).unwrap();
+        let one = |kind, name: &str, link: &str| {
+            let mut b = tar::Builder::new(Vec::new());
+            raw_entry(&mut b, tar::EntryType::Regular, "/base/1/2", "", b"x");
+            raw_entry(&mut b, kind, name, link, b"");
+            let tar = b.into_inner().unwrap();
+            unpack(&tar[..], &target, &Routes::default())
+        };
+        use tar::EntryType::{Link, Symlink};
+        // Made: a link that only descends, a hard link to another entry.
+        one(Symlink, "/conf", "base/1/2").unwrap();
+        assert_eq!(std::fs::read(target.join("conf")).unwrap(), b"x");
+        one(Link, "/hard", "/base/1/2").unwrap();
+        assert_eq!(std::fs::read(target.join("hard")).unwrap(), b"x");
+        // Skipped: tablespace links and a linked pg_wal are made by the restore.
+        one(Symlink, "/pg_tblspc/16384", "/srv/ts").unwrap();
+        one(Symlink, "pg_wal", "/srv/wal").unwrap();
+        assert!(std::fs::symlink_metadata(target.join("pg_tblspc/16384")).is_err());
+        assert!(std::fs::symlink_metadata(target.join("pg_wal")).is_err());
+        // Refused: anything that points out.
+        for (kind, name, link) in [
+            (Symlink, "/evil", "/etc"),
+            (Symlink, "/evil", "../outside"),
+            (Symlink, "/evil", "base/../../outside"),
+            (Symlink, "/evil", ""),
+            (Link, "/evil", "../outside"),
+            (Link, "/evil", "/../outside"),
+        ] {
+            let e = one(kind, name, link).unwrap_err();
+            assert!(
+                e.to_string().contains("outside the data directory"),
+                "{link}: {e}"
+            );
+            assert!(
+                std::fs::symlink_metadata(target.join("evil")).is_err(),
+                "{link}"
+            );
+        }
+        let e = one(tar::EntryType::Regular, "/../outside", "").unwrap_err();
+        assert!(e.to_string().contains("leaves the data directory"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            1,
+            "nothing was written beside the data directory"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        #[test]
+        fn no_entry_name_or_link_writes_outside_the_data_directory(
+            entries in proptest::collection::vec(
+                (0u8..3, "[a/.]{1,12}", "[a/.]{0,12}"),
+                1..6,
+            )
+        ) {
+            let root = tempfile::tempdir().unwrap();
+            let target = root.path().join("data");
+            std::fs::create_dir(&target).unwrap();
+            let mut b = tar::Builder::new(Vec::new());
+            for (kind, name, link) in &entries {
+                let kind = match kind {
+                    0 => tar::EntryType::Regular,
+                    1 => tar::EntryType::Symlink,
+                    _ => tar::EntryType::Link,
+                };
+                raw_entry(&mut b, kind, name, link, if kind.is_file() { b"data" } else { b"" });
+            }
+            // Then a file through whatever the links made.
+            raw_entry(&mut b, tar::EntryType::Regular, "a/a/a", "", b"data");
+            let tar = b.into_inner().unwrap();
+            let _ = unpack(&tar[..], &target, &Routes::default());
+            let beside: Vec<_> = std::fs::read_dir(root.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            proptest::prop_assert_eq!(beside, vec![std::ffi::OsString::from("data")]);
+            for e in walkdir::WalkDir::new(&target).follow_links(false) {
+                let e = e.unwrap();
+                if e.path_is_symlink() {
+                    let t = std::fs::read_link(e.path()).unwrap();
+                    proptest::prop_assert!(
+                        t.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)),
+                        "{} -> {}", e.path().display(), t.display()
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn entries_cannot_leave_the_target_and_tablespaces_are_routed() {
         let mut r = Routes::default();
@@ -568,6 +932,17 @@ mod tests {
             Path::new("/data/pg_tblspc/99/x")
         );
         assert!(r.dest(t, Path::new("../etc/passwd")).is_err());
-        assert!(r.dest(t, Path::new("/etc/passwd")).is_err());
+        assert!(r.dest(t, Path::new("base/../../etc/passwd")).is_err());
+        assert!(r.dest(t, Path::new("/base/../../etc/passwd")).is_err());
+        // WAL-G's names: "/" + the path relative to the data directory.
+        assert_eq!(
+            r.dest(t, Path::new("/global/pg_control")).unwrap(),
+            Path::new("/data/global/pg_control")
+        );
+        assert_eq!(
+            r.dest(t, Path::new("/pg_tblspc/16384/PG_15/5/6")).unwrap(),
+            Path::new("/ts/one/PG_15/5/6")
+        );
+        assert_eq!(r.dest(t, Path::new("/")).unwrap(), Path::new("/data"));
     }
 }

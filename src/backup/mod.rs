@@ -3,14 +3,20 @@
 //! ```text
 //! basebackups_005/<name>_backup_stop_sentinel.json      written last: a backup without it does not exist
 //! basebackups_005/<name>/metadata.json
+//! basebackups_005/<name>/files_metadata.json            every regular file, by tar entry name
 //! basebackups_005/<name>/tar_partitions/part_001.tar.lz4 …
-//! basebackups_005/<name>/tar_partitions/backup_label.tar.lz4
+//! basebackups_005/<name>/tar_partitions/part_<N>.tar.lz4  the last one: backup_label, tablespace_map
 //! basebackups_005/<name>/tar_partitions/pg_control.tar.lz4
 //! ```
+//!
+//! Entries are named `/` + the path relative to the data directory, as WAL-G names them.
+//! Backups walkeeper wrote before it followed WAL-G there (relative names, and
+//! `backup_label.tar.<ext>` instead of the last part) are read too.
 
 pub mod branches;
 pub mod delete;
 pub mod fetch;
+pub mod files;
 pub mod offline;
 pub mod pg;
 pub mod push;
@@ -415,6 +421,12 @@ pub async fn resolve(store: &Store, which: &str) -> Result<BackupInfo> {
                 store.description
             ))
         });
+    }
+    if which.contains("_D_") {
+        return Err(Error::BadInput(format!(
+            "backup {which:?} is a WAL-G delta backup; walkeeper restores only full backups \
+             (restore it with WAL-G, or restore a full backup and replay WAL from there)"
+        )));
     }
     all.into_iter().find(|b| b.name == which).ok_or_else(|| {
         Error::BadInput(format!(

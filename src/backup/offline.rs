@@ -4,7 +4,7 @@
 //! checkpoint that pg_control records, and ends at that checkpoint (or, for a standby stopped in
 //! recovery, at its minimum recovery point). There is no backup_label: a restored copy starts
 //! from pg_control's checkpoint, as the stopped server would have. The WAL segments from the REDO
-//! point to that end are stored with the backup (`pg_wal.tar.*`), because a stopped server has
+//! point to that end are stored with the backup (its last partition), because a stopped server has
 //! not archived the segment its shutdown checkpoint is in.
 //!
 //! pg_control is read with `pg_controldata` (WALKEEPER_PG_BIN_DIR, else
@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::push::{hostname, to_json, upload_body, PushOptions};
-use super::{parts_prefix, sentinel_key, Lsn, Metadata, Sentinel, BACKUP_FOLDER};
+use super::push::{append_named, hostname, to_json, upload_body, PushOptions};
+use super::{files, parts_prefix, sentinel_key, Lsn, Metadata, Sentinel, BACKUP_FOLDER};
 use crate::archive::Archive;
 use crate::codec;
 use crate::config::Vars;
@@ -208,26 +208,45 @@ pub async fn backup_push_offline(archive: Arc<Archive>, opts: PushOptions) -> Re
         wal_files.extend(history);
     }
 
-    let (mut uncompressed, compressed, spec, partitions) =
-        upload_body(&archive, &opts, &pgdata, &name).await?;
-    uncompressed += wal_files
-        .iter()
-        .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum::<u64>();
+    let mut body = upload_body(&archive, &opts, &pgdata, &name).await?;
+    // The WAL goes into one more partition, recorded as WAL-G records every partition.
     let compression = archive.settings.compression;
+    let wal_part = format!("part_{:03}.tar.{}", body.partitions + 1, compression.ext());
+    let mut entries = Vec::new();
+    for (rel, path) in &wal_files {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let mtime: chrono::DateTime<Utc> = meta
+            .modified()
+            .map(chrono::DateTime::<Utc>::from)
+            .unwrap_or_else(|_| Utc::now());
+        body.uncompressed += meta.len();
+        body.files.files.insert(
+            files::entry_name(rel),
+            files::FileDescription::full(mtime, meta.len()),
+        );
+        entries.push((files::entry_name(rel), path.clone()));
+    }
+    body.files.tar_file_sets.insert(
+        wal_part.clone(),
+        entries.iter().map(|(n, _)| n.clone()).collect(),
+    );
     let arch = archive.clone();
-    let files = Arc::new(wal_files);
+    let entries = Arc::new(entries);
     let compressed_wal = archive
         .store
         .put_stream(
-            &format!("{}/pg_wal.tar.{}", parts_prefix(&name), compression.ext()),
+            &format!("{}/{wal_part}", parts_prefix(&name)),
             move |sink| {
-                let files = files.clone();
+                let entries = entries.clone();
                 codec::encode_with(sink, compression, arch.encryption.as_ref(), |w| {
                     let mut tar = tar::Builder::new(w);
                     tar.mode(tar::HeaderMode::Complete);
-                    for (entry, path) in files.iter() {
-                        tar.append_path_with_name(path, entry)?;
+                    for (entry, path) in entries.iter() {
+                        let file = std::fs::File::open(path)?;
+                        let meta = file.metadata()?;
+                        let mut h = tar::Header::new_gnu();
+                        h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+                        append_named(&mut tar, &mut h, entry, file)?;
                     }
                     tar.finish()
                 })
@@ -235,6 +254,11 @@ pub async fn backup_push_offline(archive: Arc<Archive>, opts: PushOptions) -> Re
             },
         )
         .await?;
+    body.partitions += 1;
+    body.compressed += compressed_wal;
+    let (uncompressed, compressed, partitions) =
+        (body.uncompressed, body.compressed, body.partitions);
+    let spec = body.spec.clone();
 
     let finished_at = Utc::now();
     let hostname = hostname();
@@ -245,7 +269,7 @@ pub async fn backup_push_offline(archive: Arc<Archive>, opts: PushOptions) -> Re
         system_identifier: Some(control.system_identifier),
         pg_version: version,
         uncompressed_size: uncompressed as i64,
-        compressed_size: (compressed + compressed_wal) as i64,
+        compressed_size: compressed as i64,
         spec: Some(spec),
         version: 2,
         start_time: Some(started_at),
@@ -281,6 +305,20 @@ pub async fn backup_push_offline(archive: Arc<Archive>, opts: PushOptions) -> Re
         .put_bytes(
             &format!("{BACKUP_FOLDER}/{name}/metadata.json"),
             to_json(&metadata)?,
+        )
+        .await?;
+    // WAL-G's backup-fetch requires it from a sentinel of version 2.
+    let files_key = files::files_metadata_key(&name);
+    archive
+        .store
+        .put_bytes(
+            &files_key,
+            serde_json::to_vec(&body.files)
+                .map(bytes::Bytes::from)
+                .map_err(|e| Error::Corrupt {
+                    key: files_key.clone(),
+                    msg: e.to_string(),
+                })?,
         )
         .await?;
     archive

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::Utc;
 
+use super::files::{self, FileDescription, FilesMetadata};
 use super::{
     parts_prefix, pg, sentinel_key, Metadata, Sentinel, TablespaceLocation, TablespaceSpec,
     BACKUP_FOLDER,
@@ -59,7 +60,8 @@ pub struct PushOptions {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    /// The name inside the tar (relative, `/`-separated).
+    /// The path relative to the data directory (`/`-separated); the tar entry is named
+    /// `/` + this, as WAL-G names it.
     name: String,
     path: PathBuf,
     kind: Kind,
@@ -266,23 +268,62 @@ impl Read for FileBody<'_> {
     }
 }
 
-/// Writes one tar partition into `sink`.
+/// A regular file as written into a partition, for `files_metadata.json`.
+#[derive(Debug, Clone)]
+struct Written {
+    /// The tar entry name.
+    name: String,
+    size: u64,
+    /// Its modification time when it was opened, before it was read.
+    mtime: chrono::DateTime<Utc>,
+}
+
+/// Appends an entry named `name` exactly (WAL-G's names start with `/`, which the tar crate's
+/// path setters refuse): in the header when it fits, else in a GNU long-name entry before it.
+pub(super) fn append_named<W: io::Write, R: Read>(
+    tar: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    name: &str,
+    data: R,
+) -> io::Result<()> {
+    let bytes = name.as_bytes();
+    let slot = &mut h.as_old_mut().name;
+    if bytes.len() > slot.len() {
+        let mut long = tar::Header::new_gnu();
+        long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_entry_type(tar::EntryType::GNULongName);
+        long.set_mode(0o644);
+        long.set_mtime(0);
+        long.set_size(bytes.len() as u64 + 1);
+        long.set_cksum();
+        tar.append(&long, bytes.chain(&[0u8][..]))?;
+    }
+    let slot = &mut h.as_old_mut().name;
+    slot.fill(0);
+    let n = bytes.len().min(slot.len());
+    slot[..n].copy_from_slice(&bytes[..n]);
+    h.set_cksum();
+    tar.append(h, data)
+}
+
+/// Writes one tar partition into `sink`; returns the regular files it holds.
 fn write_tar(
     entries: &[Entry],
     sink: &mut dyn io::Write,
     limit: Option<&RateLimit>,
-) -> io::Result<()> {
+) -> io::Result<Vec<Written>> {
     let mut tar = tar::Builder::new(sink);
-    tar.mode(tar::HeaderMode::Complete);
+    let mut written = Vec::new();
     for e in entries {
         let mut h = tar::Header::new_gnu();
+        let name = files::entry_name(&e.name);
         match e.kind {
             Kind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(0o700);
                 h.set_size(0);
                 h.set_mtime(Utc::now().timestamp() as u64);
-                tar.append_data(&mut h, &e.name, io::empty())?;
+                append_named(&mut tar, &mut h, &name, io::empty())?;
             }
             Kind::File => {
                 let f = match File::open(&e.path) {
@@ -296,6 +337,11 @@ fn write_tar(
                     }
                 };
                 let meta = f.metadata()?;
+                let mtime = chrono::DateTime::<Utc>::from_timestamp(
+                    meta.mtime(),
+                    meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+                )
+                .unwrap_or_default();
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(meta.mode() & 0o7777);
                 h.set_mtime(meta.mtime().max(0) as u64);
@@ -307,11 +353,31 @@ fn write_tar(
                 // tar copies through a small stack buffer; a large one means fewer reads and
                 // whole blocks for the compressor.
                 let body = io::BufReader::with_capacity(codec::CHUNK, body);
-                tar.append_data(&mut h, &e.name, body)?;
+                append_named(&mut tar, &mut h, &name, body)?;
+                written.push(Written {
+                    name,
+                    size: e.size,
+                    mtime,
+                });
             }
         }
     }
-    tar.into_inner()?.flush()
+    tar.into_inner()?.flush()?;
+    Ok(written)
+}
+
+/// A tar of in-memory files (`backup_label`, `tablespace_map`), named as given.
+fn small_tar(files: &[(&str, &[u8])]) -> io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, body) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(body.len() as u64);
+        h.set_mode(0o600);
+        h.set_mtime(Utc::now().timestamp() as u64);
+        append_named(&mut b, &mut h, name, *body)?;
+    }
+    b.into_inner()
 }
 
 /// Runs a base backup of the server whose data directory is `opts.pgdata`.
@@ -340,47 +406,38 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
 
     let data_started = Instant::now();
     let result = upload_body(&archive, &opts, &pgdata, &name).await;
-    if let Ok((uncompressed, compressed, _, partitions)) = &result {
+    if let Ok(body) = &result {
         let secs = data_started.elapsed().as_secs_f64();
         tracing::info!(
             backup = name,
-            uncompressed,
-            compressed,
-            partitions,
+            uncompressed = body.uncompressed,
+            compressed = body.compressed,
+            partitions = body.partitions,
             seconds = format!("{secs:.2}"),
-            mb_per_s = format!("{:.0}", *uncompressed as f64 / 1e6 / secs.max(1e-6)),
+            mb_per_s = format!("{:.0}", body.uncompressed as f64 / 1e6 / secs.max(1e-6)),
             "data directory uploaded"
         );
     }
     // Stop the backup whatever happened, so the server leaves backup mode.
     let stopped = pg::stop_backup(&client, info.version_num).await;
-    let (uncompressed, compressed, spec, partitions) = result?;
+    let mut body = result?;
     let (finish_lsn, label, spcmap) = stopped?;
 
-    // backup_label and tablespace_map, from pg_backup_stop.
-    let mut label_tar = Vec::new();
-    {
-        let mut b = tar::Builder::new(&mut label_tar);
-        for (fname, body) in [("backup_label", &label), ("tablespace_map", &spcmap)] {
-            if fname == "tablespace_map" && body.is_empty() {
-                continue;
-            }
-            let mut h = tar::Header::new_gnu();
-            h.set_size(body.len() as u64);
-            h.set_mode(0o600);
-            h.set_mtime(Utc::now().timestamp() as u64);
-            b.append_data(&mut h, fname, body.as_bytes())
-                .map_err(|e| Error::io(fname, e))?;
-        }
-        b.finish().map_err(|e| Error::io("backup_label", e))?;
-    }
+    // backup_label and tablespace_map, from pg_backup_stop, in the last partition, named
+    // bare as WAL-G names them (both always: WAL-G writes an empty tablespace_map too).
+    let label_files: [(&str, &[u8]); 2] = [
+        ("backup_label", label.as_bytes()),
+        ("tablespace_map", spcmap.as_bytes()),
+    ];
+    let label_tar = small_tar(&label_files).map_err(|e| Error::io("backup_label", e))?;
     let ext = archive.settings.compression.ext();
+    let label_part = format!("part_{:03}.tar.{ext}", body.partitions + 1);
     let label_bytes = Bytes::from(label_tar);
     let arch = archive.clone();
     let compressed_label = archive
         .store
         .put_stream(
-            &format!("{}/backup_label.tar.{ext}", parts_prefix(&name)),
+            &format!("{}/{label_part}", parts_prefix(&name)),
             move |sink| {
                 codec::encode(
                     &label_bytes[..],
@@ -392,6 +449,15 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
             },
         )
         .await?;
+    body.partitions += 1;
+    body.compressed += compressed_label;
+    // WAL-G's UncompressedSize: the bytes of every file stored, without tar headers.
+    body.uncompressed += label_files.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+    body.files.tar_file_sets.insert(
+        label_part,
+        label_files.iter().map(|(n, _)| n.to_string()).collect(),
+    );
+    let (uncompressed, spec, partitions) = (body.uncompressed, body.spec, body.partitions);
 
     // The stop segment must be archived before the backup may be listed.
     let stop_seg = finish_lsn.prev_segment(timeline, info.seg_size);
@@ -406,7 +472,7 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
         system_identifier: Some(info.system_identifier),
         pg_version: info.version_num,
         uncompressed_size: uncompressed as i64,
-        compressed_size: (compressed + compressed_label) as i64,
+        compressed_size: body.compressed as i64,
         spec: Some(spec),
         user_data: opts.user_data.clone(),
         version: 2,
@@ -442,6 +508,20 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
             to_json(&metadata)?,
         )
         .await?;
+    // WAL-G's backup-fetch requires it from a sentinel of version 2, and its delta backups
+    // compare each file's MTime with it.
+    archive
+        .store
+        .put_bytes(
+            &files::files_metadata_key(&name),
+            serde_json::to_vec(&body.files)
+                .map(Bytes::from)
+                .map_err(|e| Error::Corrupt {
+                    key: files::files_metadata_key(&name),
+                    msg: e.to_string(),
+                })?,
+        )
+        .await?;
     archive
         .store
         .put_bytes(&sentinel_key(&name), to_json(&sentinel)?)
@@ -472,14 +552,26 @@ pub(super) fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Uploads the data directory (all partitions, then pg_control). Returns the uncompressed and
-/// compressed sizes and the tablespace spec.
+/// A partition's object name and the regular files it holds.
+type PartFiles = (String, Vec<Written>);
+
+/// What [`upload_body`] stored.
+pub(super) struct Body {
+    /// WAL-G's `UncompressedSize`: the bytes of the files stored, without tar headers.
+    pub(super) uncompressed: u64,
+    pub(super) compressed: u64,
+    pub(super) spec: TablespaceSpec,
+    pub(super) partitions: u32,
+    pub(super) files: FilesMetadata,
+}
+
+/// Uploads the data directory (all partitions, then pg_control).
 pub(super) async fn upload_body(
     archive: &Arc<Archive>,
     opts: &PushOptions,
     pgdata: &Path,
     name: &str,
-) -> Result<(u64, u64, TablespaceSpec, u32)> {
+) -> Result<Body> {
     // A backup killed earlier may have left objects under this name, never a sentinel.
     if archive.store.head(&sentinel_key(name)).await?.is_some() {
         return Err(Error::BadInput(format!("backup {name} already exists")));
@@ -495,8 +587,8 @@ pub(super) async fn upload_body(
     let (entries, spec) = tokio::task::spawn_blocking(move || collect(&pgdata_owned))
         .await
         .map_err(|e| Error::io(pgdata, io::Error::other(e.to_string())))??;
-    let uncompressed: u64 = entries.iter().map(|e| e.size).sum();
-    let part_size = effective_part_size(uncompressed, opts.part_size, opts.concurrency);
+    let total: u64 = entries.iter().map(|e| e.size).sum();
+    let part_size = effective_part_size(total, opts.part_size, opts.concurrency);
     let parts = partition(entries, part_size);
     let partitions = parts.len() as u32;
     let limit = opts.read_rate_limit.map(|r| Arc::new(RateLimit::new(r)));
@@ -505,15 +597,18 @@ pub(super) async fn upload_body(
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let compressed = Arc::new(AtomicU64::new(0));
     let errors: Arc<Mutex<Vec<Error>>> = Arc::default();
+    let written: Arc<Mutex<Vec<PartFiles>>> = Arc::default();
     let mut tasks = Vec::new();
     for (i, part) in parts.into_iter().enumerate() {
-        let key = format!("{}/part_{:03}.tar.{ext}", parts_prefix(name), i + 1);
-        let (archive, sem, limit, compressed, errors) = (
+        let file = format!("part_{:03}.tar.{ext}", i + 1);
+        let key = format!("{}/{file}", parts_prefix(name));
+        let (archive, sem, limit, compressed, errors, written) = (
             archive.clone(),
             sem.clone(),
             limit.clone(),
             compressed.clone(),
             errors.clone(),
+            written.clone(),
         );
         let part = Arc::new(part);
         tasks.push(tokio::spawn(async move {
@@ -521,19 +616,31 @@ pub(super) async fn upload_body(
                 return;
             };
             let arch = archive.clone();
+            // The files of the attempt that succeeded (a retried upload writes them again).
+            let held: Arc<Mutex<Vec<Written>>> = Arc::default();
+            let held2 = held.clone();
             let res = archive
                 .store
                 .put_stream(&key, move |sink| {
                     let enc = arch.encryption.as_ref();
                     let limit = limit.as_deref();
-                    let (_, _) =
-                        codec::encode_with(sink, compression, enc, |w| write_tar(&part, w, limit))?;
+                    let (_, _) = codec::encode_with(sink, compression, enc, |w| {
+                        let files = write_tar(&part, w, limit)?;
+                        if let Ok(mut h) = held2.lock() {
+                            *h = files;
+                        }
+                        Ok(())
+                    })?;
                     Ok(())
                 })
                 .await;
             match res {
                 Ok(n) => {
                     compressed.fetch_add(n, Ordering::Relaxed);
+                    let files = held.lock().map(|mut h| std::mem::take(&mut *h));
+                    if let (Ok(files), Ok(mut w)) = (files, written.lock()) {
+                        w.push((file, files));
+                    }
                 }
                 Err(e) => errors.lock().map(|mut v| v.push(e)).unwrap_or(()),
             }
@@ -545,6 +652,22 @@ pub(super) async fn upload_body(
     if let Some(e) = errors.lock().ok().and_then(|mut v| v.pop()) {
         return Err(e);
     }
+    let mut files = FilesMetadata::default();
+    let mut uncompressed = 0u64;
+    for (part, held) in std::mem::take(
+        &mut *written
+            .lock()
+            .map_err(|_| Error::io(pgdata, io::Error::other("a partition upload panicked")))?,
+    ) {
+        let names = files.tar_file_sets.entry(part).or_default();
+        for w in held {
+            uncompressed += w.size;
+            names.push(w.name.clone());
+            files
+                .files
+                .insert(w.name, FileDescription::full(w.mtime, w.size));
+        }
+    }
     // global/pg_control last, on its own.
     let control = Arc::new(vec![Entry {
         name: "global/pg_control".into(),
@@ -554,6 +677,7 @@ pub(super) async fn upload_body(
             .map_err(|e| Error::io(pgdata.join("global/pg_control"), e))?
             .len(),
     }]);
+    uncompressed += control.iter().map(|e| e.size).sum::<u64>();
     let arch = archive.clone();
     let n = archive
         .store
@@ -561,18 +685,19 @@ pub(super) async fn upload_body(
             &format!("{}/pg_control.tar.{ext}", parts_prefix(name)),
             move |sink| {
                 codec::encode_with(sink, compression, arch.encryption.as_ref(), |w| {
-                    write_tar(&control, w, None)
+                    write_tar(&control, w, None).map(|_| ())
                 })
                 .map(|_| ())
             },
         )
         .await?;
-    Ok((
+    Ok(Body {
         uncompressed,
-        compressed.load(Ordering::Relaxed) + n,
+        compressed: compressed.load(Ordering::Relaxed) + n,
         spec,
         partitions,
-    ))
+        files,
+    })
 }
 
 /// Waits (bounded) until a WAL file is in the archive.
@@ -633,6 +758,54 @@ mod tests {
         // A smaller configured threshold always wins.
         assert_eq!(effective_part_size(750 * M, 10 * M, 2), 10 * M);
         assert_eq!(effective_part_size(0, 1024 * M, 0), MIN_SPLIT);
+    }
+
+    #[test]
+    fn entries_are_named_as_wal_g_names_them_even_past_100_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let long_dir = format!("pg_tblspc/16384/PG_15_202209061/{}", "d".repeat(90));
+        std::fs::create_dir_all(d.path().join(&long_dir)).unwrap();
+        std::fs::write(d.path().join("PG_VERSION"), b"15\n").unwrap();
+        std::fs::write(d.path().join(&long_dir).join("16385"), b"page").unwrap();
+        let e = |name: &str, kind: Kind, size: u64| Entry {
+            name: name.into(),
+            path: d.path().join(name),
+            kind,
+            size,
+        };
+        let entries = vec![
+            e("PG_VERSION", Kind::File, 3),
+            e(&long_dir, Kind::Dir, 0),
+            e(&format!("{long_dir}/16385"), Kind::File, 4),
+        ];
+        let mut out = Vec::new();
+        let written = write_tar(&entries, &mut out, None).unwrap();
+        let names: Vec<String> = written.iter().map(|w| w.name.clone()).collect();
+        assert_eq!(
+            names,
+            vec!["/PG_VERSION".to_string(), format!("/{long_dir}/16385")]
+        );
+        let mut ar = tar::Archive::new(&out[..]);
+        let read: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| String::from_utf8(e.unwrap().path_bytes().into_owned()).unwrap())
+            .collect();
+        assert_eq!(
+            read,
+            vec![
+                "/PG_VERSION".to_string(),
+                format!("/{long_dir}"),
+                format!("/{long_dir}/16385")
+            ]
+        );
+        // The mtime recorded is the file's own, to the nanosecond.
+        let m = std::fs::metadata(d.path().join("PG_VERSION")).unwrap();
+        assert_eq!(written[0].mtime.timestamp(), m.mtime());
+        assert_eq!(
+            written[0].mtime.timestamp_subsec_nanos() as i64,
+            m.mtime_nsec()
+        );
     }
 
     #[test]

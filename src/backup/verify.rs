@@ -1,11 +1,15 @@
 //! `wal-verify`: is every WAL segment from the oldest backup's start to the newest archived
-//! segment present, following `.history` files across timelines?
+//! segment present, following `.history` files across timelines? And is each WAL name stored
+//! once: another tool can leave `X.lz4` next to `X.zst`; copies whose decoded contents differ
+//! are a conflict nobody can resolve automatically.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{list_backups, DEFAULT_SEG_SIZE};
 use crate::archive::Archive;
+use crate::codec::Compression;
 use crate::error::Result;
+use crate::wal::fetch::{decoded_digest, Decoded};
 use crate::wal::history;
 use crate::wal::names::{SegmentId, WalName, WAL_FOLDER};
 
@@ -19,6 +23,8 @@ pub struct Report {
     /// The checked range as runs of present or missing segments on one timeline, in order
     /// (WAL-G's integrity details).
     pub runs: Vec<Run>,
+    /// WAL names stored under more than one codec.
+    pub duplicates: Vec<Duplicate>,
 }
 
 /// Consecutive segments on one timeline, all present or all missing.
@@ -31,10 +37,32 @@ pub struct Run {
     pub found: bool,
 }
 
+/// One WAL name stored under several codecs, with each copy's decoded length and digest.
+#[derive(Debug, Clone)]
+pub struct Duplicate {
+    pub name: String,
+    pub copies: Vec<(String, Decoded)>,
+}
+
+impl Duplicate {
+    /// The copies decode to different bytes: wal-fetch refuses this name.
+    pub fn differs(&self) -> bool {
+        self.copies.windows(2).any(|w| w[0].1 != w[1].1)
+    }
+}
+
+impl Report {
+    /// No gap and no conflicting copies.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && !self.duplicates.iter().any(Duplicate::differs)
+    }
+}
+
 pub async fn verify(archive: &Archive) -> Result<Report> {
     let backups = list_backups(&archive.store).await?;
     let mut segments: BTreeSet<SegmentId> = BTreeSet::new();
     let mut histories: BTreeMap<u32, String> = BTreeMap::new();
+    let mut copies: BTreeMap<String, Vec<(String, Compression)>> = BTreeMap::new();
     for (key, _) in archive.store.list(WAL_FOLDER).await? {
         let file = key.rsplit('/').next().unwrap_or("");
         let Some((base, ext)) = file.rsplit_once('.') else {
@@ -43,6 +71,12 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
         let Ok(wal) = WalName::parse(base) else {
             continue;
         };
+        if let Some(c) = Compression::from_ext(ext) {
+            copies
+                .entry(base.to_string())
+                .or_default()
+                .push((key.clone(), c));
+        }
         match wal {
             WalName::Segment(s) => {
                 segments.insert(s);
@@ -58,8 +92,23 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
         .first()
         .map(|b| b.seg_size)
         .unwrap_or(DEFAULT_SEG_SIZE);
+    let mut duplicates = Vec::new();
+    for (name, keys) in copies.into_iter().filter(|(_, k)| k.len() > 1) {
+        let mut digests = Vec::new();
+        for (key, c) in keys {
+            let d = decoded_digest(archive, &key, c).await?;
+            digests.push((key, d));
+        }
+        duplicates.push(Duplicate {
+            name,
+            copies: digests,
+        });
+    }
     let Some(newest_tli) = segments.iter().map(|s| s.timeline).max() else {
-        return Ok(Report::default());
+        return Ok(Report {
+            duplicates,
+            ..Report::default()
+        });
     };
     // Switch points of the newest timeline's ancestry: (timeline, first LSN on it).
     let mut chain: Vec<(u32, u64)> = vec![(newest_tli, 0)];
@@ -134,5 +183,6 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
         checked,
         missing,
         runs,
+        duplicates,
     })
 }

@@ -25,6 +25,10 @@ pub struct Args {
     /// WAL-G options walkeeper does not implement: refused by name.
     #[command(flatten)]
     pub refused: RefusedWalG,
+    /// Do not make the restored files durable before exiting (by default one syncfs per file
+    /// system restored to).
+    #[arg(long)]
+    pub no_sync: bool,
 }
 
 /// WAL-G's backup-fetch options that walkeeper refuses, with what it does instead.
@@ -73,6 +77,7 @@ impl Args {
         FetchOptions {
             restore_spec: self.restore_spec.clone(),
             blind_restore: self.blind_restore,
+            no_sync: self.no_sync,
             concurrency: self
                 .pool_size
                 .or_else(|| {

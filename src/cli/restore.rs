@@ -56,6 +56,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
         let fetch = crate::backup::fetch::FetchOptions {
             restore_spec: args.fetch.restore_spec.clone(),
             blind_restore: args.fetch.blind_restore,
+            no_sync: false,
             concurrency: 2,
         };
         let opts = RestoreOptions {

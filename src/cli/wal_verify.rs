@@ -1,7 +1,9 @@
-//! `walkeeper wal-verify [integrity] [timeline] [--json]`: exit 0 when the archive has no gap,
-//! 1 when it has.
+//! `walkeeper wal-verify [integrity] [timeline] [--json]`: exit 0 when the archive has no gap
+//! and no WAL name stored under two codecs with different content, 1 otherwise. Identical copies
+//! are reported and accepted.
 //!
-//! Without checks named, walkeeper's one-line summary. With WAL-G's check names, WAL-G's report
+//! Without checks named, walkeeper's one-line summary, then each missing segment, duplicate and
+//! conflict. With WAL-G's check names, WAL-G's report
 //! (`[wal-verify] integrity check status: OK`, its table, or with `--json` its JSON):
 //! - integrity: every segment from the oldest backup's start to the newest archived one,
 //!   following the newest timeline's history, as runs of FOUND or MISSING_LOST segments;
@@ -127,13 +129,20 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
         for m in &r.missing {
             println!("missing {m}");
         }
-        return i32::from(gap);
+        for d in &r.duplicates {
+            let verdict = if d.differs() { "conflict" } else { "duplicate" };
+            let list: Vec<String> = d.copies.iter().map(|(k, x)| format!("{k} ({x})")).collect();
+            println!("{verdict} {}: {}", d.name, list.join(", "));
+        }
+        return i32::from(!r.is_clean());
     }
     let checks: Vec<&str> = if args.checks.is_empty() {
         vec!["integrity", "timeline"]
     } else {
         args.checks.iter().map(String::as_str).collect()
     };
+    // A name under two codecs with different content fails integrity too (wal-fetch refuses it).
+    let gap = gap || !r.is_clean();
     let integrity_status = if gap { "FAILURE" } else { "OK" };
     let (timeline_status, current_id) = match current.flatten() {
         None => ("WARNING", 0),

@@ -372,6 +372,9 @@ impl Agent {
             "agent starting"
         );
         let api = tokio::spawn(crate::api::serve(self.clone(), listener));
+        // A restart the previous agent was stopped in is finished or rolled back first; while
+        // it runs, the startup check and the leader duties wait.
+        super::pitr::recover_interrupted(&self);
         self.startup().await;
         self.ready.send_replace(true);
         let me = self.clone();
@@ -391,7 +394,25 @@ impl Agent {
             }
         });
         shutdown_signal().await;
-        tracing::info!("agent stopping");
+        let running: Vec<String> = self
+            .jobs
+            .lock()
+            .map(|j| {
+                j.values()
+                    .filter(|j| j.is_running())
+                    .map(|j| format!("{} at step {}", j.id, j.state().step))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if running.is_empty() {
+            tracing::info!("agent stopping");
+        } else {
+            tracing::warn!(
+                restarts = running.join(", "),
+                "agent stopping during a point-in-time restart: Patroni may stay paused until the agent starts again, which finishes or rolls the restart back (its journal is {})",
+                super::pitr::journal_path(&self.cfg.pgdata).display()
+            );
+        }
         duties_task.abort();
         etcd_task.abort();
         api.abort();
@@ -403,7 +424,10 @@ impl Agent {
     /// to `initialize`, so that Patroni restores the first member from the archive (through
     /// create-replica's no-leader path) instead of running initdb.
     async fn startup(&self) {
-        if !self.cfg.restore_when_empty || !pgdata_is_empty(&self.cfg.pgdata) {
+        // During an interrupted restart's recovery the data directory may be moved aside: it
+        // is not empty, and the cluster is not gone.
+        if !self.cfg.restore_when_empty || !pgdata_is_empty(&self.cfg.pgdata) || self.pitr_running()
+        {
             return;
         }
         let mut delay = Duration::from_millis(500);

@@ -10,6 +10,12 @@
 //! 6. wait for promotion at the target;
 //! 7. once Patroni (paused) has taken the leader key for the promoted server, resume it;
 //! 8. reinitialize every replica so it follows the new timeline.
+//!
+//! Each step is written ahead to a journal beside the data directory
+//! (`<pgdata>.walkeeper-restart.json`) before it acts. An agent stopped or killed during a job
+//! reads it at its next start and finishes the job (the server was promoted, or is still
+//! recovering) or rolls it back (the old data directory is put back), and always resumes
+//! Patroni or says loudly why it cannot.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -29,6 +35,7 @@ use crate::backup::fetch::{backup_fetch, FetchOptions};
 use crate::backup::restore::{choose, pg_time, Target};
 use crate::backup::{list_backups, pg, BackupInfo};
 use crate::error::{Error, Result};
+use crate::storage::local::write_atomic_with;
 
 /// Config files that belong to this member, not to the backup (which another member may have
 /// taken): they are carried over from the data directory that was moved aside.
@@ -79,7 +86,7 @@ pub enum Refusal {
     Unavailable(String),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     pub at: DateTime<Utc>,
     pub step: String,
@@ -87,7 +94,7 @@ pub struct Step {
 }
 
 /// What `GET /restart/{id}` shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobState {
     pub id: String,
     pub recovery_target_time: DateTime<Utc>,
@@ -105,10 +112,69 @@ pub struct JobState {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// How far a restart has got, written ahead: the action of a phase may have begun (or ended)
+/// once the journal names it. What an interrupted job's next agent does follows from it
+/// ([`decide`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Patroni is being paused.
+    Pausing,
+    /// PostgreSQL is being stopped.
+    Stopping,
+    /// The data directory is being renamed aside.
+    MovingAside,
+    /// The backup is being fetched into a new data directory.
+    Fetching,
+    /// PostgreSQL was started to recover to the target (`recovery.signal` is written).
+    Recovering,
+    /// The server was promoted on the new timeline.
+    Promoted,
+    /// Patroni is being resumed; then the old data directory goes and replicas are rebuilt.
+    Resumed,
+    /// The job ended; `status` says how.
+    Finished,
+}
+
+/// What the job acts on, fixed when it is accepted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub pgdata: PathBuf,
+    /// Where the data directory is moved while the backup is restored.
+    pub aside: PathBuf,
+    /// The timeline whose history recovery follows (`recovery_target_timeline`).
+    pub timeline: u32,
+    pub reinit: bool,
+}
+
+/// The journal file's content.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    phase: Phase,
+    plan: Plan,
+    job: JobState,
+}
+
+/// The journal of the restart of the data directory `pgdata`, beside it (it must survive the
+/// data directory being moved aside).
+pub fn journal_path(pgdata: &Path) -> PathBuf {
+    let name = pgdata
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    pgdata.with_file_name(format!("{name}.walkeeper-restart.json"))
+}
+
 #[derive(Debug)]
 pub struct Job {
     pub id: String,
     state: Mutex<JobState>,
+    phase: Mutex<Phase>,
+    plan: Plan,
+    journal: PathBuf,
+    /// Tests only (`WALKEEPER_TEST_HOLD_RESTART_AT`): after this step's action, the job waits
+    /// forever, so that a test can stop the agent exactly there.
+    hold_after: Option<String>,
 }
 
 impl Job {
@@ -120,6 +186,13 @@ impl Job {
         match self.state.lock() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.lock() {
+            Ok(p) => *p,
+            Err(p) => *p.into_inner(),
         }
     }
 
@@ -142,6 +215,47 @@ impl Job {
                 detail,
             });
         });
+        // The phase is what recovery needs; the steps are for people: a failed write here is
+        // only logged.
+        if let Err(e) = self.persist() {
+            tracing::warn!(job = self.id, error = %e, "cannot record the restart's step");
+        }
+    }
+
+    /// Writes the journal (atomically and durably).
+    fn persist(&self) -> Result<()> {
+        let journal = Journal {
+            phase: self.phase(),
+            plan: self.plan.clone(),
+            job: self.state(),
+        };
+        let text = serde_json::to_vec_pretty(&journal)
+            .map_err(|e| Error::Cluster(format!("restart journal: {e}")))?;
+        write_atomic_with(&self.journal, |w| w.write_all(&text))
+            .map_err(|e| Error::io(&self.journal, e))?;
+        Ok(())
+    }
+
+    /// Records that `phase`'s action begins. Nothing is done unless that is durable: a job whose
+    /// journal is behind its actions could not be finished or rolled back.
+    fn enter(&self, phase: Phase) -> Result<()> {
+        match self.phase.lock() {
+            Ok(mut p) => *p = phase,
+            Err(p) => *p.into_inner() = phase,
+        }
+        self.persist()
+    }
+
+    /// Tests only: waits forever after `step` when told to (see `hold_after`).
+    async fn hold(&self, step: &str) {
+        if self.hold_after.as_deref() == Some(step) {
+            tracing::warn!(
+                job = self.id,
+                step,
+                "WALKEEPER_TEST_HOLD_RESTART_AT: holding the restart here until the agent stops"
+            );
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -229,6 +343,7 @@ pub async fn start(
             .clone(),
     };
     let id = Utc::now().format("%Y%m%dT%H%M%S%3f").to_string();
+    let pgdata = agent.cfg.pgdata.clone();
     let job = Arc::new(Job {
         id: id.clone(),
         state: Mutex::new(JobState {
@@ -244,7 +359,20 @@ pub async fn start(
             started_at: Utc::now(),
             finished_at: None,
         }),
+        phase: Mutex::new(Phase::Pausing),
+        plan: Plan {
+            aside: aside_path(&pgdata, &id),
+            pgdata: pgdata.clone(),
+            timeline: lineage.timeline,
+            reinit: req.reinitialize_replicas,
+        },
+        journal: journal_path(&pgdata),
+        hold_after: hold_setting(agent),
     });
+    // Nothing happens unless the journal can be written: a job that could not be recovered
+    // after an interruption must not start.
+    job.persist()
+        .map_err(|e| Refusal::Unavailable(format!("cannot write the restart journal: {e}")))?;
     if let Some(note) = target_note {
         job.step("target", note);
     }
@@ -253,16 +381,30 @@ pub async fn start(
     }
     agent.metrics.restarts.inc();
     let (agent2, job2) = (agent.clone(), job.clone());
+    spawn_job(agent, &job, async move {
+        run(&agent2, &job2, target, &chosen).await
+    });
+    Ok(job)
+}
+
+fn hold_setting(agent: &Agent) -> Option<String> {
+    agent
+        .settings
+        .vars
+        .get("WALKEEPER_TEST_HOLD_RESTART_AT")
+        .map(|s| s.trim().to_string())
+}
+
+/// Runs a job's work to its end: records the outcome (in memory, the journal and the metrics)
+/// and wakes the agent's duties.
+fn spawn_job(
+    agent: &Arc<Agent>,
+    job: &Arc<Job>,
+    work: impl std::future::Future<Output = Result<(u32, Option<String>)>> + Send + 'static,
+) {
+    let (agent2, job2) = (agent.clone(), job.clone());
     tokio::spawn(async move {
-        let res = run(
-            &agent2,
-            &job2,
-            target,
-            &chosen,
-            lineage.timeline,
-            req.reinitialize_replicas,
-        )
-        .await;
+        let res = work.await;
         job2.update(|s| {
             s.finished_at = Some(Utc::now());
             match res {
@@ -283,6 +425,9 @@ pub async fn start(
                 }
             }
         });
+        if let Err(e) = job2.enter(Phase::Finished) {
+            tracing::error!(job = job2.id, error = %e, "cannot record the restart's end in its journal: the next agent start will look at it again");
+        }
         let st = job2.state();
         match (st.status.as_str(), &st.error) {
             ("succeeded", _) => {
@@ -300,7 +445,6 @@ pub async fn start(
         }
         agent2.wake.notify_one();
     });
-    Ok(job)
 }
 
 fn aside_path(pgdata: &Path, id: &str) -> PathBuf {
@@ -316,34 +460,42 @@ async fn run(
     job: &Job,
     target: DateTime<Utc>,
     backup: &BackupInfo,
-    timeline: u32,
-    reinit: bool,
 ) -> Result<(u32, Option<String>)> {
-    let pgdata = agent.cfg.pgdata.clone();
+    let plan = job.plan.clone();
+    let pgdata = &plan.pgdata;
+    let aside = &plan.aside;
+    job.enter(Phase::Pausing)?;
     job.step("pause", "pausing Patroni (maintenance mode)");
-    agent
-        .patroni
-        .set_pause(true, Duration::from_secs(60))
-        .await?;
-    job.step("stop", "stopping PostgreSQL");
-    if let Err(e) = pg_ctl_stop(agent, &pgdata, "fast").await {
+    if let Err(e) = agent.patroni.set_pause(true, Duration::from_secs(60)).await {
         resume_after_failure(agent).await;
         return Err(e);
     }
-    let aside = aside_path(&pgdata, &job.id);
+    job.hold("pause").await;
+    if let Err(e) = job.enter(Phase::Stopping) {
+        resume_after_failure(agent).await;
+        return Err(e);
+    }
+    job.step("stop", "stopping PostgreSQL");
+    if let Err(e) = pg_ctl_stop(agent, pgdata, "fast").await {
+        resume_after_failure(agent).await;
+        return Err(e);
+    }
+    job.hold("stop").await;
+    if let Err(e) = job.enter(Phase::MovingAside) {
+        resume_after_failure(agent).await;
+        return Err(e);
+    }
     job.step(
         "move-aside",
         format!("moving {} to {}", pgdata.display(), aside.display()),
     );
-    if let Err(e) = std::fs::rename(&pgdata, &aside) {
+    if let Err(e) = std::fs::rename(pgdata, aside) {
         resume_after_failure(agent).await;
-        return Err(Error::io(&pgdata, e));
+        return Err(Error::io(pgdata, e));
     }
+    job.hold("move-aside").await;
     let mut child = None;
-    let promoted = restore_and_promote(
-        agent, job, &pgdata, &aside, target, backup, timeline, &mut child,
-    )
-    .await;
+    let promoted = restore_and_promote(agent, job, target, backup, &mut child).await;
     let new_tli = match promoted {
         Ok(t) => t,
         Err(e) => {
@@ -351,7 +503,7 @@ async fn run(
                 "rollback",
                 format!("{e}; putting the old data directory back"),
             );
-            rollback(agent, &pgdata, &aside, child).await;
+            rollback(agent, pgdata, aside, child).await;
             resume_after_failure(agent).await;
             return Err(e);
         }
@@ -361,6 +513,15 @@ async fn run(
     if let Some(mut c) = child {
         tokio::task::spawn_blocking(move || c.wait());
     }
+    job.hold("promoted").await;
+    finish(agent, job, new_tli).await
+}
+
+/// The part of a restart after the promotion, also what an interrupted job that got that far
+/// runs at the next agent start: Patroni takes the leader key and is resumed, the old data
+/// directory goes, the replicas are rebuilt onto the new timeline.
+async fn finish(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Result<(u32, Option<String>)> {
+    let aside = job.plan.aside.clone();
     job.update(|s| s.new_timeline = Some(new_tli));
     job.step(
         "leader-key",
@@ -385,15 +546,25 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    job.enter(Phase::Resumed)?;
     job.step("resume", "resuming Patroni");
     agent
         .patroni
         .set_pause(false, Duration::from_secs(60))
         .await?;
+    job.hold("resume").await;
     // The restore worked: the old data directory can go.
-    let aside2 = aside.clone();
-    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(aside2)).await;
-    if !reinit {
+    if aside.exists() {
+        let aside2 = aside.clone();
+        match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(aside2)).await {
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, path = %aside.display(), "cannot remove the old data directory")
+            }
+            Err(e) => tracing::warn!(error = %e, "removing the old data directory"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if !job.plan.reinit {
         return Ok((new_tli, None));
     }
     // Replicas rebuilt before the new timeline is in the archive recover along the abandoned
@@ -406,6 +577,245 @@ async fn run(
         return Ok((new_tli, Some(why)));
     }
     Ok((new_tli, reinitialize_replicas(agent, job, new_tli).await))
+}
+
+/// What the agent found of an interrupted job at its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub pgdata_exists: bool,
+    pub aside_exists: bool,
+    /// A postmaster runs on the data directory.
+    pub running: bool,
+    /// What it answered to `pg_is_in_recovery()`, when it could be asked.
+    pub in_recovery: Option<bool>,
+    /// `recovery.signal` is still in the data directory (PostgreSQL removes it when recovery
+    /// ends and the server is promoted).
+    pub recovery_signal: bool,
+}
+
+/// How an interrupted job is ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// The data directory was not touched: resume Patroni.
+    Resume,
+    /// Put the old data directory back (stopping anything running on the new one), resume.
+    RollBack,
+    /// The server still recovers: wait for its promotion, then finish.
+    AwaitPromotion,
+    /// The server was promoted and runs: finish.
+    Finish,
+    /// The server was promoted, but nothing runs on it: start it, then finish.
+    StartAndFinish,
+    /// Nothing safe can be done automatically: Patroni stays paused, and this says why.
+    Manual(String),
+}
+
+/// The one rule for an interrupted job, from its journal's phase and what is on disk.
+pub fn decide(phase: Phase, f: &Found) -> Recovery {
+    match phase {
+        Phase::Pausing | Phase::Stopping => Recovery::Resume,
+        Phase::MovingAside if !f.aside_exists => Recovery::Resume,
+        Phase::MovingAside | Phase::Fetching => {
+            if f.aside_exists {
+                Recovery::RollBack
+            } else {
+                Recovery::Manual(
+                    "the backup was being restored, but the old data directory is not where the journal says it was moved"
+                        .into(),
+                )
+            }
+        }
+        Phase::Recovering if f.running => match f.in_recovery {
+            Some(false) => Recovery::Finish,
+            _ => Recovery::AwaitPromotion,
+        },
+        Phase::Recovering if f.pgdata_exists && !f.recovery_signal => Recovery::StartAndFinish,
+        Phase::Recovering if f.aside_exists => Recovery::RollBack,
+        Phase::Recovering => Recovery::Manual(
+            "recovery had begun, but neither a promoted data directory nor the old one is there"
+                .into(),
+        ),
+        Phase::Promoted | Phase::Resumed if f.running => Recovery::Finish,
+        Phase::Promoted | Phase::Resumed if f.pgdata_exists => Recovery::StartAndFinish,
+        Phase::Promoted | Phase::Resumed => {
+            Recovery::Manual("the server had been promoted, but its data directory is gone".into())
+        }
+        Phase::Finished => Recovery::Resume,
+    }
+}
+
+/// Reads the journal at `path`, if there is one.
+fn read_journal(path: &Path) -> Result<Option<Journal>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Cluster(format!("restart journal {}: {e}", path.display())))
+}
+
+/// At agent start: loads the last restart's journal. A finished job is only shown again by
+/// `GET /restart/{id}`; an interrupted one is finished or rolled back in the background (its
+/// status is `running` until then, which holds the leader duties).
+pub fn recover_interrupted(agent: &Arc<Agent>) -> Option<Arc<Job>> {
+    let path = journal_path(&agent.cfg.pgdata);
+    let journal = match read_journal(&path) {
+        Ok(Some(j)) => j,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the last restart's journal; if a restart was interrupted, Patroni may still be paused (`PATCH /config {{\"pause\": false}}`)");
+            return None;
+        }
+    };
+    let mut state = journal.job;
+    let interrupted = journal.phase != Phase::Finished;
+    if interrupted {
+        // Written before the phase is: a job killed at its very end may say running still.
+        state.status = "running".into();
+    }
+    let job = Arc::new(Job {
+        id: state.id.clone(),
+        state: Mutex::new(state),
+        phase: Mutex::new(journal.phase),
+        plan: journal.plan,
+        journal: path,
+        hold_after: None,
+    });
+    if let Ok(mut jobs) = agent.jobs.lock() {
+        jobs.insert(job.id.clone(), job.clone());
+    }
+    if interrupted {
+        tracing::warn!(
+            job = job.id,
+            step = job.state().step,
+            phase = ?journal.phase,
+            "a point-in-time restart was interrupted (the agent stopped); finishing or rolling it back"
+        );
+        let (agent2, job2) = (agent.clone(), job.clone());
+        spawn_job(agent, &job, async move {
+            resume_interrupted(&agent2, &job2).await
+        });
+    }
+    Some(job)
+}
+
+/// Looks at the data directories and the server of an interrupted job.
+async fn look(agent: &Agent, plan: &Plan) -> Found {
+    let running = postmaster_running(&plan.pgdata);
+    let in_recovery = if running {
+        match pg::config(agent.cfg.connstring.as_deref(), &agent.settings.vars) {
+            Ok(cfg) => match pg::connect(&cfg).await {
+                Ok(client) => client
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .ok()
+                    .and_then(|r| r.try_get::<_, bool>(0).ok()),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    Found {
+        pgdata_exists: plan.pgdata.join("global/pg_control").exists(),
+        aside_exists: plan.aside.exists(),
+        running,
+        in_recovery,
+        recovery_signal: plan.pgdata.join("recovery.signal").exists(),
+    }
+}
+
+/// Ends a job the agent was stopped in, by [`decide`].
+async fn resume_interrupted(agent: &Arc<Agent>, job: &Job) -> Result<(u32, Option<String>)> {
+    let plan = job.plan.clone();
+    let phase = job.phase();
+    let at = job.state().step;
+    let found = look(agent, &plan).await;
+    let action = decide(phase, &found);
+    job.step(
+        "interrupted",
+        format!("the agent stopped during step {at} ({phase:?}); found {found:?}: {action:?}"),
+    );
+    let log = log_path(&plan.aside);
+    let promoted_tli = match action {
+        Recovery::Resume => {
+            resume_after_failure(agent).await;
+            return Err(Error::Cluster(format!(
+                "interrupted at step {at}, before the data directory was replaced: nothing was restored; Patroni was resumed"
+            )));
+        }
+        Recovery::RollBack => {
+            job.step("rollback", "putting the old data directory back");
+            rollback(agent, &plan.pgdata, &plan.aside, None).await;
+            resume_after_failure(agent).await;
+            return Err(Error::Cluster(format!(
+                "interrupted at step {at}; rolled back: the data directory is the one from before the restart"
+            )));
+        }
+        Recovery::Manual(why) => {
+            return Err(Error::Cluster(format!(
+                "interrupted at step {at}: {why}; Patroni stays paused until an operator looks (the journal is {})",
+                job.journal.display()
+            )));
+        }
+        Recovery::AwaitPromotion => {
+            match wait_promotion(agent, job, &plan.pgdata, &log, &mut None).await {
+                Ok(t) => t,
+                Err(e) => {
+                    job.step(
+                        "rollback",
+                        format!("{e}; putting the old data directory back"),
+                    );
+                    rollback(agent, &plan.pgdata, &plan.aside, None).await;
+                    resume_after_failure(agent).await;
+                    return Err(e);
+                }
+            }
+        }
+        Recovery::StartAndFinish => {
+            job.step("start", "starting the promoted server (nothing runs on it)");
+            let mut child = Some(spawn_postmaster(agent, &plan.pgdata, &[], &log)?);
+            let t = wait_promotion(agent, job, &plan.pgdata, &log, &mut child).await?;
+            if let Some(mut c) = child {
+                tokio::task::spawn_blocking(move || c.wait());
+            }
+            t
+        }
+        Recovery::Finish => server_timeline(agent).await?,
+    };
+    if phase < Phase::Promoted {
+        job.enter(Phase::Promoted)?;
+    }
+    finish(agent, job, promoted_tli).await
+}
+
+async fn server_timeline(agent: &Agent) -> Result<u32> {
+    let cfg = pg::config(agent.cfg.connstring.as_deref(), &agent.settings.vars)?;
+    let client = pg::connect(&cfg).await?;
+    Ok(pg::wal_position(&client).await?.1)
+}
+
+/// Is a postmaster running on `pgdata` (its `postmaster.pid` names a live process)?
+fn postmaster_running(pgdata: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(pgdata.join("postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 const TIMELINE_ARCHIVE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -464,17 +874,17 @@ async fn archive_new_timeline(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Re
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Fetches the backup into a new data directory, keeps the member's own configuration, and
+/// recovers to the target. Returns the new timeline once the server is promoted.
 async fn restore_and_promote(
     agent: &Arc<Agent>,
     job: &Job,
-    pgdata: &Path,
-    aside: &Path,
     target: DateTime<Utc>,
     backup: &BackupInfo,
-    timeline: u32,
     child: &mut Option<Child>,
 ) -> Result<u32> {
+    let (pgdata, aside, timeline) = (&job.plan.pgdata, &job.plan.aside, job.plan.timeline);
+    job.enter(Phase::Fetching)?;
     job.step("fetch", format!("fetching backup {}", backup.name));
     let opts = FetchOptions {
         concurrency: 2,
@@ -493,8 +903,10 @@ async fn restore_and_promote(
     }
     let signal = pgdata.join("recovery.signal");
     std::fs::write(&signal, b"").map_err(|e| Error::io(&signal, e))?;
+    job.hold("fetch").await;
     let restore_command = agent.self_command(&["wal-fetch", "%f", "%p"])?;
-    let log = PathBuf::from(format!("{}.log", aside.display()));
+    let log = log_path(aside);
+    job.enter(Phase::Recovering)?;
     job.step(
         "start",
         format!(
@@ -503,40 +915,82 @@ async fn restore_and_promote(
             log.display()
         ),
     );
-    let log_file = std::fs::File::create(&log).map_err(|e| Error::io(&log, e))?;
-    let log_err = log_file.try_clone().map_err(|e| Error::io(&log, e))?;
-    let spawned = Command::new(agent.cfg.pg_bin_dir.join("postgres"))
-        .arg("-D")
-        .arg(pgdata)
-        .arg("-c")
-        .arg(format!("restore_command={restore_command}"))
-        .arg("-c")
-        .arg(format!("recovery_target_time={}", pg_time(&target)))
-        .arg("-c")
-        .arg("recovery_target_action=promote")
-        .arg("-c")
-        .arg(format!("recovery_target_timeline={timeline}"))
-        .stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(log_err)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| Error::io(agent.cfg.pg_bin_dir.join("postgres"), e))?;
-    *child = Some(spawned);
+    let settings = [
+        format!("restore_command={restore_command}"),
+        format!("recovery_target_time={}", pg_time(&target)),
+        "recovery_target_action=promote".to_string(),
+        format!("recovery_target_timeline={timeline}"),
+    ];
+    *child = Some(spawn_postmaster(agent, pgdata, &settings, &log)?);
+    job.hold("start").await;
     job.step(
         "recover",
         "waiting for recovery to reach the target and promote",
     );
+    let tli = wait_promotion(agent, job, pgdata, &log, child).await?;
+    job.enter(Phase::Promoted)?;
+    Ok(tli)
+}
+
+/// The log of the postmaster a restart starts, beside the data directory moved aside.
+fn log_path(aside: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.log", aside.display()))
+}
+
+/// Starts `postgres -D pgdata` with `-c` `settings`, in its own process group (a signal to the
+/// agent does not reach it), its output appended to `log`.
+fn spawn_postmaster(
+    agent: &Agent,
+    pgdata: &Path,
+    settings: &[String],
+    log: &Path,
+) -> Result<Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::io(log, e))?;
+    let log_err = log_file.try_clone().map_err(|e| Error::io(log, e))?;
+    let bin = agent.cfg.pg_bin_dir.join("postgres");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("-D").arg(pgdata);
+    for s in settings {
+        cmd.arg("-c").arg(s);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io(&bin, e))
+}
+
+/// Waits until the server on `pgdata` runs as a primary and returns its timeline. The server is
+/// `child` when this process started it, else the one `postmaster.pid` names.
+async fn wait_promotion(
+    agent: &Agent,
+    job: &Job,
+    pgdata: &Path,
+    log: &Path,
+    child: &mut Option<Child>,
+) -> Result<u32> {
     let cfg = pg::config(agent.cfg.connstring.as_deref(), &agent.settings.vars)?;
     let deadline = Instant::now() + PROMOTION_TIMEOUT;
+    // A postmaster just started may not have written its pid file yet.
+    let started = Instant::now();
     loop {
         if let Some(c) = child.as_mut() {
             if let Ok(Some(status)) = c.try_wait() {
                 return Err(Error::Cluster(format!(
                     "PostgreSQL stopped during recovery ({status}): {}",
-                    log_tail(&log)
+                    log_tail(log)
                 )));
             }
+        } else if !postmaster_running(pgdata) && started.elapsed() > Duration::from_secs(10) {
+            return Err(Error::Cluster(format!(
+                "PostgreSQL stopped during recovery: {}",
+                log_tail(log)
+            )));
         }
         if let Ok(client) = pg::connect(&cfg).await {
             let promoted = client
@@ -660,7 +1114,13 @@ async fn pg_ctl_stop(agent: &Agent, pgdata: &Path, mode: &str) -> Result<()> {
     )))
 }
 
+/// Puts the data directory moved aside back in place of a failed restore. Never removes
+/// anything unless the old directory is there to take its place and no server runs on it.
 async fn rollback(agent: &Agent, pgdata: &Path, aside: &Path, child: Option<Child>) {
+    if !aside.exists() {
+        tracing::error!(aside = %aside.display(), path = %pgdata.display(), "rollback: the old data directory is not there; leaving the data directory as it is");
+        return;
+    }
     if pgdata.exists() {
         let _ = pg_ctl_stop(agent, pgdata, "immediate").await;
     }
@@ -669,6 +1129,10 @@ async fn rollback(agent: &Agent, pgdata: &Path, aside: &Path, child: Option<Chil
             let _ = c.kill();
         }
         let _ = c.wait();
+    }
+    if postmaster_running(pgdata) {
+        tracing::error!(path = %pgdata.display(), "rollback: a server still runs on the restored data directory; leaving it and the old one ({}) as they are", aside.display());
+        return;
     }
     if pgdata.exists() {
         if let Err(e) = std::fs::remove_dir_all(pgdata) {
@@ -712,6 +1176,7 @@ async fn reinitialize_replicas(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> O
             s.replicas.insert(name.clone(), note);
         });
     }
+    job.hold("reinitialize").await;
     let deadline = Instant::now() + REJOIN_TIMEOUT;
     let mut view = agent.view.clone();
     let mut since: BTreeMap<String, Instant> = BTreeMap::new();
@@ -791,6 +1256,153 @@ mod tests {
         assert!(!m(serde_json::json!({"state": "running", "timeline": 2})));
         assert!(!m(serde_json::json!({"state": "starting", "timeline": 3})));
         assert!(!follows(None, 3).0);
+    }
+
+    fn found(
+        pgdata: bool,
+        aside: bool,
+        running: bool,
+        in_recovery: Option<bool>,
+        signal: bool,
+    ) -> Found {
+        Found {
+            pgdata_exists: pgdata,
+            aside_exists: aside,
+            running,
+            in_recovery,
+            recovery_signal: signal,
+        }
+    }
+
+    #[test]
+    fn before_the_data_directory_moves_an_interrupted_restart_only_resumes_patroni() {
+        // Killed while pausing or stopping: the data directory is the member's own.
+        for f in [
+            found(true, false, true, Some(false), false),
+            found(true, false, false, None, false),
+        ] {
+            assert_eq!(decide(Phase::Pausing, &f), Recovery::Resume);
+            assert_eq!(decide(Phase::Stopping, &f), Recovery::Resume);
+            // The rename had not happened yet.
+            assert_eq!(decide(Phase::MovingAside, &f), Recovery::Resume);
+        }
+    }
+
+    #[test]
+    fn once_moved_aside_and_not_yet_recovering_an_interrupted_restart_is_rolled_back() {
+        // Renamed, nothing fetched yet.
+        let moved = found(false, true, false, None, false);
+        assert_eq!(decide(Phase::MovingAside, &moved), Recovery::RollBack);
+        assert_eq!(decide(Phase::Fetching, &moved), Recovery::RollBack);
+        // Half fetched, or fetched with recovery.signal written but never started.
+        assert_eq!(
+            decide(Phase::Fetching, &found(true, true, false, None, true)),
+            Recovery::RollBack
+        );
+        // Never delete a restore whose old directory is not there to replace it.
+        assert!(matches!(
+            decide(Phase::Fetching, &found(true, false, false, None, false)),
+            Recovery::Manual(_)
+        ));
+    }
+
+    #[test]
+    fn a_restart_interrupted_during_recovery_waits_finishes_or_rolls_back_by_what_runs() {
+        // The recovering postmaster outlived the agent.
+        assert_eq!(
+            decide(
+                Phase::Recovering,
+                &found(true, true, true, Some(true), true)
+            ),
+            Recovery::AwaitPromotion
+        );
+        // Not answering yet (starting up): wait as well.
+        assert_eq!(
+            decide(Phase::Recovering, &found(true, true, true, None, true)),
+            Recovery::AwaitPromotion
+        );
+        // It reached the target and promoted meanwhile.
+        assert_eq!(
+            decide(
+                Phase::Recovering,
+                &found(true, true, true, Some(false), false)
+            ),
+            Recovery::Finish
+        );
+        // Promoted (recovery.signal gone), then stopped with the host.
+        assert_eq!(
+            decide(Phase::Recovering, &found(true, true, false, None, false)),
+            Recovery::StartAndFinish
+        );
+        // Stopped before the end of recovery: back to the old directory.
+        assert_eq!(
+            decide(Phase::Recovering, &found(true, true, false, None, true)),
+            Recovery::RollBack
+        );
+        assert!(matches!(
+            decide(Phase::Recovering, &found(false, false, false, None, false)),
+            Recovery::Manual(_)
+        ));
+    }
+
+    #[test]
+    fn after_promotion_an_interrupted_restart_is_always_finished() {
+        for phase in [Phase::Promoted, Phase::Resumed] {
+            // The aside directory may already be gone after the resume.
+            for aside in [true, false] {
+                assert_eq!(
+                    decide(phase, &found(true, aside, true, Some(false), false)),
+                    Recovery::Finish
+                );
+                assert_eq!(
+                    decide(phase, &found(true, aside, false, None, false)),
+                    Recovery::StartAndFinish
+                );
+            }
+            assert!(matches!(
+                decide(phase, &found(false, true, false, None, false)),
+                Recovery::Manual(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn the_journal_lives_beside_the_data_directory_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgdata = dir.path().join("data");
+        let path = journal_path(&pgdata);
+        assert_eq!(path, dir.path().join("data.walkeeper-restart.json"));
+        assert!(read_journal(&path).unwrap().is_none());
+        let j = Journal {
+            phase: Phase::Recovering,
+            plan: Plan {
+                pgdata: pgdata.clone(),
+                aside: aside_path(&pgdata, "x"),
+                timeline: 3,
+                reinit: true,
+            },
+            job: JobState {
+                id: "x".into(),
+                recovery_target_time: Utc::now(),
+                backup: "base_000000010000000000000002".into(),
+                status: "running".into(),
+                step: "recover".into(),
+                steps: vec![],
+                error: None,
+                new_timeline: None,
+                replicas: BTreeMap::new(),
+                started_at: Utc::now(),
+                finished_at: None,
+            },
+        };
+        std::fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+        let back = read_journal(&path).unwrap().unwrap();
+        assert_eq!(back.phase, Phase::Recovering);
+        assert_eq!(back.plan.aside, dir.path().join("data.walkeeper-restart-x"));
+        assert_eq!(back.job.step, "recover");
+        std::fs::write(&path, b"{not json").unwrap();
+        let err = read_journal(&path).unwrap_err().to_string();
+        assert!(err.contains("data.walkeeper-restart.json"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
+use crate::archive::Archive;
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
 use crate::storage::local::{ensure_dir, sync_dir};
@@ -63,10 +66,12 @@ pub async fn wal_fetch(
     Ok((wal, FetchOutcome::Downloaded { bytes }))
 }
 
-/// Finds the archived object for a WAL file, whichever codec wrote it.
-async fn locate(ctx: &WalContext, wal: &WalName) -> Result<(String, Compression)> {
+/// Finds every archived copy of a WAL file, whichever codec wrote it: the configured codec's
+/// first, then the others in [`Compression::ALL`] order. Another tool sharing the archive can
+/// leave one name stored under two codecs (`X.lz4` and `X.zst`).
+async fn locate_all(archive: &Archive, wal: &WalName) -> Result<Vec<(String, Compression)>> {
     let stem = wal.key_stem();
-    let preferred = ctx.settings.compression;
+    let preferred = archive.settings.compression;
     let mut exts = vec![preferred.ext()];
     exts.extend(
         Compression::ALL
@@ -74,7 +79,8 @@ async fn locate(ctx: &WalContext, wal: &WalName) -> Result<(String, Compression)
             .map(|c| c.ext())
             .filter(|e| *e != preferred.ext()),
     );
-    let found = ctx.store.find_stem(&stem, &exts).await?;
+    let found = archive.store.find_stem(&stem, &exts).await?;
+    let mut out = Vec::new();
     for ext in &exts {
         let key = format!("{stem}.{ext}");
         if found.iter().any(|(k, _)| *k == key) {
@@ -82,10 +88,92 @@ async fn locate(ctx: &WalContext, wal: &WalName) -> Result<(String, Compression)
                 key: key.clone(),
                 msg: "unknown codec".into(),
             })?;
-            return Ok((key, c));
+            out.push((key, c));
         }
     }
-    Err(Error::NotFound { key: stem })
+    if out.is_empty() {
+        return Err(Error::NotFound { key: stem });
+    }
+    Ok(out)
+}
+
+/// The length and SHA-256 of an object's decoded content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded {
+    pub len: u64,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Display for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes, sha256 {}", self.len, hex::encode(self.sha256))
+    }
+}
+
+/// Counts and hashes what is written through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    n: u64,
+}
+
+impl<W> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Hashing {
+            inner,
+            hash: Sha256::new(),
+            n: 0,
+        }
+    }
+    fn finish(self) -> Decoded {
+        Decoded {
+            len: self.n,
+            sha256: self.hash.finalize().into(),
+        }
+    }
+}
+
+impl<W: io::Write> io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.hash.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Decodes an object without keeping it: its decoded length and SHA-256. Runs on the calling
+/// thread: it serves the rare case of a name stored twice (wal-verify).
+pub async fn decoded_digest(archive: &Archive, key: &str, c: Compression) -> Result<Decoded> {
+    let reader = archive
+        .store
+        .open_read(key)
+        .await?
+        .ok_or_else(|| Error::NotFound { key: key.into() })?;
+    let mut sink = Hashing::new(io::sink());
+    codec::decode(reader, &mut sink, c, archive.decryption.as_ref())
+        .map(|_| sink.finish())
+        .map_err(|e| Error::Corrupt {
+            key: key.to_string(),
+            msg: e.to_string(),
+        })
+}
+
+/// The error for copies of one WAL name whose decoded contents differ: nobody can tell which
+/// one PostgreSQL wrote, so none is restored.
+fn copies_differ(stem: &str, copies: &[(String, Decoded)]) -> io::Error {
+    let list: Vec<String> = copies.iter().map(|(k, d)| format!("{k} ({d})")).collect();
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{stem} is stored under several codecs with different content: {}; \
+             refusing to choose one (remove the wrong copy after checking it)",
+            list.join(", ")
+        ),
+    )
 }
 
 /// Keeps the first bytes written and counts them all, so a segment can be checked while it
@@ -132,6 +220,7 @@ fn check_decoded(seg: &SegmentId, head: &[u8], len: u64, sysid: Option<u64>) -> 
 /// Downloads and decodes one WAL file into `dest` atomically, retrying interrupted transfers
 /// within the retry bound. A segment is checked against its name (and `sysid`) before it is
 /// renamed into place; one that does not match is a corrupt object and never reaches `dest`.
+/// When the name is stored under several codecs, every copy is decoded and they must agree.
 async fn download(
     ctx: &Arc<WalContext>,
     wal: &WalName,
@@ -141,23 +230,48 @@ async fn download(
     let deadline = Instant::now() + ctx.settings.retry_timeout;
     let mut delay = Duration::from_millis(200);
     loop {
-        let (key, compression) = locate(ctx, wal).await?;
+        let copies = locate_all(ctx, wal).await?;
+        let (key, compression) = copies[0].clone();
         let reader = ctx
             .store
             .open_read(&key)
             .await?
             .ok_or_else(|| Error::NotFound { key: key.clone() })?;
+        // Other copies under other codecs: each must decode to the same bytes.
+        let mut others = Vec::new();
+        for (k, c) in &copies[1..] {
+            let r = ctx
+                .store
+                .open_read(k)
+                .await?
+                .ok_or_else(|| Error::NotFound { key: k.clone() })?;
+            others.push((k.clone(), *c, r));
+        }
         let (ctx2, dest2, seg) = (ctx.clone(), dest.to_path_buf(), wal.segment());
+        let (stem, first_key) = (wal.key_stem(), key.clone());
         let res = tokio::task::spawn_blocking(move || {
             write_atomic_locked(&dest2, |w| {
-                let mut tap = HeadTap {
+                let mut tap = Hashing::new(HeadTap {
                     inner: w,
                     head: Vec::with_capacity(SEGMENT_HEAD_LEN),
                     n: 0,
-                };
+                });
                 codec::decode(reader, &mut tap, compression, ctx2.decryption.as_ref())?;
+                let (head, n) = (std::mem::take(&mut tap.inner.head), tap.inner.n);
+                let first = tap.finish();
+                let mut seen = vec![(first_key, first)];
+                for (k, c, r) in others {
+                    let mut sink = Hashing::new(io::sink());
+                    codec::decode(r, &mut sink, c, ctx2.decryption.as_ref()).map_err(|e| {
+                        io::Error::new(e.kind(), format!("the other copy {k}: {e}"))
+                    })?;
+                    seen.push((k, sink.finish()));
+                }
+                if seen.iter().any(|(_, d)| *d != first) {
+                    return Err(copies_differ(&stem, &seen));
+                }
                 match seg {
-                    Some(seg) => check_decoded(&seg, &tap.head, tap.n, sysid),
+                    Some(seg) => check_decoded(&seg, &head, n, sysid),
                     None => Ok(()),
                 }
             })

@@ -225,7 +225,7 @@ impl LongPageHeader {
 
 /// `XLOG_PAGE_MAGIC` of each PostgreSQL major version walkeeper reads (src/include/access/
 /// xlog_internal.h): a page header with any other magic is not WAL of a supported server.
-pub const WAL_PAGE_MAGICS: [(u16, u32); 8] = [
+pub const WAL_PAGE_MAGICS: [(u16, u32); 9] = [
     (0xD097, 10),
     (0xD098, 11),
     (0xD101, 12),
@@ -234,6 +234,7 @@ pub const WAL_PAGE_MAGICS: [(u16, u32); 8] = [
     (0xD110, 15),
     (0xD113, 16),
     (0xD116, 17),
+    (0xD118, 18),
 ];
 
 /// The bytes of the first page that [`check_segment_head`] reads.

@@ -561,8 +561,13 @@ postgresql:
     }
 
     pub fn stop_agent(&mut self, i: usize) {
+        self.signal_agent(i, libc::SIGTERM);
+    }
+
+    /// Sends `sig` to member `i`'s agent and waits until it has exited (SIGKILL after 10 s).
+    pub fn signal_agent(&mut self, i: usize, sig: i32) {
         if let Some(mut c) = self.members[i].agent.take() {
-            signal(c.id() as i32, libc::SIGTERM);
+            signal(c.id() as i32, sig);
             let deadline = Instant::now() + Duration::from_secs(10);
             while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
