@@ -685,3 +685,51 @@ fn backup_push_while_offline_of_a_stopped_cluster_restores_its_rows() {
         "4000|8002000"
     );
 }
+
+#[test]
+fn backup_push_while_offline_of_a_stopped_standby_restores_its_rows() {
+    let p = Primary::start();
+    p.pg.psql("CREATE TABLE t AS SELECT generate_series(1, 2000) AS v");
+    // A streaming standby, as WAL-E's documentation has it: stopped for the backup.
+    let standby_dir = p.scratch.path().join("standby");
+    let out = pg_tool("pg_basebackup")
+        .arg("-h")
+        .arg(&p.pg.sock)
+        .args([
+            "-p",
+            &p.pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-R",
+            "-c",
+            "fast",
+            "-D",
+        ])
+        .arg(&standby_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_basebackup: {}", stderr(&out));
+    let mut standby = Pg::configure(&p.scratch, "standby", standby_dir, "archive_mode = off\n");
+    standby.start();
+    p.pg.psql("INSERT INTO t SELECT generate_series(2001, 3000)");
+    let lsn = p.pg.psql("SELECT pg_current_wal_lsn()");
+    wait_until("the standby to replay", Duration::from_secs(60), || {
+        standby.psql(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'")) == "t"
+    });
+    standby.stop();
+    let data = standby.data.to_str().unwrap().to_string();
+    let out = p.wk(&["backup-push", "--while-offline", &data]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+
+    // The copy starts and recovers from the archive, with every row the standby had.
+    p.pg.switch_and_wait_archived();
+    let target = p.scratch.path().join("from-standby");
+    let out = p.wk(&["backup-fetch", target.to_str().unwrap(), "LATEST"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let _ = std::fs::remove_file(target.join("standby.signal"));
+    let restored = p.start_restored("from-standby", target);
+    assert_eq!(
+        restored.psql("SELECT count(*), sum(v) FROM t"),
+        "3000|4501500"
+    );
+}
