@@ -164,6 +164,10 @@ impl Vars {
         self.0.insert(key.into(), value.into());
     }
 
+    pub fn remove(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
     fn parse_num<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
@@ -418,16 +422,35 @@ impl Settings {
     /// Loads settings from the process environment, an optional envdir and an optional YAML file
     /// (`--config`, else `WALKEEPER_CONFIG`).
     pub fn load(config_file: Option<&Path>, envdir: Option<&Path>) -> Result<Self> {
+        Self::load_with(config_file, envdir, &[])
+    }
+
+    /// Like [`Settings::load`], with variables the command line sets (`Some`) or unsets
+    /// (`None`) on top of every other source: WAL-E's `--s3-prefix`, `-k`, ….
+    pub fn load_with(
+        config_file: Option<&Path>,
+        envdir: Option<&Path>,
+        argv: &[(String, Option<String>)],
+    ) -> Result<Self> {
         let process: BTreeMap<String, String> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
-        Self::from_sources(process, config_file, envdir)
+        Self::from_sources_with(process, config_file, envdir, argv)
     }
 
     pub fn from_sources(
         process: BTreeMap<String, String>,
         config_file: Option<&Path>,
         envdir: Option<&Path>,
+    ) -> Result<Self> {
+        Self::from_sources_with(process, config_file, envdir, &[])
+    }
+
+    pub fn from_sources_with(
+        process: BTreeMap<String, String>,
+        config_file: Option<&Path>,
+        envdir: Option<&Path>,
+        argv: &[(String, Option<String>)],
     ) -> Result<Self> {
         let mut overlay = process;
         if let Some(dir) = envdir {
@@ -437,7 +460,8 @@ impl Settings {
         }
         let file_path = config_file
             .map(Path::to_path_buf)
-            .or_else(|| overlay.get("WALKEEPER_CONFIG").map(PathBuf::from));
+            .or_else(|| overlay.get("WALKEEPER_CONFIG").map(PathBuf::from))
+            .or_else(|| walg_home_config(overlay.get("HOME").map(Path::new)));
         let file = match &file_path {
             Some(p) => read_config_file(p)?,
             None => FileConfig::default(),
@@ -454,6 +478,12 @@ impl Settings {
         }
         for (k, v) in overlay {
             vars.0.insert(k, v);
+        }
+        for (k, v) in argv {
+            match v {
+                Some(v) => vars.set(k.clone(), v.clone()),
+                None => vars.remove(k),
+            }
         }
         Self::resolve(vars, file)
     }
@@ -612,11 +642,54 @@ pub fn read_envdir(dir: &Path) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// WAL-G's default configuration file, `~/.walg.json` (or `.walg.yaml`, `.walg.yml`), when no
+/// other is named and it exists.
+fn walg_home_config(home: Option<&Path>) -> Option<PathBuf> {
+    let home = home?;
+    [".walg.json", ".walg.yaml", ".walg.yml"]
+        .iter()
+        .map(|n| home.join(n))
+        .find(|p| p.is_file())
+}
+
+/// Is this a WAL-G configuration file: a flat map of variable names (`WALG_S3_PREFIX`,
+/// `AWS_REGION`, `PGHOST`, …) to values?
+fn as_walg_config(text: &str) -> Option<BTreeMap<String, String>> {
+    let map: BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(text).ok()?;
+    let is_var = |k: &str| {
+        k.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && k.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    };
+    if map.is_empty() || !map.keys().all(|k| is_var(k)) {
+        return None;
+    }
+    map.into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            Some((k, v))
+        })
+        .collect()
+}
+
 fn read_config_file(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?;
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
+    }
+    // WAL-G's file (JSON or YAML, WALG_* and other variable names): its keys are variables,
+    // used where the environment does not set them, like walkeeper's `env:`.
+    if let Some(env) = as_walg_config(&text) {
+        return Ok(FileConfig {
+            env: Vars(env),
+            ..Default::default()
+        });
     }
     serde_saphyr::from_str(&text).map_err(|e| {
         let msg = e.to_string().replace('\n', " ");
@@ -736,6 +809,51 @@ mod tests {
         let c = s.cluster.unwrap();
         assert_eq!((c.scope.as_str(), c.name.as_str()), ("demo", "pg1"));
         assert_eq!(s.agent_file.retain, Some(7));
+    }
+
+    #[test]
+    fn wal_g_config_files_in_json_or_yaml_set_variables_under_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("walg.json");
+        std::fs::write(
+            &json,
+            r#"{"WALG_FILE_PREFIX": "/srv/a", "WALG_DOWNLOAD_CONCURRENCY": 3, "AWS_S3_FORCE_PATH_STYLE": true}"#,
+        )
+        .unwrap();
+        let s = Settings::from_sources(BTreeMap::new(), Some(&json), None).unwrap();
+        assert_eq!(s.prefix.as_deref(), Some("/srv/a"));
+        assert_eq!(s.prefetch, 3);
+        assert_eq!(s.vars.get("AWS_S3_FORCE_PATH_STYLE"), Some("true"));
+        let yaml = dir.path().join("walg.yaml");
+        std::fs::write(
+            &yaml,
+            "WALG_FILE_PREFIX: /srv/b\nWALG_COMPRESSION_METHOD: zstd\n",
+        )
+        .unwrap();
+        let s =
+            Settings::from_sources(vars(&[("WALG_FILE_PREFIX", "/srv/env")]), Some(&yaml), None)
+                .unwrap();
+        assert_eq!(s.prefix.as_deref(), Some("/srv/env"));
+        assert_eq!(s.compression, Compression::Zstd);
+        // ~/.walg.json is read when no file is named.
+        std::fs::copy(&json, dir.path().join(".walg.json")).unwrap();
+        let home = dir.path().display().to_string();
+        let s = Settings::from_sources(vars(&[("HOME", &home)]), None, None).unwrap();
+        assert_eq!(s.prefix.as_deref(), Some("/srv/a"));
+        // walkeeper's own keys still go through the strict schema.
+        std::fs::write(&yaml, "prefx: /x\n").unwrap();
+        assert!(Settings::from_sources(BTreeMap::new(), Some(&yaml), None).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_config_text_is_read_or_refused_never_a_panic(s in "[ -~\n]{0,200}") {
+            let _ = as_walg_config(&s);
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("c");
+            std::fs::write(&p, &s).unwrap();
+            let _ = read_config_file(&p);
+        }
     }
 
     #[test]

@@ -158,7 +158,7 @@ fn backup_under_load_restores(backend_for: impl FnOnce(&Scratch) -> Backend) {
         parts >= 3,
         "an 8 MiB threshold splits ~60 MB into several partitions: {objects:?}"
     );
-    let json = c.walkeeper(&["backup-list", "--json"]);
+    let json = c.walkeeper(&["backup-list", "--walkeeper-json"]);
     let json = String::from_utf8_lossy(&json.stdout);
     assert!(
         json.contains(&format!("\"system_identifier\": {sysid}")),
@@ -241,7 +241,7 @@ fn pitr(backend_for: impl FnOnce(&Scratch) -> Backend) {
         "2026-01-01 00:00:00",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("with a zone"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has no zone"), "{}", stderr(&out));
     let out = c.walkeeper(&[
         "restore",
         dir.to_str().unwrap(),

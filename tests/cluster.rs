@@ -554,14 +554,19 @@ fn a_restart_to_a_marker_time_keeps_rows_before_drops_rows_after_and_replicas_re
     c.switch_and_wait_archived(l);
     let replica = (0..3).find(|&i| i != l).unwrap();
 
-    // Refusals first: not the leader, no zone, the future, before the first backup.
+    // Refusals first: not the leader, not a time, the future, before the first backup.
     let body = |t: &str| format!("{{\"recovery_target_time\": \"{t}\"}}");
     let (code, msg) = c.agent_post(replica, "/restart", &body(&target));
     assert_eq!(code, 409, "{msg}");
     assert!(msg.contains(&c.members[l].name), "{msg}");
+    let (code, msg) = c.agent_post(l, "/restart", &body("yesterday"));
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("neither a time"), "{msg}");
+    // A time without a zone is read in the server's TimeZone (dingo's form): a time, but before
+    // the first backup.
     let (code, msg) = c.agent_post(l, "/restart", &body("2026-01-01 00:00:00"));
     assert_eq!(code, 400, "{msg}");
-    assert!(msg.contains("zone"), "{msg}");
+    assert!(msg.contains("earliest restorable point"), "{msg}");
     let (code, msg) = c.agent_post(l, "/restart", &body("2999-01-01T00:00:00Z"));
     assert_eq!(code, 400, "{msg}");
     assert!(msg.contains("future"), "{msg}");
@@ -940,6 +945,11 @@ fn restart_and_wait(
         .as_str()
         .unwrap()
         .to_string();
+    wait_job(c, l, &id)
+}
+
+/// Waits until restart `id` has finished, and returns its state.
+fn wait_job(c: &Cluster, l: usize, id: &str) -> serde_json::Value {
     let job_state = || -> serde_json::Value {
         let (_, j) = c.agent_get(l, &format!("/restart/{id}"));
         serde_json::from_str(&j).unwrap_or_default()
@@ -1026,6 +1036,103 @@ fn replicas_follow_with_rows(
             || c.logs(),
         );
     }
+}
+
+#[test]
+fn dingo_restart_with_a_time_without_zone_reads_it_in_the_servers_timezone() {
+    let (c, l) = cluster_of("dingo-time", 2, MemberOpts::default());
+    // The server's TimeZone is not UTC (nor this machine's): +05:30.
+    c.psql(l, "ALTER SYSTEM SET timezone = 'Asia/Kolkata'");
+    c.psql(l, "SELECT pg_reload_conf()");
+    wait_until_or(
+        "the new TimeZone",
+        Duration::from_secs(30),
+        || c.psql(l, "SHOW timezone") == "Asia/Kolkata",
+        || c.logs(),
+    );
+    c.psql(l, "CREATE TABLE marks (id int, note text)");
+    c.psql(l, "INSERT INTO marks VALUES (1, 'before')");
+    // dingo's `date "+%Y-%m-%d %H:%M:%S"`: whole seconds, no zone. The commits are more than a
+    // second away on either side.
+    std::thread::sleep(Duration::from_millis(1100));
+    let now = c.psql(
+        l,
+        "SELECT to_char(t, 'YYYY-MM-DD HH24:MI:SS') || '|' || \
+         to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+         FROM (SELECT date_trunc('second', clock_timestamp()) AS t) s",
+    );
+    let (local, utc) = now.split_once('|').unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql(l, "INSERT INTO marks VALUES (2, 'after')");
+    c.switch_and_wait_archived(l);
+
+    let (code, msg) = c.agent_post(
+        l,
+        "/restart",
+        &format!("{{\"recovery_target_time\": \"{local}\"}}"),
+    );
+    assert_eq!(code, 202, "{msg}\n{}", c.logs());
+    let answer: serde_json::Value = serde_json::from_str(&msg).unwrap();
+    // The answer and the job's steps carry the absolute time the server's zone gives.
+    let resolved = answer["job"]["recovery_target_time"].as_str().unwrap();
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    assert_eq!(parse(resolved), parse(utc), "{answer:#}");
+    let steps = answer["job"]["steps"].to_string();
+    assert!(
+        steps.contains("Asia/Kolkata") && steps.contains(local),
+        "{answer:#}"
+    );
+    let job = wait_job(&c, l, answer["id"].as_str().unwrap());
+    assert_eq!(job["status"], "succeeded", "{job:#}\n{}", c.logs());
+    let new_tli = job["new_timeline"].as_u64().unwrap();
+    assert_eq!(c.wait_leader(Duration::from_secs(60)), l);
+    let rows = "SELECT string_agg(note, ',' ORDER BY id) FROM marks";
+    assert_eq!(c.psql(l, rows), "before");
+    replicas_follow_with_rows(&c, l, new_tli, rows, "before", &job);
+}
+
+#[test]
+fn dingo_stop_and_empty_the_data_directory_and_patroni_brings_the_member_back_from_the_archive() {
+    let (mut c, l) = cluster_of("dingo-empty", 1, MemberOpts::default());
+    c.psql(
+        l,
+        "CREATE TABLE kept AS SELECT generate_series(1, 4000) AS x",
+    );
+    c.switch_and_wait_archived(l);
+    let sysid = c.psql(l, "SELECT system_identifier FROM pg_control_system()");
+    let created = |c: &Cluster| {
+        c.members[l]
+            .patroni_log_text()
+            .matches("replica has been created using walkeeper")
+            .count()
+    };
+    let before = created(&c);
+
+    // dingo: stop the container, empty the data directory, start it again.
+    c.stop_member(l);
+    for e in std::fs::read_dir(&c.members[l].data).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    c.start(l);
+    let leader = c.wait_leader(Duration::from_secs(240));
+    assert_eq!(leader, l);
+    assert_eq!(created(&c), before + 1, "{}", c.logs());
+    wait_until_or(
+        "the member to lead read-write",
+        Duration::from_secs(120),
+        || c.psql_try(l, "SELECT pg_is_in_recovery()").as_deref() == Some("f"),
+        || c.logs(),
+    );
+    assert_eq!(c.psql(l, "SELECT count(*) FROM kept"), "4000");
+    assert_eq!(
+        c.psql(l, "SELECT system_identifier FROM pg_control_system()"),
+        sysid
+    );
 }
 
 /// A restart held (`WALKEEPER_TEST_HOLD_RESTART_AT`) right after `step`'s action, its agent

@@ -347,7 +347,7 @@ fn backup_list_detail_and_json_show_permanence() {
         (rows[2][0], *rows[2].last().unwrap()),
         (plain.as_str(), "false")
     );
-    let out = a.run(&["backup-list", "--json"]);
+    let out = a.run(&["backup-list", "--walkeeper-json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["name"], perm.as_str());
@@ -389,7 +389,7 @@ fn pushed_permanent_backup_survives_retain_on_a_real_server() {
     primary.switch_and_wait_archived();
     let out = walkeeper(&["backup-push", &data]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let list = walkeeper(&["backup-list", "--json"]);
+    let list = walkeeper(&["backup-list", "--walkeeper-json"]);
     let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     let perm = v[0]["name"].as_str().unwrap().to_string();
     assert_eq!(v[0]["is_permanent"], true);

@@ -30,6 +30,23 @@ pub enum Retention {
     Before(String),
     /// Delete every backup and all WAL; permanent backups only when `force`.
     Everything { force: bool },
+    /// WAL-G's `retain N --after TIME|NAME`: keep the newest N backups and every backup that
+    /// finished at or after the time (or is the named one or newer).
+    RetainAfter(usize, After),
+    /// WAL-G's `before TIME`: keep the backups that finished at or after the time.
+    BeforeTime(chrono::DateTime<chrono::Utc>),
+    /// WAL-G's `target NAME`: delete that one backup (never a permanent one); no WAL.
+    Target(String),
+    /// WAL-G's `garbage`: keep every complete backup; delete the WAL older than the oldest and
+    /// the leftovers of failed backups that started before it.
+    Garbage,
+}
+
+/// `--after`'s argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum After {
+    Time(chrono::DateTime<chrono::Utc>),
+    Name(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -83,6 +100,41 @@ fn select<'a>(backups: &'a [BackupInfo], retention: &Retention) -> Result<Vec<&'
             backups[idx..].iter().collect()
         }
         Retention::Everything { .. } => Vec::new(),
+        Retention::RetainAfter(n, after) => {
+            let first_kept = match after {
+                After::Time(t) => backups
+                    .iter()
+                    .position(|b| b.end_time() >= *t)
+                    .unwrap_or(backups.len()),
+                After::Name(name) => find(backups, name)?,
+            };
+            backups
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i + n >= backups.len() || *i >= first_kept)
+                .map(|(_, b)| b)
+                .collect()
+        }
+        Retention::BeforeTime(t) => backups.iter().filter(|b| b.end_time() >= *t).collect(),
+        Retention::Target(name) => {
+            let i = find(backups, name)?;
+            if backups[i].is_permanent {
+                return Err(Error::BadInput(format!(
+                    "delete target: backup {name} is permanent; nothing was deleted (unmark it \
+                     first: `backup-mark -i {name}`)"
+                )));
+            }
+            backups.iter().filter(|b| &b.name != name).collect()
+        }
+        Retention::Garbage => backups.iter().collect(),
+    })
+}
+
+fn find(backups: &[BackupInfo], name: &str) -> Result<usize> {
+    backups.iter().position(|b| b.name == name).ok_or_else(|| {
+        Error::BadInput(format!(
+            "backup {name:?} not found (or incomplete); nothing was deleted"
+        ))
     })
 }
 
@@ -96,10 +148,13 @@ pub fn plan_keys(
     retention: &Retention,
 ) -> Result<Plan> {
     let everything = matches!(retention, Retention::Everything { .. });
+    let target = matches!(retention, Retention::Target(_));
+    let garbage = matches!(retention, Retention::Garbage);
     let selected = select(backups, retention)?;
-    if !everything && selected.is_empty() {
+    if !everything && !target && selected.is_empty() {
         return Err(no_backup_to_keep(match retention {
-            Retention::Before(_) => "delete before",
+            Retention::Before(_) | Retention::BeforeTime(_) => "delete before",
+            Retention::Garbage => "delete garbage",
             _ => "delete retain",
         }));
     }
@@ -135,10 +190,12 @@ pub fn plan_keys(
         }
     }
     // The oldest WAL position a selected backup needs: everything from there on is kept.
+    // `delete target` deletes no WAL (`delete garbage` does, later).
     let floor = selected
         .iter()
         .map(|b| (b.start_lsn.0 / b.seg_size.get(), b.seg_size))
-        .min_by_key(|(segno, _)| *segno);
+        .min_by_key(|(segno, _)| *segno)
+        .filter(|_| !target);
 
     let mut plan = Plan {
         kept: backups
@@ -168,8 +225,16 @@ pub fn plan_keys(
             !kept_names.contains(name.as_str())
         } else {
             // No sentinel: a backup still being written (or a failed one). Retention cannot
-            // tell them apart, so only `delete everything` removes it.
+            // tell them apart, so only `delete everything` removes it; `delete garbage` removes
+            // one that started before the oldest complete backup (a new one starts after it).
             everything
+                || (garbage
+                    && match (super::parse_name(name), floor) {
+                        (Some((seg, _, _)), Some((floor_segno, seg_size))) => {
+                            seg.segno(seg_size) < floor_segno
+                        }
+                        _ => false,
+                    })
         };
         if !delete {
             continue;
@@ -226,6 +291,22 @@ pub async fn plan(store: &Store, retention: &Retention) -> Result<Plan> {
         .map(|(k, _)| k)
         .collect();
     plan_keys(&backups, &backup_keys, &wal_keys, retention)
+}
+
+/// WAL-E's obsolete layout versions; `delete old-versions` removes their folders.
+pub const OBSOLETE_VERSIONS: [&str; 5] = ["000", "001", "002", "003", "004"];
+
+/// `delete old-versions`: every object under WAL-E's obsolete `basebackups_00N/` and
+/// `wal_00N/` folders (N < 5).
+pub async fn old_version_plan(store: &Store) -> Result<Plan> {
+    let mut plan = Plan::default();
+    for v in OBSOLETE_VERSIONS {
+        for folder in [format!("basebackups_{v}"), format!("wal_{v}")] {
+            plan.keys
+                .extend(store.list(&folder).await?.into_iter().map(|(k, _)| k));
+        }
+    }
+    Ok(plan)
 }
 
 /// Deletes the planned keys in order. Missing keys are fine (another run got there first).

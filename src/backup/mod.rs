@@ -17,6 +17,7 @@ pub mod branches;
 pub mod delete;
 pub mod fetch;
 pub mod files;
+pub mod offline;
 pub mod pg;
 pub mod pgtls;
 pub mod push;
@@ -131,7 +132,7 @@ impl<'de> Deserialize<'de> for TablespaceSpec {
 }
 
 /// The stop sentinel (WAL-G's fields, plus the V2 fields WAL-G also writes).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sentinel {
     #[serde(rename = "LSN")]
     pub start_lsn: Lsn,
@@ -207,7 +208,7 @@ impl Metadata {
 }
 
 /// `metadata.json` (WAL-G's ExtendedMetadataDto).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Metadata {
     pub start_time: DateTime<Utc>,
     pub finish_time: DateTime<Utc>,
@@ -219,6 +220,8 @@ pub struct Metadata {
     pub finish_lsn: Lsn,
     pub is_permanent: bool,
     pub system_identifier: Option<u64>,
+    /// walkeeper's own field: WAL-G's metadata.json has none (0 when read from one).
+    #[serde(default)]
     pub timeline: u32,
     pub uncompressed_size: i64,
     pub compressed_size: i64,
@@ -287,8 +290,14 @@ pub fn parts_prefix(name: &str) -> String {
     format!("{BACKUP_FOLDER}/{name}/tar_partitions")
 }
 
+/// Whether `name` has the form of a backup name: `base_<segment>` (WAL-G) or
+/// `base_<segment>_<offset>` (WAL-E).
+pub fn is_backup_name(name: &str) -> bool {
+    parse_name(name).is_some()
+}
+
 /// Parses `base_<24 hex>` (WAL-G) or `base_<24 hex>_<8 digits>` (WAL-E).
-fn parse_name(name: &str) -> Option<(SegmentId, Option<u64>, Format)> {
+pub(crate) fn parse_name(name: &str) -> Option<(SegmentId, Option<u64>, Format)> {
     let rest = name.strip_prefix("base_")?;
     let seg = rest.get(0..24)?;
     let crate::wal::names::WalName::Segment(id) = crate::wal::names::WalName::parse(seg).ok()?

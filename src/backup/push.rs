@@ -54,6 +54,8 @@ pub struct PushOptions {
     /// Partitions compressed and uploaded at once.
     pub concurrency: usize,
     pub permanent: bool,
+    /// WAL-G's `--add-user-data`: stored as `UserData` / `user_data`.
+    pub user_data: Option<serde_json::Value>,
 }
 
 /// Shows the connection string without its password.
@@ -298,7 +300,7 @@ struct Written {
 
 /// Appends an entry named `name` exactly (WAL-G's names start with `/`, which the tar crate's
 /// path setters refuse): in the header when it fits, else in a GNU long-name entry before it.
-fn append_named<W: io::Write, R: Read>(
+pub(super) fn append_named<W: io::Write, R: Read>(
     tar: &mut tar::Builder<W>,
     h: &mut tar::Header,
     name: &str,
@@ -492,7 +494,7 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
         uncompressed_size: uncompressed as i64,
         compressed_size: body.compressed as i64,
         spec: Some(spec),
-        user_data: None,
+        user_data: opts.user_data.clone(),
         version: 2,
         start_time: Some(started_at),
         finish_time: Some(finished_at),
@@ -517,7 +519,7 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
         timeline,
         uncompressed_size: sentinel.uncompressed_size,
         compressed_size: sentinel.compressed_size,
-        user_data: None,
+        user_data: opts.user_data.clone(),
     };
     archive
         .store
@@ -555,7 +557,7 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
     Ok(sentinel)
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes> {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes> {
     serde_json::to_vec_pretty(v)
         .map(Bytes::from)
         .map_err(|e| Error::Corrupt {
@@ -564,7 +566,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes> {
         })
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
@@ -574,17 +576,17 @@ fn hostname() -> String {
 type PartFiles = (String, Vec<Written>);
 
 /// What [`upload_body`] stored.
-struct Body {
+pub(super) struct Body {
     /// WAL-G's `UncompressedSize`: the bytes of the files stored, without tar headers.
-    uncompressed: u64,
-    compressed: u64,
-    spec: TablespaceSpec,
-    partitions: u32,
-    files: FilesMetadata,
+    pub(super) uncompressed: u64,
+    pub(super) compressed: u64,
+    pub(super) spec: TablespaceSpec,
+    pub(super) partitions: u32,
+    pub(super) files: FilesMetadata,
 }
 
 /// Uploads the data directory (all partitions, then pg_control).
-async fn upload_body(
+pub(super) async fn upload_body(
     archive: &Arc<Archive>,
     opts: &PushOptions,
     pgdata: &Path,

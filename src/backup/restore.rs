@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 
 use super::fetch::{backup_fetch, FetchOptions};
 use super::{list_backups, resolve, BackupInfo, Lsn};
@@ -27,18 +27,61 @@ pub enum Action {
     Pause,
 }
 
-/// Parses an RFC 3339 time that must carry a zone, and must not be in the future.
-pub fn parse_target_time(s: &str) -> Result<DateTime<Utc>> {
-    let t: DateTime<FixedOffset> = DateTime::parse_from_rfc3339(s.trim()).map_err(|e| {
-        Error::BadInput(format!(
-            "target time {s:?} is not an RFC 3339 time with a zone (e.g. 2026-11-22T12:30:00+00:00): {e}"
-        ))
-    })?;
-    let t = t.with_timezone(&Utc);
+/// A target time as given: with a zone, or a wall-clock time without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GivenTime {
+    Absolute(DateTime<Utc>),
+    /// `2016-10-06 16:38:00` (dingo's `date "+%Y-%m-%d %H:%M:%S"`): PostgreSQL reads it in its
+    /// TimeZone setting, so only a server can say which instant it is.
+    Local(NaiveDateTime),
+}
+
+/// Parses RFC 3339 (`2026-11-22T12:30:00+01:00`), PostgreSQL's form with a zone
+/// (`2026-11-22 12:30:00.5+01`), or a time without a zone (`2026-11-22 12:30:00`).
+pub fn parse_given_time(s: &str) -> Result<GivenTime> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(GivenTime::Absolute(t.with_timezone(&Utc)));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::<FixedOffset>::parse_from_str(s, f) {
+            return Ok(GivenTime::Absolute(t.with_timezone(&Utc)));
+        }
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Ok(GivenTime::Local(t));
+        }
+    }
+    Err(Error::BadInput(format!(
+        "target time {s:?} is neither a time with a zone (2026-11-22T12:30:00+00:00) nor one \
+         without (2026-11-22 12:30:00)"
+    )))
+}
+
+/// Refuses a target in the future.
+pub fn check_past(t: DateTime<Utc>, given: &str) -> Result<DateTime<Utc>> {
     if t > Utc::now() {
-        return Err(Error::BadInput(format!("target time {s} is in the future")));
+        return Err(Error::BadInput(format!(
+            "target time {given} ({}) is in the future",
+            t.to_rfc3339()
+        )));
     }
     Ok(t)
+}
+
+/// Parses a target time that must carry a zone, and must not be in the future. Without a
+/// running server there is no TimeZone to read a zone-less time in (the restored server's may
+/// differ from this machine's), so `restore` refuses one rather than guess.
+pub fn parse_target_time(s: &str) -> Result<DateTime<Utc>> {
+    match parse_given_time(s)? {
+        GivenTime::Absolute(t) => check_past(t, s),
+        GivenTime::Local(_) => Err(Error::BadInput(format!(
+            "target time {s:?} has no zone: without a running server walkeeper cannot know the \
+             TimeZone PostgreSQL would read it in; give one (e.g. 2026-11-22T12:30:00+00:00, or \
+             `date --rfc-3339=seconds`)"
+        ))),
+    }
 }
 
 /// PostgreSQL's accepted form (it refuses the `T…Z` form; see REFERENCE.md).
@@ -239,13 +282,45 @@ pub fn write_recovery_settings(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_as_a_target_time_is_parsed_or_refused_never_a_panic(s in "[ -~]{0,40}") {
+            let _ = parse_given_time(&s);
+            let _ = parse_target_time(&s);
+        }
+
+        #[test]
+        fn dates_without_a_zone_are_local_and_with_one_absolute(
+            secs in 0i64..4_000_000_000, off in -14i32..=14
+        ) {
+            let t = DateTime::from_timestamp(secs, 0).unwrap();
+            let local = t.naive_utc().format("%Y-%m-%d %H:%M:%S").to_string();
+            proptest::prop_assert_eq!(parse_given_time(&local).unwrap(), GivenTime::Local(t.naive_utc()));
+            let zone = FixedOffset::east_opt(off * 3600).unwrap();
+            let with = t.with_timezone(&zone).format("%Y-%m-%d %H:%M:%S%:z").to_string();
+            proptest::prop_assert_eq!(parse_given_time(&with).unwrap(), GivenTime::Absolute(t));
+        }
+    }
+
     #[test]
     fn target_times_need_a_zone_and_must_be_past() {
         assert!(parse_target_time("2026-01-02T03:04:05+01:00").is_ok());
+        assert_eq!(
+            parse_target_time("2026-01-02 03:04:05.5+01").unwrap(),
+            parse_target_time("2026-01-02T02:04:05.5Z").unwrap()
+        );
         let e = parse_target_time("2026-01-02 03:04:05")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("with a zone"), "{e}");
+        assert!(e.contains("no zone"), "{e}");
+        assert_eq!(
+            parse_given_time("2016-10-06 16:38:00").unwrap(),
+            GivenTime::Local(
+                NaiveDateTime::parse_from_str("2016-10-06 16:38:00", "%Y-%m-%d %H:%M:%S").unwrap()
+            )
+        );
+        assert!(parse_given_time("now").is_err());
+        assert!(parse_given_time("yesterday 10:00").is_err());
         let e = parse_target_time("2999-01-01T00:00:00Z")
             .unwrap_err()
             .to_string();

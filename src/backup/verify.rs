@@ -20,8 +20,21 @@ pub struct Report {
     pub last: Option<String>,
     pub checked: u64,
     pub missing: Vec<String>,
+    /// The checked range as runs of present or missing segments on one timeline, in order
+    /// (WAL-G's integrity details).
+    pub runs: Vec<Run>,
     /// WAL names stored under more than one codec.
     pub duplicates: Vec<Duplicate>,
+}
+
+/// Consecutive segments on one timeline, all present or all missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub timeline: u32,
+    pub first: String,
+    pub last: String,
+    pub count: u64,
+    pub found: bool,
 }
 
 /// One WAL name stored under several codecs, with each copy's decoded length and digest.
@@ -141,11 +154,26 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
         .max()
         .unwrap_or(start);
     let mut checked = 0;
+    let mut runs: Vec<Run> = Vec::new();
     for segno in start..=end {
         let want = SegmentId::from_segno(timeline_at(segno), segno, seg_size);
         checked += 1;
-        if !segments.contains(&want) {
+        let found = segments.contains(&want);
+        if !found {
             missing.push(want.name());
+        }
+        match runs.last_mut() {
+            Some(r) if r.found == found && r.timeline == want.timeline => {
+                r.last = want.name();
+                r.count += 1;
+            }
+            _ => runs.push(Run {
+                timeline: want.timeline,
+                first: want.name(),
+                last: want.name(),
+                count: 1,
+                found,
+            }),
         }
     }
     Ok(Report {
@@ -154,6 +182,7 @@ pub async fn verify(archive: &Archive) -> Result<Report> {
         last: Some(SegmentId::from_segno(newest_tli, end, seg_size).name()),
         checked,
         missing,
+        runs,
         duplicates,
     })
 }

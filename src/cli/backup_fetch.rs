@@ -18,10 +18,58 @@ pub struct Args {
     /// Restore tablespaces into pg_tblspc/<oid> inside the data directory, without links.
     #[arg(long)]
     pub blind_restore: bool,
+    /// WAL-E's `--pool-size N`: partitions downloaded at once (1 to 8; default
+    /// WALG_DOWNLOAD_CONCURRENCY, else 2).
+    #[arg(short = 'p', long, value_name = "N")]
+    pub pool_size: Option<usize>,
+    /// WAL-G options walkeeper does not implement: refused by name.
+    #[command(flatten)]
+    pub refused: RefusedWalG,
     /// Do not make the restored files durable before exiting (by default one syncfs per file
     /// system restored to).
     #[arg(long)]
     pub no_sync: bool,
+}
+
+/// WAL-G's backup-fetch options that walkeeper refuses, with what it does instead.
+#[derive(Debug, clap::Args)]
+pub struct RefusedWalG {
+    #[arg(long, hide = true, value_name = "DATA")]
+    pub target_user_data: Option<String>,
+    #[arg(long, hide = true)]
+    pub reverse_delta_unpack: bool,
+    #[arg(long, hide = true)]
+    pub skip_redundant_tars: bool,
+    #[arg(long, hide = true, value_name = "MASK")]
+    pub mask: Option<String>,
+    #[arg(long, hide = true, value_name = "DATABASES")]
+    pub restore_only: Option<String>,
+}
+
+impl RefusedWalG {
+    fn refusal(&self) -> Option<String> {
+        let (opt, instead) = if self.target_user_data.is_some() {
+            (
+                "--target-user-data",
+                "name the backup (backup-list --detail --json shows each one's user_data)",
+            )
+        } else if self.reverse_delta_unpack || self.skip_redundant_tars {
+            (
+                "--reverse-delta-unpack/--skip-redundant-tars",
+                "walkeeper restores full backups, which need neither",
+            )
+        } else if self.mask.is_some() || self.restore_only.is_some() {
+            (
+                "--mask/--restore-only",
+                "walkeeper restores the whole data directory",
+            )
+        } else {
+            return None;
+        };
+        Some(format!(
+            "{opt} is not implemented: {instead}; drop the option"
+        ))
+    }
 }
 
 impl Args {
@@ -30,11 +78,15 @@ impl Args {
             restore_spec: self.restore_spec.clone(),
             blind_restore: self.blind_restore,
             no_sync: self.no_sync,
-            concurrency: archive
-                .settings
-                .vars
-                .get("WALG_DOWNLOAD_CONCURRENCY")
-                .and_then(|v| v.parse().ok())
+            concurrency: self
+                .pool_size
+                .or_else(|| {
+                    archive
+                        .settings
+                        .vars
+                        .get("WALG_DOWNLOAD_CONCURRENCY")
+                        .and_then(|v| v.parse().ok())
+                })
                 .unwrap_or(2usize)
                 .clamp(1, 8),
         }
@@ -43,6 +95,9 @@ impl Args {
 
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
+        if let Some(msg) = args.refused.refusal() {
+            return Err(crate::Error::BadInput(msg));
+        }
         let archive = Arc::new(Archive::open(cli.settings()?)?);
         let opts = args.options(&archive);
         backup_fetch(archive, &args.pgdata, &args.backup, opts).await

@@ -1,10 +1,15 @@
-//! `walkeeper backup-push <PGDATA>`: a base backup of the running server.
+//! `walkeeper backup-push <PGDATA>`: a base backup of the running server (or, with
+//! `--while-offline`, of a stopped one). Takes WAL-E's options (`--pool-size N`,
+//! `--cluster-read-rate-limit`, `--while-offline`) and WAL-G's (`--full`, `--permanent`,
+//! `--add-user-data`); WAL-G's `-p` is told from WAL-E's `-p N` by its value (see
+//! [`super::rewrite_argv`]). WAL-G options walkeeper does not implement are refused by name.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive::Archive;
 use crate::backup::push::{backup_push, PushOptions};
+use crate::error::Error;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,38 +18,156 @@ pub struct Args {
     /// libpq connection string (key=value or URL); PG* variables and PGPASSFILE fill the rest.
     #[arg(long)]
     pub connstring: Option<String>,
-    /// Read the data directory at most this many bytes per second.
+    /// Read the data directory at most this many bytes per second (also WALG_DISK_RATE_LIMIT
+    /// and WALG_NETWORK_RATE_LIMIT: the lowest applies).
     #[arg(long, value_name = "BYTES_PER_SECOND")]
     pub cluster_read_rate_limit: Option<u64>,
-    /// Mark the backup permanent (kept by `delete retain`).
+    /// Mark the backup permanent (kept by `delete retain`); WAL-G's `-p` too.
     #[arg(long)]
     pub permanent: bool,
+    /// WAL-E's `--pool-size N` (`-p N`): partitions compressed and uploaded at once (1 to 8;
+    /// default WALG_UPLOAD_CONCURRENCY, else 2).
+    #[arg(long, value_name = "N")]
+    pub pool_size: Option<usize>,
+    /// WAL-E's `--while-offline`: back up a cleanly stopped cluster, read from its pg_control
+    /// (no connection, no backup mode). Refused unless pg_control says "shut down".
+    #[arg(long)]
+    pub while_offline: bool,
+    /// WAL-G's `--full` (`-f`): walkeeper's backups are always full.
+    #[arg(short = 'f', long)]
+    pub full: bool,
+    /// WAL-G's `--add-user-data JSON`: stored in the sentinel and metadata.json (a value that
+    /// is not JSON is stored as a string, as WAL-G does).
+    #[arg(long, value_name = "JSON")]
+    pub add_user_data: Option<String>,
+    /// WAL-G options walkeeper does not implement: refused by name.
+    #[command(flatten)]
+    pub refused: RefusedWalG,
+}
+
+/// WAL-G's backup-push options that walkeeper refuses, with what it does instead.
+#[derive(Debug, clap::Args)]
+pub struct RefusedWalG {
+    #[arg(long, hide = true, value_name = "NAME")]
+    pub delta_from_name: Option<String>,
+    #[arg(long, hide = true, value_name = "DATA")]
+    pub delta_from_user_data: Option<String>,
+    #[arg(long, hide = true)]
+    pub verify: bool,
+    #[arg(long, hide = true)]
+    pub store_all_corrupt: bool,
+    #[arg(long, hide = true)]
+    pub rating_composer: bool,
+    #[arg(long, hide = true)]
+    pub copy_composer: bool,
+    #[arg(long, hide = true)]
+    pub database_composer: bool,
+    #[arg(long, hide = true)]
+    pub without_files_metadata: bool,
+    #[arg(long, hide = true, value_name = "NAME")]
+    pub target_storage: Option<String>,
+}
+
+impl RefusedWalG {
+    fn refusal(&self) -> Option<String> {
+        let (opt, instead) = if self.delta_from_name.is_some() {
+            ("--delta-from-name", "walkeeper takes full backups only")
+        } else if self.delta_from_user_data.is_some() {
+            (
+                "--delta-from-user-data",
+                "walkeeper takes full backups only",
+            )
+        } else if self.verify {
+            (
+                "--verify",
+                "walkeeper does not verify page checksums while backing up",
+            )
+        } else if self.store_all_corrupt {
+            (
+                "--store-all-corrupt",
+                "walkeeper does not verify page checksums while backing up",
+            )
+        } else if self.rating_composer || self.copy_composer || self.database_composer {
+            (
+                "--rating-composer/--copy-composer/--database-composer",
+                "walkeeper cuts partitions by size (WALG_TAR_SIZE_THRESHOLD)",
+            )
+        } else if self.without_files_metadata {
+            (
+                "--without-files-metadata",
+                "walkeeper's backup layout is fixed",
+            )
+        } else if self.target_storage.is_some() {
+            (
+                "--target-storage",
+                "walkeeper writes to the one archive prefix it is given",
+            )
+        } else {
+            return None;
+        };
+        Some(format!(
+            "{opt} is not implemented: {instead}; drop the option"
+        ))
+    }
+}
+
+/// WAL-G's user data: JSON when it parses, else the text itself.
+fn user_data(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_string()))
 }
 
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
+        if let Some(msg) = args.refused.refusal() {
+            return Err(Error::BadInput(msg));
+        }
         let settings = cli.settings()?;
         settings.refuse_unimplemented_encryption()?;
+        if let Some(v) = settings.vars.get("WALG_DELTA_MAX_STEPS") {
+            if v.trim() != "0" {
+                return Err(Error::Config(format!(
+                    "WALG_DELTA_MAX_STEPS={v} asks for delta backups: walkeeper takes full \
+                     backups only; unset it (or set 0)"
+                )));
+            }
+        }
         let archive = Arc::new(Archive::open(settings)?);
         let vars = &archive.settings.vars;
         let part_size = vars
             .get("WALG_TAR_SIZE_THRESHOLD")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1u64 << 30);
-        let concurrency = vars
-            .get("WALG_UPLOAD_CONCURRENCY")
-            .and_then(|v| v.parse().ok())
+        let concurrency = args
+            .pool_size
+            .or_else(|| {
+                vars.get("WALG_UPLOAD_CONCURRENCY")
+                    .and_then(|v| v.parse().ok())
+            })
             .unwrap_or(2usize)
             .clamp(1, 8);
+        let mut limits = vec![args.cluster_read_rate_limit];
+        for var in ["WALG_DISK_RATE_LIMIT", "WALG_NETWORK_RATE_LIMIT"] {
+            if let Some(v) = vars.get(var) {
+                let n: u64 = v.trim().parse().map_err(|_| {
+                    Error::Config(format!("{var}={v:?} is not a number of bytes per second"))
+                })?;
+                limits.push(Some(n));
+            }
+        }
         let opts = PushOptions {
             pgdata: args.pgdata.clone(),
             connstring: args.connstring.clone(),
-            read_rate_limit: args.cluster_read_rate_limit,
+            read_rate_limit: limits.into_iter().flatten().filter(|n| *n > 0).min(),
             part_size,
             concurrency,
             permanent: args.permanent,
+            user_data: args.add_user_data.as_deref().map(user_data),
         };
-        backup_push(archive, opts).await
+        if args.while_offline {
+            crate::backup::offline::backup_push_offline(archive, opts).await
+        } else {
+            backup_push(archive, opts).await
+        }
     }
     .await;
     super::exit("backup-push", result)

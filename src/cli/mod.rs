@@ -3,15 +3,19 @@
 mod agent;
 mod backup_fetch;
 mod backup_list;
+mod backup_mark;
 mod backup_push;
 mod create_replica;
 mod delete;
 mod recovery_done;
 mod restore;
+mod st;
+mod version;
 mod wal_fetch;
 mod wal_prefetch;
 mod wal_push;
 mod wal_push_ahead;
+mod wal_show;
 mod wal_verify;
 
 pub use backup_list::render as render_backup_list;
@@ -37,8 +41,116 @@ pub struct Cli {
     /// the environment.
     #[arg(long, global = true, value_name = "DIR")]
     pub envdir: Option<PathBuf>,
+    #[command(flatten)]
+    pub wal_e: WalEGlobals,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// WAL-E's global options, accepted as WAL-E wrote them (before or after the command).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WalEGlobals {
+    /// Log only warnings and errors (WAL-E's `--terse`; WALKEEPER_LOG still wins).
+    #[arg(long, global = true)]
+    pub terse: bool,
+    /// WAL-E's GPG encryption: not implemented yet, so refused (exit 2; 128 for wal-fetch).
+    #[arg(long, global = true, value_name = "ID")]
+    pub gpg_key_id: Option<String>,
+    /// The archive prefix (as WALE_S3_PREFIX), over every variable and the config file.
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_prefix: Option<String>,
+    /// The archive prefix (as WALE_WABS_PREFIX).
+    #[arg(long, global = true, value_name = "URL")]
+    pub wabs_prefix: Option<String>,
+    /// The archive prefix (as WALE_GS_PREFIX).
+    #[arg(long, global = true, value_name = "URL")]
+    pub gs_prefix: Option<String>,
+    /// The archive prefix (as WALE_FILE_PREFIX).
+    #[arg(long, global = true, value_name = "URL")]
+    pub file_prefix: Option<String>,
+    /// The AWS access key id (public); the secret comes only from AWS_SECRET_ACCESS_KEY.
+    #[arg(
+        short = 'k',
+        long,
+        global = true,
+        value_name = "ID",
+        conflicts_with = "aws_instance_profile"
+    )]
+    pub aws_access_key_id: Option<String>,
+    /// Authenticate to S3 with the instance's IAM profile: AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN are then ignored.
+    #[arg(long, global = true)]
+    pub aws_instance_profile: bool,
+}
+
+/// The credentials an instance profile replaces.
+const INSTANCE_PROFILE_IGNORES: [&str; 4] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+];
+
+impl WalEGlobals {
+    /// The prefix options, by the variable each stands for.
+    fn prefixes(&self) -> Vec<(&'static str, &'static str, &String)> {
+        [
+            ("--s3-prefix", "WALE_S3_PREFIX", &self.s3_prefix),
+            ("--wabs-prefix", "WALE_WABS_PREFIX", &self.wabs_prefix),
+            ("--gs-prefix", "WALE_GS_PREFIX", &self.gs_prefix),
+            ("--file-prefix", "WALE_FILE_PREFIX", &self.file_prefix),
+        ]
+        .into_iter()
+        .filter_map(|(opt, var, v)| v.as_ref().map(|v| (opt, var, v)))
+        .collect()
+    }
+
+    /// The variables these options set (`Some`) or unset (`None`), over every other source.
+    pub fn vars(&self) -> crate::Result<Vec<(String, Option<String>)>> {
+        let mut out = Vec::new();
+        let prefixes = self.prefixes();
+        if let Some((opt, var, value)) = prefixes.first() {
+            if let Some((other, _, _)) = prefixes.iter().find(|(_, _, v)| v != value) {
+                return Err(crate::Error::Config(format!(
+                    "{opt} and {other} name different archive prefixes; give only one"
+                )));
+            }
+            // The command line's prefix wins over the environment's, as in WAL-E.
+            for v in crate::config::PREFIX_VARS {
+                out.push((v.to_string(), None));
+            }
+            out.push((var.to_string(), Some(value.to_string())));
+        }
+        if let Some(id) = &self.aws_access_key_id {
+            out.push(("AWS_ACCESS_KEY_ID".into(), Some(id.clone())));
+        }
+        if self.aws_instance_profile {
+            for v in INSTANCE_PROFILE_IGNORES {
+                out.push((v.into(), None));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The options again, for child processes.
+    fn args(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = Vec::new();
+        if self.terse {
+            v.push("--terse".into());
+        }
+        for (opt, _, value) in self.prefixes() {
+            v.push(opt.into());
+            v.push(value.into());
+        }
+        if let Some(id) = &self.aws_access_key_id {
+            v.push("--aws-access-key-id".into());
+            v.push(id.into());
+        }
+        if self.aws_instance_profile {
+            v.push("--aws-instance-profile".into());
+        }
+        v
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,11 +162,13 @@ pub enum Command {
     WalPushAhead(wal_push_ahead::Args),
     /// restore_command: fetch one WAL file (`walkeeper wal-fetch %f %p`).
     WalFetch(wal_fetch::Args),
-    /// Download the segments after one into the prefetch directory (started by wal-fetch).
-    #[command(hide = true)]
+    /// WAL-E's `wal-prefetch BASE_DIRECTORY SEGMENT`: download a segment ahead of its
+    /// wal-fetch (wal-fetch also starts it by itself in the background).
     WalPrefetch(wal_prefetch::Args),
     /// Check the archive for WAL gaps from the oldest backup to the newest segment.
     WalVerify(wal_verify::Args),
+    /// WAL-G's wal-show: the archive's timelines, their segment ranges and gaps.
+    WalShow(wal_show::Args),
     /// Take a base backup of the running server.
     BackupPush(backup_push::Args),
     /// Restore a base backup into an empty directory.
@@ -63,6 +177,8 @@ pub enum Command {
     BackupList(backup_list::Args),
     /// Retention: delete old backups and the WAL no kept backup needs.
     Delete(delete::Args),
+    /// WAL-G's backup-mark: make a backup permanent (`-i`: ordinary again).
+    BackupMark(backup_mark::Args),
     /// Point-in-time restore: fetch the right backup and configure recovery.
     Restore(restore::Args),
     /// recovery_end_command of `restore`: removes its recovery settings again.
@@ -72,6 +188,10 @@ pub enum Command {
     Agent(agent::Args),
     /// Patroni create_replica_methods entry: restore a replica from the archive if cheap enough.
     CreateReplica(create_replica::Args),
+    /// WAL-G's storage tools: `st ls|cat|get|put|rm` on paths relative to the prefix.
+    St(st::Args),
+    /// Print walkeeper's version (WAL-E's `version`).
+    Version(version::Args),
 }
 
 /// Maps a command's result to its exit code, logging the error on one line.
@@ -97,11 +217,27 @@ impl Cli {
             v.push("--envdir".into());
             v.push(e.clone().into_os_string());
         }
+        v.extend(self.wal_e.args());
         v
     }
 
     pub fn settings(&self) -> crate::Result<Settings> {
-        Settings::load(self.config.as_deref(), self.envdir.as_deref())
+        let mut s = Settings::load_with(
+            self.config.as_deref(),
+            self.envdir.as_deref(),
+            &self.wal_e.vars()?,
+        )?;
+        // WAL-E's `AWS_INSTANCE_PROFILE=1` is `--aws-instance-profile`, unless -k names a key.
+        let profile = s
+            .vars
+            .get("AWS_INSTANCE_PROFILE")
+            .is_some_and(|v| matches!(v.trim(), "1" | "true"));
+        if profile && self.wal_e.aws_access_key_id.is_none() {
+            for v in INSTANCE_PROFILE_IGNORES {
+                s.vars.remove(v);
+            }
+        }
+        Ok(s)
     }
 }
 
@@ -126,9 +262,10 @@ pub fn self_command(global: &[OsString], args: &[&str]) -> crate::Result<String>
     Ok(parts.join(" "))
 }
 
-fn init_logging() {
+fn init_logging(terse: bool) {
+    let default = if terse { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WALKEEPER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -144,6 +281,19 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Global options that take a value (a word to skip when looking for the command).
+const GLOBAL_VALUE_OPTIONS: &[&str] = &[
+    "--config",
+    "--envdir",
+    "--gpg-key-id",
+    "--s3-prefix",
+    "--wabs-prefix",
+    "--gs-prefix",
+    "--file-prefix",
+    "-k",
+    "--aws-access-key-id",
+];
+
 /// The exit code for a command line clap refused. For wal-fetch it is
 /// [`crate::error::EXIT_FETCH_FATAL`]: PostgreSQL reads 1 to 125 as "not available", so a typo
 /// in restore_command would end recovery early or leave a standby silently without archive.
@@ -158,10 +308,13 @@ fn parse_error_code(e: &clap::Error, args: impl Iterator<Item = OsString>) -> i3
     while let Some(a) = args.next() {
         let Some(s) = a.to_str() else { break };
         match s {
-            "--config" | "--envdir" => {
+            s if GLOBAL_VALUE_OPTIONS.contains(&s) => {
                 args.next();
             }
-            s if s.starts_with("--config=") || s.starts_with("--envdir=") => {}
+            s if GLOBAL_VALUE_OPTIONS
+                .iter()
+                .any(|o| o.starts_with("--") && s.starts_with(&format!("{o}="))) => {}
+            "--terse" | "--aws-instance-profile" => {}
             s => {
                 command = Some(s.to_string());
                 break;
@@ -174,9 +327,38 @@ fn parse_error_code(e: &clap::Error, args: impl Iterator<Item = OsString>) -> i3
     }
 }
 
+/// Tells WAL-E's `backup-push -p N` (pool size) from WAL-G's `backup-push -p` (permanent): a
+/// `-p` followed by a number is the first, any other the second.
+pub fn rewrite_argv(args: Vec<OsString>) -> Vec<OsString> {
+    let Some(at) = args.iter().position(|a| a == "backup-push") else {
+        return args;
+    };
+    let mut out: Vec<OsString> = args[..=at].to_vec();
+    let mut rest = args[at + 1..].iter().peekable();
+    while let Some(a) = rest.next() {
+        if a == "-p" {
+            let numeric = rest
+                .peek()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            out.push(
+                if numeric {
+                    "--pool-size"
+                } else {
+                    "--permanent"
+                }
+                .into(),
+            );
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(rewrite_argv(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e) => {
             let code = parse_error_code(&e, std::env::args_os().skip(1));
@@ -184,9 +366,22 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_logging();
+    init_logging(cli.wal_e.terse);
+    let is_wal_fetch = matches!(cli.command, Command::WalFetch(_));
+    if cli.wal_e.gpg_key_id.is_some() {
+        tracing::error!(
+            "--gpg-key-id: walkeeper does not implement WAL-E's GPG encryption yet; refusing \
+             rather than storing or reading plaintext (walkeeper encrypts with age: \
+             WALKEEPER_AGE_RECIPIENT / WALKEEPER_AGE_IDENTITY_FILE)"
+        );
+        return if is_wal_fetch {
+            crate::error::EXIT_FETCH_FATAL
+        } else {
+            2
+        };
+    }
     // For restore_command, even a bug must not read as "not available" (a panic exits 101).
-    let fatal = if matches!(cli.command, Command::WalFetch(_)) {
+    let fatal = if is_wal_fetch {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             default(info);
@@ -210,14 +405,18 @@ pub fn main() -> i32 {
             Command::WalPushAhead(a) => wal_push_ahead::run(&cli, a).await,
             Command::WalPrefetch(a) => wal_prefetch::run(&cli, a).await,
             Command::WalVerify(a) => wal_verify::run(&cli, a).await,
+            Command::WalShow(a) => wal_show::run(&cli, a).await,
             Command::BackupPush(a) => backup_push::run(&cli, a).await,
             Command::BackupFetch(a) => backup_fetch::run(&cli, a).await,
             Command::BackupList(a) => backup_list::run(&cli, a).await,
             Command::Delete(a) => delete::run(&cli, a).await,
+            Command::BackupMark(a) => backup_mark::run(&cli, a).await,
             Command::Restore(a) => restore::run(&cli, a).await,
             Command::Agent(a) => agent::run(&cli, a).await,
             Command::RecoveryDone(a) => recovery_done::run(&cli, a).await,
             Command::CreateReplica(a) => create_replica::run(&cli, a).await,
+            Command::Version(a) => version::run(&cli, a).await,
+            Command::St(a) => st::run(&cli, a).await,
         }
     })
 }
@@ -230,6 +429,32 @@ mod tests {
         let e = Cli::try_parse_from(std::iter::once("walkeeper").chain(args.iter().copied()))
             .expect_err("refused");
         parse_error_code(&e, args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn backup_push_p_is_wal_e_pool_size_with_a_number_and_wal_g_permanent_without() {
+        let argv = |args: &[&str]| -> Vec<String> {
+            rewrite_argv(args.iter().map(OsString::from).collect())
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            argv(&["wk", "backup-push", "-p", "4", "/d"]),
+            ["wk", "backup-push", "--pool-size", "4", "/d"]
+        );
+        assert_eq!(
+            argv(&["wk", "backup-push", "-p", "/d"]),
+            ["wk", "backup-push", "--permanent", "/d"]
+        );
+        assert_eq!(
+            argv(&["wk", "backup-push", "/d", "-p"]),
+            ["wk", "backup-push", "/d", "--permanent"]
+        );
+        assert_eq!(
+            argv(&["wk", "wal-fetch", "-p", "4"]),
+            ["wk", "wal-fetch", "-p", "4"]
+        );
     }
 
     #[test]

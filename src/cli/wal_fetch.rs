@@ -24,6 +24,10 @@ pub struct Args {
     /// names, else the current directory, as PostgreSQL runs restore_command there).
     #[arg(long, value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
+    /// WAL-E's `-p N` / `--prefetch N`: download up to N following segments in the
+    /// background after a hit (0: none), over WALKEEPER_PREFETCH.
+    #[arg(short = 'p', long, value_name = "N")]
+    pub prefetch: Option<usize>,
 }
 
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
@@ -32,7 +36,10 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             .pgdata
             .clone()
             .or_else(|| WalContext::pgdata_of(&args.dest));
-        let settings = cli.settings()?;
+        let mut settings = cli.settings()?;
+        if let Some(n) = args.prefetch {
+            settings.prefetch = n;
+        }
         // A user who set WAL-G's or WAL-E's encryption expects decryption: never fetch without.
         settings.refuse_unimplemented_encryption()?;
         let ctx = Arc::new(WalContext::new(settings, pgdata.as_deref())?);

@@ -17,12 +17,20 @@ pub struct Args {
     /// else the current directory, as PostgreSQL runs archive_command there).
     #[arg(long, value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
+    /// WAL-E's `--pool-size N`: upload up to N segments per call, this one included (the
+    /// others from archive_status' `.ready` files, in the background); sets the look-ahead
+    /// to N-1 over WALKEEPER_PUSH_LOOKAHEAD.
+    #[arg(short = 'p', long, value_name = "N")]
+    pub pool_size: Option<usize>,
 }
 
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
-        let settings = cli.settings()?;
+        let mut settings = cli.settings()?;
         settings.refuse_unimplemented_encryption()?;
+        if let Some(n) = args.pool_size {
+            settings.push_lookahead = n.saturating_sub(1);
+        }
         let pgdata = args
             .pgdata
             .clone()

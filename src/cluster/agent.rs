@@ -875,6 +875,7 @@ impl Agent {
                 .unwrap_or(1 << 30),
             concurrency: 2,
             permanent: false,
+            user_data: None,
         };
         let result = backup_push(self.archive.clone(), opts).await;
         match &result {

@@ -13,6 +13,7 @@ pub mod patroni;
 pub mod pitr;
 pub mod replica;
 pub mod supervise;
+pub mod target_time;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -33,7 +33,7 @@ use super::agent::Agent;
 use super::heal::local_history;
 use super::patroni::base_url;
 use crate::backup::fetch::{backup_fetch, FetchOptions};
-use crate::backup::restore::{choose, parse_target_time, pg_time, Target};
+use crate::backup::restore::{choose, pg_time, Target};
 use crate::backup::{list_backups, pg, BackupInfo};
 use crate::error::{Error, Result};
 use crate::storage::local::write_atomic_with;
@@ -55,7 +55,7 @@ const REJOIN_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartRequest {
-    /// RFC 3339 with a zone.
+    /// RFC 3339 with a zone, or a time without one (read in the server's TimeZone).
     pub recovery_target_time: String,
     /// Use this backup instead of the newest one that finished before the target.
     #[serde(default)]
@@ -265,8 +265,13 @@ pub async fn start(
     agent: &Arc<Agent>,
     req: RestartRequest,
 ) -> std::result::Result<Arc<Job>, Refusal> {
-    let target = parse_target_time(&req.recovery_target_time)
-        .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+    // A time without a zone is read in the server's TimeZone, as PostgreSQL reads it.
+    let (target, target_note) = super::target_time::resolve(agent, &req.recovery_target_time)
+        .await
+        .map_err(|e| match e {
+            crate::error::Error::BadInput(m) => Refusal::BadRequest(m),
+            other => Refusal::Unavailable(other.to_string()),
+        })?;
     let running = agent
         .jobs
         .lock()
@@ -369,6 +374,9 @@ pub async fn start(
     // after an interruption must not start.
     job.persist()
         .map_err(|e| Refusal::Unavailable(format!("cannot write the restart journal: {e}")))?;
+    if let Some(note) = target_note {
+        job.step("target", note);
+    }
     if let Ok(mut jobs) = agent.jobs.lock() {
         jobs.insert(id, job.clone());
     }

@@ -357,6 +357,8 @@ pub fn spawn_prefetch(ctx: &WalContext, seg: &SegmentId, global_args: &[std::ffi
         .arg(seg.name())
         .arg("--pgdata")
         .arg(&ctx.pgdata)
+        .arg("--count")
+        .arg(ctx.settings.prefetch.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
     use std::os::unix::process::CommandExt;
@@ -414,6 +416,32 @@ pub async fn prefetch(ctx: Arc<WalContext>, after: &str) -> Result<usize> {
         }
     }
     Ok(fetched)
+}
+
+/// WAL-E's `wal-prefetch BASE SEGMENT`: downloads exactly `name` into the prefetch directory,
+/// where the next wal-fetch of it finds it. False when it is there already, in pg_wal, or being
+/// prefetched by another process.
+pub async fn prefetch_one(ctx: Arc<WalContext>, name: &str) -> Result<bool> {
+    let wal = WalName::parse(name)?;
+    let WalName::Segment(_) = wal else {
+        return Err(Error::BadInput(format!(
+            "{name}: only segments are prefetched"
+        )));
+    };
+    let dir = prefetch_dir(&ctx);
+    ensure_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    sweep_stale_temps(&dir);
+    let target = dir.join(name);
+    if target.exists() || ctx.pg_wal.join(name).exists() {
+        return Ok(false);
+    }
+    let Some(claim) = Claim::take(&dir, name) else {
+        return Ok(false);
+    };
+    let sysid = ctx.recorded_sysid().await?;
+    let res = download(&ctx, &wal, &target, sysid).await;
+    drop(claim);
+    res.map(|_| true)
 }
 
 fn segment_size_hint(ctx: &WalContext, seg: &SegmentId) -> Option<WalSegSize> {
