@@ -622,7 +622,9 @@ pub fn read_envdir(dir: &Path) -> Result<BTreeMap<String, String>> {
             continue;
         }
         if crate::security::holds_secret(&name) {
-            crate::security::check_private(&path, &format!("envdir file for {name}"))?;
+            // WAL-E's documented envdir is root:postgres with mode 0640: allowed, as libpq
+            // allows a root-owned key shared through a group.
+            crate::security::check_private_key(&path, &format!("envdir file for {name}"))?;
         }
         let bytes = std::fs::read(&path)
             .map_err(|e| Error::Config(format!("envdir {}: {e}", path.display())))?;

@@ -340,7 +340,12 @@ fn failover_under_load_leaves_no_gap_and_a_pitr_after_it_restores_the_right_rows
     // A point-in-time restore to a time after the failover, from the archive alone.
     let env = c.scratch.mkdir("restore-env");
     for (k, v) in c.archive_vars() {
-        std::fs::write(env.join(k), v).unwrap();
+        std::fs::write(env.join(&k), v).unwrap();
+        std::fs::set_permissions(
+            env.join(k),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
     }
     chown_pg_recursive(&env);
     let dir = c.scratch.path().join("pitr");

@@ -622,6 +622,28 @@ fn files_holding_secrets_that_others_can_read_are_refused() {
         stderr(&out)
     );
     assert!(!stderr(&out).contains("s3cret"), "{}", stderr(&out));
+    // WAL-E's documented envdir: root:postgres, 0640. Allowed (the tests run as root), as libpq
+    // allows a root-owned key shared through a group; the push goes on to its next check.
+    std::fs::set_permissions(
+        envdir.join("AWS_SECRET_ACCESS_KEY"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "--envdir",
+            envdir.to_str().unwrap(),
+            "wal-push",
+            "pg_wal/000000010000000000000001",
+        ],
+        &[],
+        &pgdata,
+    );
+    assert!(
+        !stderr(&out).contains("chmod 600"),
+        "a root-owned 0640 envdir file was refused: {}",
+        stderr(&out)
+    );
     // An API token file readable by the group: the agent does not start.
     let etcd = EtcdProc::start(scratch.path(), None, &[]);
     let token = scratch.path().join("token");
