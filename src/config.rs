@@ -109,10 +109,7 @@ impl std::fmt::Debug for AgentFile {
             .field("pgdata", &self.pgdata)
             .field(
                 "connstring",
-                &self
-                    .connstring
-                    .as_deref()
-                    .map(crate::security::scrub_connstring),
+                &crate::security::ScrubbedConnstring(self.connstring.as_deref()),
             )
             .field("pg_bin_dir", &self.pg_bin_dir)
             .field("patroni_url", &self.patroni_url)

@@ -294,6 +294,16 @@ pub fn scrub_env(cmd: &mut std::process::Command) -> &mut std::process::Command 
     cmd
 }
 
+/// A connection string in `Debug` output: shown with its password replaced (see
+/// [`scrub_connstring`]).
+pub struct ScrubbedConnstring<'a>(pub Option<&'a str>);
+
+impl std::fmt::Debug for ScrubbedConnstring<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.map(scrub_connstring).fmt(f)
+    }
+}
+
 /// A libpq connection string (key=value or URL) with its password replaced by `***`, for
 /// messages and logs.
 pub fn scrub_connstring(s: &str) -> String {

@@ -65,10 +65,7 @@ impl std::fmt::Debug for PushOptions {
             .field("pgdata", &self.pgdata)
             .field(
                 "connstring",
-                &self
-                    .connstring
-                    .as_deref()
-                    .map(crate::security::scrub_connstring),
+                &crate::security::ScrubbedConnstring(self.connstring.as_deref()),
             )
             .field("read_rate_limit", &self.read_rate_limit)
             .field("part_size", &self.part_size)

@@ -143,10 +143,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("pgdata", &self.pgdata)
             .field(
                 "connstring",
-                &self
-                    .connstring
-                    .as_deref()
-                    .map(crate::security::scrub_connstring),
+                &crate::security::ScrubbedConnstring(self.connstring.as_deref()),
             )
             .field("patroni_url", &self.patroni_url)
             .field("listen", &self.listen)
@@ -373,6 +370,11 @@ impl Agent {
             self.settings.clone(),
             Some(&self.cfg.pgdata),
         )?))
+    }
+
+    /// How the agent reaches the local PostgreSQL.
+    pub fn pg_config(&self) -> Result<pg::ConnConfig> {
+        pg::config(self.cfg.connstring.as_deref(), &self.settings.vars)
     }
 
     /// This binary with the agent's global options, running `args` (for restore_command).
@@ -660,7 +662,7 @@ impl Agent {
     /// Waits until the local server runs as a primary: Patroni takes the leader key first and
     /// promotes after, and the new timeline's history (what healing follows) exists only then.
     async fn wait_until_primary(&self, timeout: Duration) -> Result<()> {
-        let cfg = pg::config(self.cfg.connstring.as_deref(), &self.settings.vars)?;
+        let cfg = self.pg_config()?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(client) = pg::connect(&cfg).await {
@@ -1027,7 +1029,7 @@ impl Agent {
 
     /// The local server's archiver: last archived segment and how far archiving lags.
     async fn archiver_status(&self) -> Result<serde_json::Value> {
-        let cfg = pg::config(self.cfg.connstring.as_deref(), &self.settings.vars)?;
+        let cfg = self.pg_config()?;
         let client = pg::connect(&cfg).await?;
         let row = client
             .query_one(

@@ -465,34 +465,30 @@ async fn run(
     let plan = job.plan.clone();
     let pgdata = &plan.pgdata;
     let aside = &plan.aside;
-    job.enter(Phase::Pausing)?;
-    job.step("pause", "pausing Patroni (maintenance mode)");
-    if let Err(e) = agent.patroni.set_pause(true, Duration::from_secs(60)).await {
+    // Until the data directory has moved, undoing means resuming Patroni.
+    let moved = async {
+        job.enter(Phase::Pausing)?;
+        job.step("pause", "pausing Patroni (maintenance mode)");
+        agent
+            .patroni
+            .set_pause(true, Duration::from_secs(60))
+            .await?;
+        job.hold("pause").await;
+        job.enter(Phase::Stopping)?;
+        job.step("stop", "stopping PostgreSQL");
+        pg_ctl_stop(agent, pgdata, "fast").await?;
+        job.hold("stop").await;
+        job.enter(Phase::MovingAside)?;
+        job.step(
+            "move-aside",
+            format!("moving {} to {}", pgdata.display(), aside.display()),
+        );
+        std::fs::rename(pgdata, aside).map_err(|e| Error::io(pgdata, e))
+    }
+    .await;
+    if let Err(e) = moved {
         resume_after_failure(agent).await;
         return Err(e);
-    }
-    job.hold("pause").await;
-    if let Err(e) = job.enter(Phase::Stopping) {
-        resume_after_failure(agent).await;
-        return Err(e);
-    }
-    job.step("stop", "stopping PostgreSQL");
-    if let Err(e) = pg_ctl_stop(agent, pgdata, "fast").await {
-        resume_after_failure(agent).await;
-        return Err(e);
-    }
-    job.hold("stop").await;
-    if let Err(e) = job.enter(Phase::MovingAside) {
-        resume_after_failure(agent).await;
-        return Err(e);
-    }
-    job.step(
-        "move-aside",
-        format!("moving {} to {}", pgdata.display(), aside.display()),
-    );
-    if let Err(e) = std::fs::rename(pgdata, aside) {
-        resume_after_failure(agent).await;
-        return Err(Error::io(pgdata, e));
     }
     job.hold("move-aside").await;
     let mut child = None;
@@ -706,17 +702,7 @@ pub fn recover_interrupted(agent: &Arc<Agent>) -> Option<Arc<Job>> {
 async fn look(agent: &Agent, plan: &Plan) -> Found {
     let running = postmaster_running(&plan.pgdata);
     let in_recovery = if running {
-        match pg::config(agent.cfg.connstring.as_deref(), &agent.settings.vars) {
-            Ok(cfg) => match pg::connect(&cfg).await {
-                Ok(client) => client
-                    .query_one("SELECT pg_is_in_recovery()", &[])
-                    .await
-                    .ok()
-                    .and_then(|r| r.try_get::<_, bool>(0).ok()),
-                Err(_) => None,
-            },
-            Err(_) => None,
-        }
+        in_recovery(agent).await.ok()
     } else {
         None
     };
@@ -793,8 +779,18 @@ async fn resume_interrupted(agent: &Arc<Agent>, job: &Job) -> Result<(u32, Optio
     finish(agent, job, promoted_tli).await
 }
 
+/// `pg_is_in_recovery()` of the local server.
+async fn in_recovery(agent: &Agent) -> Result<bool> {
+    let client = pg::connect(&agent.pg_config()?).await?;
+    client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .and_then(|r| r.try_get::<_, bool>(0))
+        .map_err(|e| Error::Cluster(format!("pg_is_in_recovery(): {e}")))
+}
+
 async fn server_timeline(agent: &Agent) -> Result<u32> {
-    let cfg = pg::config(agent.cfg.connstring.as_deref(), &agent.settings.vars)?;
+    let cfg = agent.pg_config()?;
     let client = pg::connect(&cfg).await?;
     Ok(pg::wal_position(&client).await?.1)
 }
@@ -828,7 +824,7 @@ const REJOIN_STABLE: Duration = Duration::from_secs(5);
 /// holds `<new_tli>.history` and that segment.
 async fn archive_new_timeline(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Result<()> {
     let history = format!("{new_tli:08X}.history");
-    let cfg = pg::config(agent.cfg.connstring.as_deref(), &agent.settings.vars)?;
+    let cfg = agent.pg_config()?;
     let client = pg::connect(&cfg).await?;
     let row = client
         .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
@@ -978,7 +974,7 @@ async fn wait_promotion(
     log: &Path,
     child: &mut Option<Child>,
 ) -> Result<u32> {
-    let cfg = pg::config(agent.cfg.connstring.as_deref(), &agent.settings.vars)?;
+    let cfg = agent.pg_config()?;
     let deadline = Instant::now() + PROMOTION_TIMEOUT;
     // A postmaster just started may not have written its pid file yet.
     let started = Instant::now();

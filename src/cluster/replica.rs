@@ -44,10 +44,7 @@ impl std::fmt::Debug for ReplicaArgs {
             .field("datadir", &self.datadir)
             .field(
                 "connstring",
-                &self
-                    .connstring
-                    .as_deref()
-                    .map(crate::security::scrub_connstring),
+                &crate::security::ScrubbedConnstring(self.connstring.as_deref()),
             )
             .field("threshold_megabytes", &self.threshold_megabytes)
             .field("threshold_percentage", &self.threshold_percentage)

@@ -37,7 +37,7 @@ pub async fn resolve(agent: &Agent, given: &str) -> Result<(DateTime<Utc>, Optio
 
 /// Asks the local server which instant `naive` is in its TimeZone.
 async fn in_server_zone(agent: &Agent, naive: NaiveDateTime) -> Result<(DateTime<Utc>, String)> {
-    let cfg = pg::config(agent.cfg.connstring.as_deref(), &agent.settings.vars)?;
+    let cfg = agent.pg_config()?;
     let client = pg::connect(&cfg).await?;
     let unavailable = |e: tokio_postgres::Error| Error::Cluster(format!("PostgreSQL: {e}"));
     client
