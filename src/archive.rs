@@ -5,6 +5,12 @@ use crate::config::Settings;
 use crate::error::Result;
 use crate::storage::Store;
 
+/// The folder of base backups (WAL-G's and WAL-E's name). The WAL layer reads sentinels too, to
+/// learn the system identifier of the newest backup.
+pub const BACKUP_FOLDER: &str = "basebackups_005";
+/// The suffix of a backup's stop sentinel, written last: a backup without one does not exist.
+pub const SENTINEL_SUFFIX: &str = "_backup_stop_sentinel.json";
+
 #[derive(Debug)]
 pub struct Archive {
     pub settings: Settings,

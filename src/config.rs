@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::codec::Compression;
 use crate::error::{Error, Result};
+use crate::security::{TokenSource, TOKEN_FILE_NAME};
 
 /// Variables naming the archive prefix, in the order they are consulted.
 pub const PREFIX_VARS: &[&str] = &[
@@ -146,6 +146,22 @@ impl std::fmt::Debug for Vars {
 }
 
 impl Vars {
+    /// The source the settings name: the variables, else the YAML file's `agent.api_token_file`,
+    /// else `<state_dir>/api-token`.
+    pub fn api_token_source(&self, yaml_file: Option<&Path>, state_dir: &Path) -> TokenSource {
+        if let Some(t) = self.get("WALKEEPER_API_TOKEN") {
+            return TokenSource::Value(t.trim().to_string());
+        }
+        match self
+            .get("WALKEEPER_API_TOKEN_FILE")
+            .map(PathBuf::from)
+            .or_else(|| yaml_file.map(Path::to_path_buf))
+        {
+            Some(p) => TokenSource::File(p),
+            None => TokenSource::StateDir(state_dir.join(TOKEN_FILE_NAME)),
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .get(key)
@@ -163,6 +179,18 @@ impl Vars {
 
     pub fn remove(&mut self, key: &str) {
         self.0.remove(key);
+    }
+
+    /// A boolean as WAL-G reads one (`true`/`false`, `1`/`0`, also `yes`/`no`, `on`/`off`).
+    fn parse_bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" | "t" => Ok(Some(true)),
+                "false" | "0" | "no" | "off" | "f" => Ok(Some(false)),
+                _ => Err(Error::Config(format!("{key}={v:?} is not true or false"))),
+            },
+        }
     }
 
     fn parse_num<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>> {
@@ -199,6 +227,54 @@ pub struct Settings {
     pub cluster: Option<ClusterSettings>,
     /// The YAML file's `agent:` section, resolved against the environment by the agent.
     pub agent_file: AgentFile,
+    pub backup: BackupSettings,
+}
+
+/// How base backups are taken (WAL-G's names), parsed strictly: a value that does not parse is
+/// an error, never a silent default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSettings {
+    /// `WALG_TAR_SIZE_THRESHOLD`: uncompressed bytes per tar partition (default 1 GiB).
+    pub tar_size_threshold: u64,
+    /// `WALG_UPLOAD_CONCURRENCY`: partitions compressed and uploaded at once.
+    pub upload_concurrency: Option<usize>,
+    /// `WALG_DISK_RATE_LIMIT` and `WALG_NETWORK_RATE_LIMIT`, bytes per second: the lowest.
+    pub read_rate_limit: Option<u64>,
+    /// `WALG_VERIFY_PAGE_CHECKSUMS`; unset: verify when the cluster has data checksums.
+    pub verify_page_checksums: Option<bool>,
+    /// `WALG_STORE_ALL_CORRUPT_BLOCKS`: list every corrupt block, not only the first ten.
+    pub store_all_corrupt_blocks: bool,
+}
+
+impl BackupSettings {
+    fn resolve(vars: &Vars) -> Result<Self> {
+        let mut limits = Vec::new();
+        for var in ["WALG_DISK_RATE_LIMIT", "WALG_NETWORK_RATE_LIMIT"] {
+            if let Some(v) = vars.get(var) {
+                let n: u64 = v.trim().parse().map_err(|_| {
+                    Error::Config(format!("{var}={v:?} is not a number of bytes per second"))
+                })?;
+                limits.push(n);
+            }
+        }
+        let tar_size_threshold = vars
+            .parse_num::<u64>("WALG_TAR_SIZE_THRESHOLD")?
+            .unwrap_or(1 << 30);
+        if tar_size_threshold == 0 {
+            return Err(Error::Config(
+                "WALG_TAR_SIZE_THRESHOLD=0: a partition must hold at least one byte".into(),
+            ));
+        }
+        Ok(BackupSettings {
+            tar_size_threshold,
+            upload_concurrency: vars.parse_num("WALG_UPLOAD_CONCURRENCY")?,
+            read_rate_limit: limits.into_iter().filter(|n| *n > 0).min(),
+            verify_page_checksums: vars.parse_bool("WALG_VERIFY_PAGE_CHECKSUMS")?,
+            store_all_corrupt_blocks: vars
+                .parse_bool("WALG_STORE_ALL_CORRUPT_BLOCKS")?
+                .unwrap_or(false),
+        })
+    }
 }
 
 /// Default address of the agent's HTTP API.
@@ -544,6 +620,7 @@ impl Settings {
             .map(PathBuf::from)
             .or(file.age_identity_file);
         let cluster = resolve_cluster(&vars, &file.cluster, &file.agent)?;
+        let backup = BackupSettings::resolve(&vars)?;
         Ok(Settings {
             vars,
             prefix,
@@ -556,6 +633,7 @@ impl Settings {
             age_identity_file,
             cluster,
             agent_file: file.agent,
+            backup,
         })
     }
 
@@ -694,6 +772,53 @@ fn read_config_file(path: &Path) -> Result<FileConfig> {
         let msg = e.to_string().replace('\n', " ");
         Error::Config(format!("config file {}: {msg}", path.display()))
     })
+}
+
+/// The codecs walkeeper knows (the codec layer implements them). It writes lz4 and zstd; it reads all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Lz4,
+    Zstd,
+    Brotli,
+    Lzma,
+    /// WAL-E's lzop container.
+    Lzo,
+}
+
+impl Compression {
+    /// All extensions, in the order wal-fetch probes them after the configured one.
+    pub const ALL: [Compression; 5] = [
+        Compression::Lz4,
+        Compression::Zstd,
+        Compression::Lzo,
+        Compression::Brotli,
+        Compression::Lzma,
+    ];
+
+    pub fn ext(self) -> &'static str {
+        match self {
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zst",
+            Compression::Brotli => "br",
+            Compression::Lzma => "lzma",
+            Compression::Lzo => "lzo",
+        }
+    }
+
+    pub fn from_ext(ext: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.ext() == ext)
+    }
+
+    /// Parses WALG_COMPRESSION_METHOD. Only the codecs walkeeper can write are accepted.
+    pub fn from_method(name: &str) -> Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "lz4" => Ok(Compression::Lz4),
+            "zstd" | "zst" => Ok(Compression::Zstd),
+            other => Err(Error::Config(format!(
+                "compression method {other:?} is not supported for writing (use lz4 or zstd)"
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,10 @@ pub enum Error {
     )]
     Deadline { key: String },
 
+    /// PostgreSQL could not be reached, or a query failed or answered something unusable.
+    #[error("{0}")]
+    Postgres(String),
+
     /// etcd, Patroni or the agent could not be asked, or answered something unusable.
     #[error("{0}")]
     Cluster(String),
@@ -90,6 +94,7 @@ impl Error {
             Error::Io { .. }
             | Error::Storage { .. }
             | Error::Corrupt { .. }
+            | Error::Postgres(_)
             | Error::Cluster(_) => 1,
         }
     }

@@ -13,6 +13,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod security;
+pub mod selfexec;
 pub mod storage;
 pub mod wal;
 

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Vars;
 use crate::error::{Error, Result};
 
 /// The file in the state directory that holds the agent's API token when none is configured.
@@ -129,22 +128,6 @@ impl fmt::Debug for TokenSource {
 }
 
 impl TokenSource {
-    /// The source the settings name: the variables, else the YAML file's `agent.api_token_file`,
-    /// else `<state_dir>/api-token`.
-    pub fn resolve(vars: &Vars, yaml_file: Option<&Path>, state_dir: &Path) -> TokenSource {
-        if let Some(t) = vars.get("WALKEEPER_API_TOKEN") {
-            return TokenSource::Value(t.trim().to_string());
-        }
-        match vars
-            .get("WALKEEPER_API_TOKEN_FILE")
-            .map(PathBuf::from)
-            .or_else(|| yaml_file.map(Path::to_path_buf))
-        {
-            Some(p) => TokenSource::File(p),
-            None => TokenSource::StateDir(state_dir.join(TOKEN_FILE_NAME)),
-        }
-    }
-
     /// Was the token configured by the operator (not made by the agent)?
     pub fn is_configured(&self) -> bool {
         !matches!(self, TokenSource::StateDir(_))

@@ -42,6 +42,11 @@ impl Cluster {
 
     /// Runs walkeeper as postgres with the cluster's envdir and connection variables.
     fn walkeeper(&self, args: &[&str]) -> Output {
+        self.walkeeper_with(&[], args)
+    }
+
+    /// [`Cluster::walkeeper`] with more environment variables.
+    fn walkeeper_with(&self, vars: &[(&str, &str)], args: &[&str]) -> Output {
         let mut c = as_postgres(walkeeper());
         c.arg("--envdir").arg(&self.env).args(args);
         c.env_clear()
@@ -49,6 +54,7 @@ impl Cluster {
             .env("PGHOST", &self.primary.sock)
             .env("PGPORT", self.primary.port.to_string())
             .env("PGUSER", "postgres")
+            .envs(vars.iter().copied())
             .current_dir(self.scratch.path());
         c.output().unwrap()
     }
@@ -553,4 +559,84 @@ fn a_killed_backup_push_leaves_no_listed_backup_and_the_next_one_succeeds() {
         restored.psql("SELECT count(*) FROM pgbench_accounts"),
         "300000"
     );
+}
+
+/// Reads an object of the archive (a sentinel, files_metadata.json) as JSON.
+fn archived_json(c: &Cluster, key: &str) -> serde_json::Value {
+    let out = c.walkeeper(&["st", "cat", key]);
+    assert_eq!(out.status.code(), Some(0), "st cat {key}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn backup_push_names_a_corrupt_page_by_file_and_block_and_still_completes() {
+    let mut c = Cluster::start(Backend::file, &[]);
+    c.primary.psql(
+        "CREATE TABLE t WITH (autovacuum_enabled = false) AS \
+         SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 2000) g; CHECKPOINT",
+    );
+    let rel = c.primary.psql("SELECT pg_relation_filepath('t')");
+    c.primary.stop();
+    let out = pg_tool("pg_checksums")
+        .arg("--enable")
+        .arg("-D")
+        .arg(&c.primary.data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_checksums: {}", stderr(&out));
+    // One flipped byte in the middle of block 2, written while the server is stopped.
+    let path = c.primary.data.join(&rel);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() >= 3 * 8192, "{} bytes", bytes.len());
+    bytes[2 * 8192 + 5000] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    c.primary.start();
+
+    let out = c.backup_push();
+    let log = stderr(&out);
+    assert!(
+        log.contains("page checksum verification failed")
+            && log.contains(&rel)
+            && log.contains("blocks=[2]"),
+        "{log}"
+    );
+    let name = c.backup_list()[0][0].clone();
+    let sentinel = archived_json(
+        &c,
+        &format!("basebackups_005/{name}_backup_stop_sentinel.json"),
+    );
+    let report = &sentinel["PageChecksums"];
+    assert_eq!(report["CorruptPages"], 1, "{report}");
+    assert_eq!(
+        report["CorruptFiles"][format!("/{rel}")],
+        serde_json::json!({"CorruptBlocksCount": 1, "SomeCorruptBlocks": [2]}),
+        "{report}"
+    );
+    assert!(report["PagesChecked"].as_u64().unwrap() > 100, "{report}");
+    let files = archived_json(&c, &format!("basebackups_005/{name}/files_metadata.json"));
+    assert_eq!(
+        files["Files"][format!("/{rel}")]["CorruptBlocks"]["SomeCorruptBlocks"],
+        serde_json::json!([2])
+    );
+    // The backup is whole: it restores, and the intact rows are there.
+    let target = c.dir("restored");
+    let out = c.walkeeper(&["backup-fetch", target.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read(target.join(&rel)).unwrap(), bytes);
+
+    // Verification off: nothing checked, nothing reported.
+    c.primary.psql("SELECT pg_switch_wal()");
+    let out = c.walkeeper_with(
+        &[("WALG_VERIFY_PAGE_CHECKSUMS", "false")],
+        &["backup-push", c.primary.data.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("page checksum verification failed"));
+    let newest = c.backup_list().last().unwrap()[0].clone();
+    assert_ne!(newest, name);
+    let sentinel = archived_json(
+        &c,
+        &format!("basebackups_005/{newest}_backup_stop_sentinel.json"),
+    );
+    assert!(sentinel.get("PageChecksums").is_none(), "{sentinel}");
 }

@@ -57,7 +57,7 @@ fn status_of(e: &Error) -> StatusCode {
         Error::NotLeader(_) | Error::Conflict { .. } | Error::Deadline { .. } => {
             StatusCode::CONFLICT
         }
-        Error::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Cluster(_) | Error::Postgres(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

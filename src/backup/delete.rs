@@ -320,7 +320,8 @@ pub async fn execute(store: &Store, plan: &Plan) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::{Format, Lsn};
+    use crate::backup::Format;
+    use crate::wal::Lsn;
 
     const SEG: u64 = 16 << 20;
 
@@ -348,6 +349,7 @@ mod tests {
             spec: None,
             tar_partitions: None,
             is_permanent: permanent,
+            corrupt_pages: None,
         }
     }
 

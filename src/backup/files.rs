@@ -78,6 +78,13 @@ pub struct FileDescription {
     pub mtime: Option<DateTime<FixedOffset>>,
     #[serde(rename = "UpdatesCount", default)]
     pub updates_count: u64,
+    /// WAL-G's `CorruptBlocks`: pages whose checksum failed while the backup read them.
+    #[serde(
+        rename = "CorruptBlocks",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub corrupt_blocks: Option<super::pages::CorruptBlocks>,
     /// The file's size when it was read (newer WAL-G writes it too).
     #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
     pub size: Option<i64>,

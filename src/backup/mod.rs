@@ -17,7 +17,9 @@ pub mod branches;
 pub mod delete;
 pub mod fetch;
 pub mod files;
+pub mod list_text;
 pub mod offline;
+pub mod pages;
 pub mod pg;
 pub mod pgtls;
 pub mod push;
@@ -25,7 +27,6 @@ pub mod restore;
 pub mod verify;
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -33,49 +34,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::storage::Store;
 use crate::wal::names::{SegmentId, WalSegSize};
+use crate::wal::Lsn;
 
-pub const BACKUP_FOLDER: &str = "basebackups_005";
-pub const SENTINEL_SUFFIX: &str = "_backup_stop_sentinel.json";
+pub use crate::archive::{BACKUP_FOLDER, SENTINEL_SUFFIX};
 /// PostgreSQL's default; backups record the real size where they know it.
 pub const DEFAULT_SEG_SIZE: WalSegSize = WalSegSize::DEFAULT;
-
-/// A PostgreSQL LSN. Serialised as a number, as WAL-G does.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
-#[serde(transparent)]
-pub struct Lsn(pub u64);
-
-impl Lsn {
-    /// Parses PostgreSQL's text form `X/Y`.
-    pub fn parse(s: &str) -> Result<Lsn> {
-        let bad = || Error::BadInput(format!("{s:?} is not an LSN (expected X/Y in hex)"));
-        let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
-        let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
-        let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
-        Ok(Lsn(((hi as u64) << 32) | lo as u64))
-    }
-
-    /// The segment holding this LSN.
-    pub fn segment(self, timeline: u32, seg_size: WalSegSize) -> SegmentId {
-        SegmentId::from_segno(timeline, self.0 / seg_size.get(), seg_size)
-    }
-
-    /// The segment holding the byte just before this LSN (for an end position).
-    pub fn prev_segment(self, timeline: u32, seg_size: WalSegSize) -> SegmentId {
-        SegmentId::from_segno(
-            timeline,
-            self.0.saturating_sub(1) / seg_size.get(),
-            seg_size,
-        )
-    }
-}
-
-impl fmt::Display for Lsn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
-    }
-}
 
 /// WAL-G's tablespace spec: `base_prefix`, `tablespaces` (names), and one `{loc, link}` per name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -184,6 +147,14 @@ pub struct Sentinel {
         skip_serializing_if = "Option::is_none"
     )]
     pub wal_segment_size: Option<WalSegSize>,
+    /// What page checksum verification found while the backup read the data directory
+    /// (walkeeper's own field; absent when it did not verify).
+    #[serde(
+        rename = "PageChecksums",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub page_checksums: Option<pages::ChecksumReport>,
 }
 
 impl Sentinel {
@@ -273,6 +244,9 @@ pub struct BackupInfo {
     /// start to its stop segment; only `delete everything --force` removes it.
     #[serde(default)]
     pub is_permanent: bool,
+    /// Pages whose checksum failed while the backup read them (None: not verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt_pages: Option<u64>,
 }
 
 impl BackupInfo {
@@ -363,6 +337,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     spec: s.spec,
                     tar_partitions: s.tar_partitions,
                     is_permanent: s.is_permanent,
+                    corrupt_pages: s.page_checksums.as_ref().map(|c| c.corrupt_pages),
                 }
             }
             Format::WalE => {
@@ -401,6 +376,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     spec: s.spec,
                     tar_partitions: None,
                     is_permanent: false,
+                    corrupt_pages: None,
                 }
             }
         };
@@ -440,24 +416,6 @@ pub async fn resolve(store: &Store, which: &str) -> Result<BackupInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lsn_text_round_trips_and_maps_to_segments() {
-        let l = Lsn::parse("1/2A000028").unwrap();
-        assert_eq!(l.to_string(), "1/2A000028");
-        assert_eq!(
-            l.segment(3, WalSegSize::DEFAULT).name(),
-            "00000003000000010000002A"
-        );
-        assert_eq!(
-            Lsn::parse("0/3000000")
-                .unwrap()
-                .prev_segment(1, WalSegSize::DEFAULT)
-                .name(),
-            "000000010000000000000002"
-        );
-        assert!(Lsn::parse("12345").is_err());
-    }
 
     #[test]
     fn backup_names_of_both_tools_parse() {

@@ -17,12 +17,13 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use super::push::{append_named, hostname, to_json, upload_body, PushOptions};
-use super::{files, parts_prefix, sentinel_key, Lsn, Metadata, Sentinel, BACKUP_FOLDER};
+use super::{files, parts_prefix, sentinel_key, Metadata, Sentinel, BACKUP_FOLDER};
 use crate::archive::Archive;
 use crate::codec;
 use crate::config::Vars;
 use crate::error::{Error, Result};
 use crate::wal::names::{SegmentId, WalName, WalSegSize};
+use crate::wal::Lsn;
 
 /// What a backup needs from pg_control.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +36,10 @@ pub struct Control {
     pub min_recovery: Lsn,
     pub min_recovery_timeline: u32,
     pub seg_size: WalSegSize,
+    /// `Data page checksum version` is not 0 (absent: no checksums).
+    pub data_checksums: bool,
+    /// `Database block size` (absent: 8192).
+    pub block_size: u64,
 }
 
 /// Parses `pg_controldata` output (LC_ALL=C).
@@ -62,6 +67,8 @@ pub fn parse_controldata(text: &str) -> Result<Control> {
         min_recovery: lsn("Minimum recovery ending location")?,
         min_recovery_timeline: num("Min recovery ending loc's timeline")? as u32,
         seg_size: WalSegSize::new(num("Bytes per WAL segment")?)?,
+        data_checksums: field("Data page checksum version").is_ok_and(|v| v != "0"),
+        block_size: num("Database block size").unwrap_or(8192),
     })
 }
 
@@ -208,7 +215,14 @@ pub async fn backup_push_offline(archive: Arc<Archive>, opts: PushOptions) -> Re
         wal_files.extend(history);
     }
 
-    let mut body = upload_body(&archive, &opts, &pgdata, &name).await?;
+    // A stopped cluster changes no page: every page is judged.
+    let verify = super::push::verification(
+        &opts,
+        control.data_checksums,
+        control.block_size as i64,
+        Lsn(u64::MAX),
+    );
+    let mut body = upload_body(&archive, &opts, &pgdata, &name, verify).await?;
     // The WAL goes into one more partition, recorded as WAL-G records every partition.
     let compression = archive.settings.compression;
     let wal_part = format!("part_{:03}.tar.{}", body.partitions + 1, compression.ext());
@@ -281,6 +295,7 @@ pub async fn backup_push_offline(archive: Arc<Archive>, opts: PushOptions) -> Re
         tar_partitions: Some(partitions),
         wal_segment_size: Some(control.seg_size),
         user_data: opts.user_data.clone(),
+        page_checksums: verify.map(|_| body.checksums.clone()),
         ..Default::default()
     };
     let metadata = Metadata {

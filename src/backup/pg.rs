@@ -7,13 +7,13 @@ use std::str::FromStr;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::Lsn;
 use crate::config::Vars;
 use crate::error::{Error, Result};
 use crate::wal::names::WalSegSize;
+use crate::wal::Lsn;
 
 fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
-    move |e| Error::BadInput(format!("PostgreSQL {what}: {}", with_causes(&e)))
+    move |e| Error::Postgres(format!("PostgreSQL {what}: {}", with_causes(&e)))
 }
 
 /// An error with its causes (a TLS failure says why, not only "error performing TLS handshake").
@@ -409,6 +409,10 @@ pub struct ServerInfo {
     pub system_identifier: u64,
     pub seg_size: WalSegSize,
     pub data_directory: String,
+    /// Were data checksums enabled at initdb (`data_checksums`)?
+    pub data_checksums: bool,
+    /// The server's page size (`block_size`).
+    pub block_size: i64,
 }
 
 pub async fn server_info(client: &Client) -> Result<ServerInfo> {
@@ -418,7 +422,9 @@ pub async fn server_info(client: &Client) -> Result<ServerInfo> {
                     (SELECT system_identifier::text FROM pg_control_system()), \
                     (SELECT setting::bigint * CASE unit WHEN '8kB' THEN 8192 WHEN 'MB' THEN 1048576 ELSE 1 END \
                        FROM pg_settings WHERE name = 'wal_segment_size'), \
-                    current_setting('data_directory')",
+                    current_setting('data_directory'), \
+                    current_setting('data_checksums') = 'on', \
+                    current_setting('block_size')::bigint",
             &[],
         )
         .await
@@ -432,17 +438,23 @@ pub async fn server_info(client: &Client) -> Result<ServerInfo> {
             .map_err(pg_err("server information: server_version_num"))?,
         system_identifier: sysid
             .parse()
-            .map_err(|_| Error::BadInput(format!("system identifier {sysid:?}")))?,
+            .map_err(|_| Error::Postgres(format!("the server's system identifier {sysid:?}")))?,
         seg_size: {
             let v: i64 = row.try_get(2).map_err(pg_err("wal_segment_size"))?;
             u64::try_from(v)
-                .map_err(|_| Error::BadInput(format!("wal_segment_size {v}")))
+                .map_err(|_| Error::Postgres(format!("the server's wal_segment_size {v}")))
                 .and_then(WalSegSize::new)
-                .map_err(|e| Error::BadInput(format!("the server's wal_segment_size: {e}")))?
+                .map_err(|e| Error::Postgres(format!("the server's wal_segment_size: {e}")))?
         },
         data_directory: row
             .try_get(3)
             .map_err(pg_err("server information: data_directory"))?,
+        data_checksums: row
+            .try_get(4)
+            .map_err(pg_err("server information: data_checksums"))?,
+        block_size: row
+            .try_get(5)
+            .map_err(pg_err("server information: block_size"))?,
     })
 }
 

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use chrono::Utc;
 
 use super::files::{self, FileDescription, FilesMetadata};
+use super::pages::{self, ChecksumReport, CorruptBlocks, PageVerifier};
 use super::{
     parts_prefix, pg, sentinel_key, Metadata, Sentinel, TablespaceLocation, TablespaceSpec,
     BACKUP_FOLDER,
@@ -21,6 +22,7 @@ use crate::archive::Archive;
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
 use crate::wal::names::WalName;
+use crate::wal::Lsn;
 
 /// Directories whose contents PostgreSQL says to leave out (the directories themselves stay).
 const EMPTY_DIRS: &[&str] = &[
@@ -56,6 +58,11 @@ pub struct PushOptions {
     pub permanent: bool,
     /// WAL-G's `--add-user-data`: stored as `UserData` / `user_data`.
     pub user_data: Option<serde_json::Value>,
+    /// Verify page checksums while reading (`--verify`, WALG_VERIFY_PAGE_CHECKSUMS); None: when
+    /// the cluster has data checksums.
+    pub verify_pages: Option<bool>,
+    /// List every corrupt block of a file, not only the first ten (`--store-all-corrupt`).
+    pub store_all_corrupt: bool,
 }
 
 /// Shows the connection string without its password.
@@ -71,6 +78,8 @@ impl std::fmt::Debug for PushOptions {
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
             .field("permanent", &self.permanent)
+            .field("verify_pages", &self.verify_pages)
+            .field("store_all_corrupt", &self.store_all_corrupt)
             .finish()
     }
 }
@@ -293,6 +302,30 @@ struct Written {
     size: u64,
     /// Its modification time when it was opened, before it was read.
     mtime: chrono::DateTime<Utc>,
+    /// Pages verified, and the blocks that failed (relation files, with verification on).
+    pages_checked: u64,
+    corrupt: Option<CorruptBlocks>,
+}
+
+/// Page verification while a backup reads: pages changed at or after `start` are not judged.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Verify {
+    pub(super) start: Lsn,
+    pub(super) keep_all: bool,
+}
+
+/// Feeds the bytes read from a relation file to its page verifier.
+struct Verifying<'v, R> {
+    inner: R,
+    pages: &'v mut PageVerifier,
+}
+
+impl<R: Read> Read for Verifying<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pages.feed(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Appends an entry named `name` exactly (WAL-G's names start with `/`, which the tar crate's
@@ -328,6 +361,7 @@ fn write_tar(
     entries: &[Entry],
     sink: &mut dyn io::Write,
     limit: Option<&RateLimit>,
+    verify: Option<Verify>,
 ) -> io::Result<Vec<Written>> {
     let mut tar = tar::Builder::new(sink);
     let mut written = Vec::new();
@@ -369,12 +403,39 @@ fn write_tar(
                 };
                 // tar copies through a small stack buffer; a large one means fewer reads and
                 // whole blocks for the compressor.
-                let body = io::BufReader::with_capacity(codec::CHUNK, body);
-                append_named(&mut tar, &mut h, &name, body)?;
+                let segno = verify.and_then(|_| pages::relation_segment(&e.name));
+                let (pages_checked, corrupt) = match (verify, segno) {
+                    (Some(v), Some(segno)) => {
+                        let mut pages = PageVerifier::new(segno, v.start);
+                        let body = Verifying {
+                            inner: body,
+                            pages: &mut pages,
+                        };
+                        let body = io::BufReader::with_capacity(codec::CHUNK, body);
+                        append_named(&mut tar, &mut h, &name, body)?;
+                        let checked = pages.pages_checked;
+                        (checked, pages.finish(&e.path, v.keep_all))
+                    }
+                    _ => {
+                        let body = io::BufReader::with_capacity(codec::CHUNK, body);
+                        append_named(&mut tar, &mut h, &name, body)?;
+                        (0, None)
+                    }
+                };
+                if let Some(c) = &corrupt {
+                    tracing::warn!(
+                        file = %e.path.display(),
+                        corrupt_pages = c.count,
+                        blocks = ?c.some,
+                        "page checksum verification failed"
+                    );
+                }
                 written.push(Written {
                     name,
                     size: e.size,
                     mtime,
+                    pages_checked,
+                    corrupt,
                 });
             }
         }
@@ -421,8 +482,9 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
     let name = format!("base_{}", start_lsn.segment(timeline, info.seg_size).name());
     tracing::info!(backup = name, start_lsn = %start_lsn, timeline, "backup started");
 
+    let verify = verification(&opts, info.data_checksums, info.block_size, start_lsn);
     let data_started = Instant::now();
-    let result = upload_body(&archive, &opts, &pgdata, &name).await;
+    let result = upload_body(&archive, &opts, &pgdata, &name, verify).await;
     if let Ok(body) = &result {
         let secs = data_started.elapsed().as_secs_f64();
         tracing::info!(
@@ -501,6 +563,7 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
         is_permanent: opts.permanent,
         tar_partitions: Some(partitions),
         wal_segment_size: Some(info.seg_size),
+        page_checksums: verify.map(|_| body.checksums.clone()),
     };
     let metadata = Metadata {
         start_time: started_at,
@@ -580,6 +643,8 @@ pub(super) struct Body {
     pub(super) spec: TablespaceSpec,
     pub(super) partitions: u32,
     pub(super) files: FilesMetadata,
+    /// What page verification found (empty when it was off).
+    pub(super) checksums: ChecksumReport,
 }
 
 /// Uploads the data directory (all partitions, then pg_control).
@@ -588,6 +653,7 @@ pub(super) async fn upload_body(
     opts: &PushOptions,
     pgdata: &Path,
     name: &str,
+    verify: Option<Verify>,
 ) -> Result<Body> {
     // A backup killed earlier may have left objects under this name, never a sentinel.
     if archive.store.head(&sentinel_key(name)).await?.is_some() {
@@ -642,7 +708,7 @@ pub(super) async fn upload_body(
                     let enc = arch.encryption.as_ref();
                     let limit = limit.as_deref();
                     let (_, _) = codec::encode_with(sink, compression, enc, |w| {
-                        let files = write_tar(&part, w, limit)?;
+                        let files = write_tar(&part, w, limit, verify)?;
                         if let Ok(mut h) = held2.lock() {
                             *h = files;
                         }
@@ -670,6 +736,7 @@ pub(super) async fn upload_body(
         return Err(e);
     }
     let mut files = FilesMetadata::default();
+    let mut checksums = ChecksumReport::default();
     let mut uncompressed = 0u64;
     for (part, held) in std::mem::take(
         &mut *written
@@ -680,9 +747,14 @@ pub(super) async fn upload_body(
         for w in held {
             uncompressed += w.size;
             names.push(w.name.clone());
-            files
-                .files
-                .insert(w.name, FileDescription::full(w.mtime, w.size));
+            checksums.pages_checked += w.pages_checked;
+            let mut desc = FileDescription::full(w.mtime, w.size);
+            if let Some(c) = w.corrupt {
+                checksums.corrupt_pages += c.count as u64;
+                checksums.files.insert(w.name.clone(), c.clone());
+                desc.corrupt_blocks = Some(c);
+            }
+            files.files.insert(w.name, desc);
         }
     }
     // global/pg_control last, on its own.
@@ -702,7 +774,7 @@ pub(super) async fn upload_body(
             &format!("{}/pg_control.tar.{ext}", parts_prefix(name)),
             move |sink| {
                 codec::encode_with(sink, compression, arch.encryption.as_ref(), |w| {
-                    write_tar(&control, w, None).map(|_| ())
+                    write_tar(&control, w, None, None).map(|_| ())
                 })
                 .map(|_| ())
             },
@@ -714,6 +786,36 @@ pub(super) async fn upload_body(
         spec,
         partitions,
         files,
+        checksums,
+    })
+}
+
+/// Page verification for a backup of this server starting at `start`: on when asked, or by
+/// default when the cluster has data checksums; never for a page size other than 8 KiB.
+pub(super) fn verification(
+    opts: &PushOptions,
+    data_checksums: bool,
+    block_size: i64,
+    start: Lsn,
+) -> Option<Verify> {
+    let wanted = opts.verify_pages.unwrap_or(data_checksums);
+    if !wanted {
+        return None;
+    }
+    if !data_checksums {
+        tracing::warn!("page checksum verification asked for, but this cluster has no data checksums (initdb --data-checksums); not verifying");
+        return None;
+    }
+    if block_size != pages::BLCKSZ as i64 {
+        tracing::warn!(
+            block_size,
+            "page checksum verification supports 8 KiB pages only; not verifying"
+        );
+        return None;
+    }
+    Some(Verify {
+        start,
+        keep_all: opts.store_all_corrupt,
     })
 }
 
@@ -796,7 +898,7 @@ mod tests {
             e(&format!("{long_dir}/16385"), Kind::File, 4),
         ];
         let mut out = Vec::new();
-        let written = write_tar(&entries, &mut out, None).unwrap();
+        let written = write_tar(&entries, &mut out, None, None).unwrap();
         let names: Vec<String> = written.iter().map(|w| w.name.clone()).collect();
         assert_eq!(
             names,

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 
 use super::fetch::{backup_fetch, FetchOptions};
-use super::{list_backups, resolve, BackupInfo, Lsn};
+use super::{list_backups, resolve, BackupInfo};
 use crate::archive::Archive;
 use crate::error::{Error, Result};
+use crate::wal::Lsn;
 
 #[derive(Debug, Clone)]
 pub enum Target {

@@ -40,6 +40,16 @@ pub struct Args {
     /// is not JSON is stored as a string, as WAL-G does).
     #[arg(long, value_name = "JSON")]
     pub add_user_data: Option<String>,
+    /// WAL-G's `--verify` (`-v`): verify page checksums while reading (WALG_VERIFY_PAGE_CHECKSUMS;
+    /// by default on when the cluster has data checksums). Corrupt pages are reported in the
+    /// log, the sentinel (`PageChecksums`) and files_metadata.json (`CorruptBlocks`); the
+    /// backup still completes.
+    #[arg(short = 'v', long)]
+    pub verify: bool,
+    /// WAL-G's `--store-all-corrupt`: list every corrupt block of a file, not only the first ten
+    /// (WALG_STORE_ALL_CORRUPT_BLOCKS).
+    #[arg(long)]
+    pub store_all_corrupt: bool,
     /// WAL-G options walkeeper does not implement: refused by name.
     #[command(flatten)]
     pub refused: RefusedWalG,
@@ -52,10 +62,6 @@ pub struct RefusedWalG {
     pub delta_from_name: Option<String>,
     #[arg(long, hide = true, value_name = "DATA")]
     pub delta_from_user_data: Option<String>,
-    #[arg(long, hide = true)]
-    pub verify: bool,
-    #[arg(long, hide = true)]
-    pub store_all_corrupt: bool,
     #[arg(long, hide = true)]
     pub rating_composer: bool,
     #[arg(long, hide = true)]
@@ -76,16 +82,6 @@ impl RefusedWalG {
             (
                 "--delta-from-user-data",
                 "walkeeper takes full backups only",
-            )
-        } else if self.verify {
-            (
-                "--verify",
-                "walkeeper does not verify page checksums while backing up",
-            )
-        } else if self.store_all_corrupt {
-            (
-                "--store-all-corrupt",
-                "walkeeper does not verify page checksums while backing up",
             )
         } else if self.rating_composer || self.copy_composer || self.database_composer {
             (
@@ -132,36 +128,27 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             }
         }
         let archive = Arc::new(Archive::open(settings)?);
-        let vars = &archive.settings.vars;
-        let part_size = vars
-            .get("WALG_TAR_SIZE_THRESHOLD")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1u64 << 30);
+        let backup = &archive.settings.backup;
         let concurrency = args
             .pool_size
-            .or_else(|| {
-                vars.get("WALG_UPLOAD_CONCURRENCY")
-                    .and_then(|v| v.parse().ok())
-            })
+            .or(backup.upload_concurrency)
             .unwrap_or(2usize)
             .clamp(1, 8);
-        let mut limits = vec![args.cluster_read_rate_limit];
-        for var in ["WALG_DISK_RATE_LIMIT", "WALG_NETWORK_RATE_LIMIT"] {
-            if let Some(v) = vars.get(var) {
-                let n: u64 = v.trim().parse().map_err(|_| {
-                    Error::Config(format!("{var}={v:?} is not a number of bytes per second"))
-                })?;
-                limits.push(Some(n));
-            }
-        }
+        let read_rate_limit = [args.cluster_read_rate_limit, backup.read_rate_limit]
+            .into_iter()
+            .flatten()
+            .filter(|n| *n > 0)
+            .min();
         let opts = PushOptions {
             pgdata: args.pgdata.clone(),
             connstring: args.connstring.clone(),
-            read_rate_limit: limits.into_iter().flatten().filter(|n| *n > 0).min(),
-            part_size,
+            read_rate_limit,
+            part_size: backup.tar_size_threshold,
             concurrency,
             permanent: args.permanent,
             user_data: args.add_user_data.as_deref().map(user_data),
+            verify_pages: args.verify.then_some(true).or(backup.verify_page_checksums),
+            store_all_corrupt: args.store_all_corrupt || backup.store_all_corrupt_blocks,
         };
         if args.while_offline {
             crate::backup::offline::backup_push_offline(archive, opts).await

@@ -35,7 +35,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
         if !p.restore {
             return Ok(false);
         }
-        let command = super::self_command(&cli.global_args(), &["wal-fetch", "%f", "%p"])?;
+        let command = cli.self_exec().shell_line(&["wal-fetch", "%f", "%p"])?;
         restore(archive, &p, &a, &datadir, &command).await?;
         tracing::info!(
             backup = p.backup.name,

@@ -18,8 +18,6 @@ mod wal_push_ahead;
 mod wal_show;
 mod wal_verify;
 
-pub use backup_list::render as render_backup_list;
-
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -206,8 +204,13 @@ fn exit<T>(command: &str, result: crate::Result<T>) -> i32 {
 }
 
 impl Cli {
+    /// This binary with the global options, for child processes and restore_command lines.
+    pub fn self_exec(&self) -> crate::selfexec::SelfExec {
+        crate::selfexec::SelfExec::new(self.global_args())
+    }
+
     /// The global options, to pass on to child processes.
-    pub fn global_args(&self) -> Vec<OsString> {
+    fn global_args(&self) -> Vec<OsString> {
         let mut v = Vec::new();
         if let Some(c) = &self.config {
             v.push("--config".into());
@@ -239,27 +242,6 @@ impl Cli {
         }
         Ok(s)
     }
-}
-
-/// This binary with `global` options and `args`, as a command line for PostgreSQL settings
-/// (restore_command, which PostgreSQL runs through `sh`). Arguments with characters the shell
-/// would interpret are single-quoted.
-pub fn self_command(global: &[OsString], args: &[&str]) -> crate::Result<String> {
-    let exe = std::env::current_exe().map_err(|e| crate::Error::io("current_exe", e))?;
-    let quote = |s: &str| {
-        if !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/._-=%:,+@".contains(&b))
-        {
-            s.to_string()
-        } else {
-            format!("'{}'", s.replace('\'', "'\\''"))
-        }
-    };
-    let mut parts = vec![quote(&exe.to_string_lossy())];
-    parts.extend(global.iter().map(|a| quote(&a.to_string_lossy())));
-    parts.extend(args.iter().map(|a| quote(a)));
-    Ok(parts.join(" "))
 }
 
 fn init_logging(terse: bool) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::archive::Archive;
 use crate::backup::restore::{parse_target_time, restore, Action, RestoreOptions, Target};
-use crate::backup::Lsn;
+use crate::wal::Lsn;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -52,7 +52,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             (None, None) => Target::Latest,
         };
         let archive = Arc::new(Archive::open(cli.settings()?)?);
-        let command = super::self_command(&cli.global_args(), &["wal-fetch", "%f", "%p"])?;
+        let command = cli.self_exec().shell_line(&["wal-fetch", "%f", "%p"])?;
         let fetch = crate::backup::fetch::FetchOptions {
             restore_spec: args.fetch.restore_spec.clone(),
             blind_restore: args.fetch.blind_restore,
@@ -69,10 +69,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             },
             fetch,
             restore_command: command,
-            recovery_end_command: Some(super::self_command(
-                &cli.global_args(),
-                &["recovery-done"],
-            )?),
+            recovery_end_command: Some(cli.self_exec().shell_line(&["recovery-done"])?),
         };
         let info = restore(archive, &args.pgdata, opts).await?;
         println!(

@@ -55,7 +55,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             };
             tracing::info!(file = %wal, from, bytes, "restored");
             if let (WalName::Segment(seg), true) = (&wal, ctx.settings.prefetch > 0) {
-                fetch::spawn_prefetch(&ctx, seg, &cli.global_args());
+                fetch::spawn_prefetch(&ctx, seg, &cli.self_exec());
             }
             0
         }

@@ -40,7 +40,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             &ctx.archive.settings,
             &ctx.state_dir,
         )?);
-        push::wal_push(ctx, leadership, &args.path, Some(&cli.global_args())).await
+        push::wal_push(ctx, leadership, &args.path, Some(&cli.self_exec())).await
     }
     .await;
     match result {

@@ -123,7 +123,7 @@ fn table(rows: &[Timeline]) -> String {
             vec![
                 t.id.to_string(),
                 t.parent_id.to_string(),
-                crate::backup::Lsn(t.switch_point_lsn).to_string(),
+                crate::wal::Lsn(t.switch_point_lsn).to_string(),
                 t.start_segment.clone(),
                 t.end_segment.clone(),
                 t.segment_range_size.to_string(),

@@ -7,7 +7,6 @@
 //! archive when the cluster is gone but its backups are not. It serves the HTTP API.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -204,8 +203,7 @@ impl AgentConfig {
             .state_dir
             .clone()
             .unwrap_or_else(|| pgdata.join("pg_wal/.walkeeper"));
-        let token_source =
-            crate::security::TokenSource::resolve(v, f.api_token_file.as_deref(), &state_dir);
+        let token_source = v.api_token_source(f.api_token_file.as_deref(), &state_dir);
         let configured = token_source.is_configured();
         let (token, _) = token_source.for_agent()?;
         // Also a configured token goes to the state directory (0600): wal-push finds it there
@@ -289,7 +287,7 @@ pub struct Agent {
     /// Point-in-time restarts, by id.
     pub jobs: Mutex<BTreeMap<String, Arc<Job>>>,
     /// Global command line options (`--config`, `--envdir`), for commands it runs.
-    pub global_args: Vec<OsString>,
+    pub self_exec: crate::selfexec::SelfExec,
     /// Is the startup check done (the agent is ready for Patroni)?
     pub ready: watch::Sender<bool>,
     /// Wakes the duty loop early.
@@ -312,7 +310,10 @@ fn pgdata_is_empty(pgdata: &Path) -> bool {
 }
 
 impl Agent {
-    pub async fn new(settings: Settings, global_args: Vec<OsString>) -> Result<Arc<Agent>> {
+    pub async fn new(
+        settings: Settings,
+        self_exec: crate::selfexec::SelfExec,
+    ) -> Result<Arc<Agent>> {
         let cluster = settings.cluster.clone().ok_or_else(|| {
             Error::Config(
                 "the agent needs cluster settings: WALKEEPER_SCOPE, WALKEEPER_NAME and WALKEEPER_ETCD_HOSTS (or PATRONI_*, or `cluster:` in the config file)"
@@ -342,7 +343,7 @@ impl Agent {
             backups: Mutex::new(None),
             backup_lock: tokio::sync::Mutex::new(()),
             jobs: Mutex::new(BTreeMap::new()),
-            global_args,
+            self_exec,
             ready,
             wake: tokio::sync::Notify::new(),
             supervisor,
@@ -379,14 +380,17 @@ impl Agent {
 
     /// This binary with the agent's global options, running `args` (for restore_command).
     pub fn self_command(&self, args: &[&str]) -> Result<String> {
-        crate::cli::self_command(&self.global_args, args)
+        self.self_exec.shell_line(args)
     }
 
-    /// Runs until the process is told to stop.
+    /// The address the agent's HTTP API listens on.
+    pub fn listen(&self) -> std::net::SocketAddr {
+        self.cfg.listen
+    }
+
+    /// Runs the agent's duties until the process is told to stop. The HTTP API is the caller's
+    /// to serve (the `agent` command starts it first, on [`Agent::listen`]).
     pub async fn run(self: Arc<Self>) -> Result<()> {
-        let listener = tokio::net::TcpListener::bind(self.cfg.listen)
-            .await
-            .map_err(|e| Error::Config(format!("API listen {}: {e}", self.cfg.listen)))?;
         tracing::info!(
             member = self.me(),
             scope = self.cluster.scope,
@@ -394,7 +398,6 @@ impl Agent {
             archive = self.archive.store.description,
             "agent starting"
         );
-        let api = tokio::spawn(crate::api::serve(self.clone(), listener));
         // A restart the previous agent was stopped in is finished or rolled back first; while
         // it runs, the startup check and the leader duties wait.
         super::pitr::recover_interrupted(&self);
@@ -438,7 +441,6 @@ impl Agent {
         }
         duties_task.abort();
         etcd_task.abort();
-        api.abort();
         Ok(())
     }
 
@@ -868,21 +870,25 @@ impl Agent {
         let opts = PushOptions {
             pgdata: self.cfg.pgdata.clone(),
             connstring: self.cfg.connstring.clone(),
-            read_rate_limit: None,
-            part_size: self
+            read_rate_limit: self.settings.backup.read_rate_limit,
+            part_size: self.settings.backup.tar_size_threshold,
+            concurrency: self
                 .settings
-                .vars
-                .get("WALG_TAR_SIZE_THRESHOLD")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1 << 30),
-            concurrency: 2,
+                .backup
+                .upload_concurrency
+                .unwrap_or(2)
+                .clamp(1, 8),
             permanent: false,
             user_data: None,
+            verify_pages: self.settings.backup.verify_page_checksums,
+            store_all_corrupt: self.settings.backup.store_all_corrupt_blocks,
         };
         let result = backup_push(self.archive.clone(), opts).await;
         match &result {
             Ok(s) => {
                 self.metrics.backups_ok.inc();
+                let corrupt = s.page_checksums.as_ref().map_or(0, |c| c.corrupt_pages);
+                self.metrics.backup_corrupt_pages.set(corrupt as i64);
                 tracing::info!(finish_lsn = %s.finish_lsn, "base backup done");
             }
             Err(e) => {
@@ -944,8 +950,11 @@ impl Agent {
             self.metrics
                 .last_backup_finish
                 .set(b.end_time().timestamp_millis() as f64 / 1000.0);
+            self.metrics
+                .backup_corrupt_pages
+                .set(b.corrupt_pages.unwrap_or(0) as i64);
         }
-        let text = crate::cli::render_backup_list(&list, false);
+        let text = crate::backup::list_text::render(&list, false);
         let json = match serde_json::to_string(&list) {
             Ok(j) => j,
             Err(e) => {
@@ -1044,7 +1053,9 @@ impl Agent {
             .await
             .map_err(|e| Error::Cluster(format!("pg_stat_archiver: {e}")))?;
         let col = |what: &'static str| {
-            move |e: tokio_postgres::Error| Error::Cluster(format!("pg_stat_archiver: {what}: {e}"))
+            move |e: tokio_postgres::Error| {
+                Error::Postgres(format!("pg_stat_archiver: {what}: {e}"))
+            }
         };
         let last: Option<String> = row.try_get(0).map_err(col("last_archived_wal"))?;
         let current: Option<String> = row.try_get(5).map_err(col("pg_current_wal_lsn"))?;
@@ -1060,7 +1071,7 @@ impl Agent {
                 let seg = crate::wal::names::WalName::parse(l)
                     .ok()
                     .and_then(|w| w.segment());
-                let cur = crate::backup::Lsn::parse(c).ok();
+                let cur = crate::wal::Lsn::parse(c).ok();
                 match (seg, cur) {
                     (Some(s), Some(cur)) => {
                         Some(cur.0.saturating_sub(s.start_lsn(seg_size) + seg_size.get()))

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::Leadership;
-use crate::backup::{list_backups, Lsn};
+use crate::backup::list_backups;
 use crate::error::{Error, Result};
 use crate::wal::history::History;
 use crate::wal::names::{LongPageHeader, SegmentId, WalName, WalSegSize, WAL_FOLDER};
 use crate::wal::push::push_file;
+use crate::wal::Lsn;
 use crate::wal::WalContext;
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub backups_failed: Counter,
     pub last_backup_finish: Gauge<f64, AtomicU64>,
     pub backups_in_archive: Gauge,
+    /// Pages whose checksum failed in the newest backup.
+    pub backup_corrupt_pages: Gauge,
     pub healed_segments: Counter,
     pub unhealable_segments: Gauge,
     pub backup_list_published: Counter,
@@ -49,6 +51,7 @@ impl Metrics {
             backups_failed: Counter::default(),
             last_backup_finish: Gauge::default(),
             backups_in_archive: Gauge::default(),
+            backup_corrupt_pages: Gauge::default(),
             healed_segments: Counter::default(),
             unhealable_segments: Gauge::default(),
             backup_list_published: Counter::default(),
@@ -93,6 +96,11 @@ impl Metrics {
             "backups_in_archive",
             "Complete backups in the archive at the last listing",
             m.backups_in_archive.clone(),
+        );
+        registry.register(
+            "backup_corrupt_pages",
+            "Pages whose checksum failed while the newest backup read them (see its sentinel's PageChecksums)",
+            m.backup_corrupt_pages.clone(),
         );
         registry.register(
             "healed_segments",

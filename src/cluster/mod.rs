@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crate::archive::Archive;
 use crate::config::{ClusterSettings, Settings};
 use crate::error::{Error, Result};
+use crate::wal::gate::{PushDecision, UploadGate};
 use crate::wal::history;
 use crate::wal::names::WalName;
 pub use etcd::{ClusterView, Etcd, LeaderStatus};
@@ -28,15 +29,7 @@ pub use etcd::{ClusterView, Etcd, LeaderStatus};
 /// An upload must finish this long before the leader key's lease could expire.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
-/// What this member may do with a WAL file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PushDecision {
-    /// Upload it; when a deadline is given, the object must be durable before it.
-    Upload { deadline: Option<Instant> },
-    /// Do not upload; succeed only if the archive already holds an identical object.
-    VerifyOnly { reason: String },
-}
-
+/// Who may upload WAL: the cluster layer's answer to wal-push's [`UploadGate`].
 #[derive(Debug, Clone, Default)]
 pub enum Leadership {
     /// Every caller is the leader: a single server, or archiving without a cluster.
@@ -81,11 +74,11 @@ impl Leadership {
         Ok(Leadership::Cluster(Arc::new(ClusterCheck {
             settings: c.clone(),
             source: Source::Agent(http),
-            token: Some(crate::security::TokenSource::resolve(
-                &settings.vars,
-                settings.agent_file.api_token_file.as_deref(),
-                state_dir,
-            )),
+            token: Some(
+                settings
+                    .vars
+                    .api_token_source(settings.agent_file.api_token_file.as_deref(), state_dir),
+            ),
             asked: Default::default(),
         })))
     }
@@ -111,6 +104,17 @@ impl Leadership {
             Leadership::AlwaysLeader => Ok(PushDecision::Upload { deadline: None }),
             Leadership::Cluster(c) => c.decide(name, seg_size, archive).await,
         }
+    }
+}
+
+impl UploadGate for Leadership {
+    fn decide<'a>(
+        &'a self,
+        name: &'a WalName,
+        seg_size: u64,
+        archive: &'a Archive,
+    ) -> futures::future::BoxFuture<'a, Result<PushDecision>> {
+        Box::pin(Leadership::decide(self, name, seg_size, archive))
     }
 }
 
@@ -224,7 +228,7 @@ impl ClusterCheck {
                 if end <= switch {
                     tracing::info!(
                         segment = %name,
-                        switch_point = %crate::backup::Lsn(switch),
+                        switch_point = %crate::wal::Lsn(switch),
                         "not the leader, but the segment ends before its timeline's switch point: uploading it as history"
                     );
                     return Ok(PushDecision::Upload { deadline: None });

@@ -15,10 +15,11 @@ use super::etcd::{Etcd, BACKUP_LIST_JSON_KEY};
 use crate::archive::Archive;
 use crate::backup::fetch::{backup_fetch, FetchOptions};
 use crate::backup::restore::{remove_recovery_block, write_recovery_settings};
-use crate::backup::{list_backups, pg, BackupInfo, Lsn};
+use crate::backup::{list_backups, pg, BackupInfo};
 use crate::config::{ClusterSettings, Vars};
 use crate::error::{Error, Result};
 use crate::wal::history::{self, History};
+use crate::wal::Lsn;
 
 pub const DEFAULT_THRESHOLD_MB: u64 = 10240;
 pub const DEFAULT_THRESHOLD_PERCENTAGE: f64 = 30.0;

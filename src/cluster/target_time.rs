@@ -39,7 +39,7 @@ pub async fn resolve(agent: &Agent, given: &str) -> Result<(DateTime<Utc>, Optio
 async fn in_server_zone(agent: &Agent, naive: NaiveDateTime) -> Result<(DateTime<Utc>, String)> {
     let cfg = agent.pg_config()?;
     let client = pg::connect(&cfg).await?;
-    let unavailable = |e: tokio_postgres::Error| Error::Cluster(format!("PostgreSQL: {e}"));
+    let unavailable = |e: tokio_postgres::Error| Error::Postgres(format!("PostgreSQL: {e}"));
     client
         .batch_execute("RESET TimeZone")
         .await

@@ -13,58 +13,12 @@ pub(crate) mod testdata;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
-use crate::error::{Error, Result};
+pub use crate::config::Compression;
+use crate::storage::local::Counting;
 pub use crypt::{Decryption, Encryption};
 
 /// Size of the buffers the pumps move data in.
 pub const CHUNK: usize = 256 * 1024;
-
-/// The codecs walkeeper knows. It writes lz4 and zstd; it reads all of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    Lz4,
-    Zstd,
-    Brotli,
-    Lzma,
-    /// WAL-E's lzop container.
-    Lzo,
-}
-
-impl Compression {
-    /// All extensions, in the order wal-fetch probes them after the configured one.
-    pub const ALL: [Compression; 5] = [
-        Compression::Lz4,
-        Compression::Zstd,
-        Compression::Lzo,
-        Compression::Brotli,
-        Compression::Lzma,
-    ];
-
-    pub fn ext(self) -> &'static str {
-        match self {
-            Compression::Lz4 => "lz4",
-            Compression::Zstd => "zst",
-            Compression::Brotli => "br",
-            Compression::Lzma => "lzma",
-            Compression::Lzo => "lzo",
-        }
-    }
-
-    pub fn from_ext(ext: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.ext() == ext)
-    }
-
-    /// Parses WALG_COMPRESSION_METHOD. Only the codecs walkeeper can write are accepted.
-    pub fn from_method(name: &str) -> Result<Self> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "lz4" => Ok(Compression::Lz4),
-            "zstd" | "zst" => Ok(Compression::Zstd),
-            other => Err(Error::Config(format!(
-                "compression method {other:?} is not supported for writing (use lz4 or zstd)"
-            ))),
-        }
-    }
-}
 
 /// What [`encode`] did.
 #[derive(Debug, Clone, Copy, Default)]
@@ -147,23 +101,6 @@ where
             io::ErrorKind::Unsupported,
             format!("writing {} is not supported", other.ext()),
         )),
-    }
-}
-
-/// A writer that counts the bytes it passes on.
-pub struct Counting<W> {
-    pub inner: W,
-    pub n: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 

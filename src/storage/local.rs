@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::PutError;
-use crate::codec::Counting;
 use crate::error::Error;
 
 const TMP_DIR: &str = ".walkeeper-tmp";
@@ -25,6 +24,22 @@ const TMP_DIR: &str = ".walkeeper-tmp";
 const SWEEP_MAX: usize = 256;
 /// A file this young may be one a writer created and has not locked yet: left alone.
 const SWEEP_MIN_AGE: Duration = Duration::from_secs(2);
+/// A writer that counts the bytes it passes on.
+pub struct Counting<W> {
+    pub inner: W,
+    pub n: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 

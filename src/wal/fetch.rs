@@ -347,23 +347,17 @@ fn check_segment_file(path: &Path, seg: &SegmentId) -> io::Result<u64> {
 }
 
 /// Starts a detached `wal-prefetch` for the segments after `seg`. Its failure only costs speed.
-pub fn spawn_prefetch(ctx: &WalContext, seg: &SegmentId, global_args: &[std::ffi::OsString]) {
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(global_args)
-        .arg("wal-prefetch")
-        .arg(seg.name())
-        .arg("--pgdata")
-        .arg(&ctx.pgdata)
-        .arg("--count")
-        .arg(ctx.settings.prefetch.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
-    if let Err(e) = cmd.spawn() {
+pub fn spawn_prefetch(ctx: &WalContext, seg: &SegmentId, exec: &crate::selfexec::SelfExec) {
+    let (name, count) = (seg.name(), ctx.settings.prefetch.to_string());
+    let args: [&std::ffi::OsStr; 6] = [
+        "wal-prefetch".as_ref(),
+        name.as_ref(),
+        "--pgdata".as_ref(),
+        ctx.pgdata.as_os_str(),
+        "--count".as_ref(),
+        count.as_ref(),
+    ];
+    if let Err(e) = exec.spawn_detached(args) {
         tracing::debug!(error = %e, "could not start prefetch");
     }
 }

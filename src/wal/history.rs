@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use super::Lsn;
 use crate::archive::Archive;
-use crate::backup::Lsn;
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
 use crate::wal::names::WalName;

@@ -1,9 +1,13 @@
 //! WAL archiving: wal-push (archive_command) and wal-fetch (restore_command).
 
 pub mod fetch;
+pub mod gate;
 pub mod history;
+mod lsn;
 pub mod names;
 pub mod push;
+
+pub use lsn::Lsn;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -17,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::archive::Archive;
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::storage::local::sync_dir;
+use crate::storage::local::{sync_dir, Counting};
 
 /// Where the agent records the cluster's system identifier in the archive.
 pub const SYSID_KEY: &str = "sysids/sysid";
@@ -228,7 +232,7 @@ impl WalContext {
 
     /// The system identifier in the newest backup's sentinel (WAL-G's `SystemIdentifier`).
     async fn newest_backup_sysid(&self) -> Result<Option<u64>> {
-        use crate::backup::{BACKUP_FOLDER, SENTINEL_SUFFIX};
+        use crate::archive::{BACKUP_FOLDER, SENTINEL_SUFFIX};
         let entries = self.store.list_top(BACKUP_FOLDER).await?;
         let Some((key, _)) = entries
             .into_iter()
@@ -292,20 +296,6 @@ where
         }
     }
     let guard = Guard(tmp.clone());
-    struct Counting<W> {
-        inner: W,
-        n: u64,
-    }
-    impl<W: Write> Write for Counting<W> {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let k = self.inner.write(buf)?;
-            self.n += k as u64;
-            Ok(k)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            self.inner.flush()
-        }
-    }
     let mut counted = Counting {
         inner: io::BufWriter::with_capacity(256 * 1024, file),
         n: 0,

@@ -15,10 +15,11 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::cluster::{Leadership, PushDecision};
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
+use crate::selfexec::SelfExec;
 use crate::storage::local::ensure_dir;
+use crate::wal::gate::{PushDecision, UploadGate};
 use crate::wal::names::{check_segment_head, WalName, SEGMENT_HEAD_LEN};
 use crate::wal::{sweep_stale_temps, WalContext};
 
@@ -88,9 +89,9 @@ pub fn validate_source(ctx: &WalContext, arg: &Path) -> Result<(WalName, PathBuf
 /// returns as soon as its own segment is durable.
 pub async fn wal_push(
     ctx: Arc<WalContext>,
-    leadership: Arc<Leadership>,
+    leadership: Arc<dyn UploadGate>,
     arg: &Path,
-    spawn_with: Option<&[OsString]>,
+    spawn_with: Option<&SelfExec>,
 ) -> Result<(WalName, PushOutcome)> {
     let (name, path) = validate_source(&ctx, arg)?;
     sweep_stale_temps(&ctx.pg_wal);
@@ -105,29 +106,19 @@ pub async fn wal_push(
             spawn_push_ahead(&ctx, &ahead, global);
         }
     }
-    push_one(&ctx, &leadership, &name, &path, false)
+    push_one(&ctx, &*leadership, &name, &path, false)
         .await
         .map(|o| (name, o))
 }
 
 /// Starts `walkeeper wal-push-ahead` for `names`, detached (its own process group), so that
 /// PostgreSQL's archiver is not held up by it.
-fn spawn_push_ahead(ctx: &WalContext, names: &[WalName], global: &[OsString]) {
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(global)
-        .arg("wal-push-ahead")
-        .arg("--pgdata")
-        .arg(&ctx.pgdata)
-        .args(names.iter().map(|n| n.to_string()))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
-    match cmd.spawn() {
-        Ok(_) => tracing::debug!(segments = names.len(), "look-ahead started"),
+fn spawn_push_ahead(ctx: &WalContext, names: &[WalName], exec: &SelfExec) {
+    let mut args: Vec<OsString> = vec!["wal-push-ahead".into(), "--pgdata".into()];
+    args.push(ctx.pgdata.clone().into_os_string());
+    args.extend(names.iter().map(|n| OsString::from(n.to_string())));
+    match exec.spawn_detached(args) {
+        Ok(()) => tracing::debug!(segments = names.len(), "look-ahead started"),
         Err(e) => tracing::warn!(error = %e, "could not start look-ahead"),
     }
 }
@@ -142,7 +133,7 @@ fn spawn_push_ahead(ctx: &WalContext, names: &[WalName], global: &[OsString]) {
 /// call meanwhile. Failures are only logged, and stop the look-ahead: PostgreSQL retries.
 pub async fn push_ahead(
     ctx: Arc<WalContext>,
-    leadership: Arc<Leadership>,
+    leadership: Arc<dyn UploadGate>,
     names: &[WalName],
 ) -> usize {
     let _ahead = match AheadLock::try_acquire(&ctx) {
@@ -206,7 +197,7 @@ pub async fn push_ahead(
                 return None;
             }
             let path = ctx.pg_wal.join(n.to_string());
-            let res = push_locked(&ctx, &leadership, &n, &path, true).await;
+            let res = push_locked(&ctx, &*leadership, &n, &path, true).await;
             drop(lock);
             Some((n, res))
         });
@@ -369,7 +360,7 @@ fn file_identity(path: &Path) -> io::Result<String> {
 /// the agent's `/wal-push`), under the same checks as archive_command.
 pub async fn push_file(
     ctx: &Arc<WalContext>,
-    leadership: &Leadership,
+    leadership: &dyn UploadGate,
     name: &WalName,
     path: &Path,
 ) -> Result<PushOutcome> {
@@ -379,7 +370,7 @@ pub async fn push_file(
 /// Archives one file under its per-name lock.
 async fn push_one(
     ctx: &Arc<WalContext>,
-    leadership: &Leadership,
+    leadership: &dyn UploadGate,
     name: &WalName,
     path: &Path,
     record: bool,
@@ -391,7 +382,7 @@ async fn push_one(
 /// Archives one file; the caller holds its lock.
 async fn push_locked(
     ctx: &Arc<WalContext>,
-    leadership: &Leadership,
+    leadership: &dyn UploadGate,
     name: &WalName,
     path: &Path,
     record: bool,
@@ -778,9 +769,8 @@ mod tests {
             .unwrap()
     }
 
-    fn leadership() -> Leadership {
-        let settings = Settings::from_sources(Default::default(), None, None).unwrap();
-        Leadership::from_settings(&settings, Path::new("/nonexistent")).unwrap()
+    fn leadership() -> crate::wal::gate::AlwaysUpload {
+        crate::wal::gate::AlwaysUpload
     }
 
     fn objects(dir: &Path) -> Vec<String> {
