@@ -143,7 +143,7 @@ with open(sys.argv[2], "w") as f:
     f.write(text)
 PY
 chmod 0644 "$PATRONI_CONFIG"
-log "scope $SCOPE, member $MEMBER_NAME, etcd $ETCD_HOSTS, agent API $WALKEEPER_API_LISTEN"
+log "scope $SCOPE, member $MEMBER_NAME, etcd $ETCD_HOSTS${PATRONI_ETCD3_PROTOCOL:+ ($PATRONI_ETCD3_PROTOCOL)}, agent API $WALKEEPER_API_LISTEN"
 
 # Runs "$@" as postgres with only the variables it needs (the passwords only for Patroni).
 as_postgres() {
@@ -191,7 +191,12 @@ done
 log "agent ready; starting Patroni"
 
 export PATRONI_REWIND_PASSWORD=$PATRONI_SUPERUSER_PASSWORD
-KEEP_VARS="PATRONI_SUPERUSER_PASSWORD PATRONI_REPLICATION_PASSWORD PATRONI_REWIND_PASSWORD" \
+# etcd over TLS (images/compose.tls.yml): Patroni reads the same variables as walkeeper.
+patroni_etcd_tls=
+for v in PATRONI_ETCD3_PROTOCOL PATRONI_ETCD3_CACERT PATRONI_ETCD3_CERT PATRONI_ETCD3_KEY; do
+  [ -z "${!v:-}" ] || patroni_etcd_tls+=" $v"
+done
+KEEP_VARS="PATRONI_SUPERUSER_PASSWORD PATRONI_REPLICATION_PASSWORD PATRONI_REWIND_PASSWORD$patroni_etcd_tls" \
   as_postgres patroni "$PATRONI_CONFIG" &
 patroni_pid=$!
 unset PATRONI_SUPERUSER_PASSWORD PATRONI_REPLICATION_PASSWORD PATRONI_REWIND_PASSWORD

@@ -8,6 +8,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use bollard::models::{ContainerCreateBody, HostConfig};
+
 use support::containers::*;
 use support::{parse_lsn, seg_of, timeline_1_past};
 
@@ -434,4 +436,280 @@ fn replica_bootstrap_from_the_archive_under_the_thresholds_and_by_basebackup_ove
     assert_eq!(created_by(&c, b), "basebackup", "{}", c.all_logs());
     c.wait_streaming(b, Duration::from_secs(120));
     assert_eq!(c.psql(b, "SELECT count(*) FROM t"), "1000");
+}
+
+#[test]
+fn etcd_over_tls_the_leader_archives_and_lists_its_backup_in_etcd_and_clients_without_the_ca_are_refused(
+) {
+    let Some(engine) = engine("etcd_over_tls") else {
+        return;
+    };
+    // images/compose.tls.yml's setup: etcd with --client-cert-auth, certificates made by
+    // images/make-etcd-certs, Patroni and walkeeper given them under Patroni's variables.
+    let mut c = Cluster::with_tls_etcd(engine, "etcdtls");
+    c.add_member(&[]);
+    let l = c.wait_leader(Duration::from_secs(120));
+    assert!(
+        c.logs_tail(&member(l), "all").contains("(https)"),
+        "the entrypoint should report etcd over https: {}",
+        c.all_logs()
+    );
+    // The agent took the first backup and published it in etcd (the guarded write, over TLS).
+    wait_for_backups(&c, l, 1);
+    let newest = c.backup_list(l)[0][0].clone();
+    let key = c.key("wale-backup-list");
+    c.wait_until(
+        "etcd's backup list to name the backup",
+        Duration::from_secs(60),
+        |c| {
+            c.etcd_get(&key)
+                .is_some_and(|v| v.lines().skip(1).any(|l| l.starts_with(&newest)))
+        },
+        |c| format!("{key}: {:?}{}", c.etcd_get(&key), c.all_logs()),
+    );
+    // The leader archives: wal-push's leadership check reached etcd over TLS.
+    c.psql(l, "CREATE TABLE t AS SELECT generate_series(1, 100) AS x");
+    let seg = c.switch_and_wait_archived(l);
+    assert!(
+        c.archived_wal().contains(&seg),
+        "{seg} is not in the archive"
+    );
+
+    // Clients without the certificates get nothing: without the CA the client refuses etcd's
+    // certificate, without a client certificate etcd refuses the client, plain HTTP is refused.
+    let refused = |args: &[&str], why: &str| {
+        let mut cmd = vec!["etcdctl", "--dial-timeout=3s", "--command-timeout=5s"];
+        cmd.extend_from_slice(args);
+        cmd.extend(["get", key.as_str()]);
+        let e = c.exec("etcd", "root", &cmd, &[]);
+        assert_ne!(e.code, 0, "{why}: {cmd:?} read the key: {}", e.stdout);
+        e.stderr
+    };
+    let no_ca = refused(
+        &[
+            "--endpoints=https://127.0.0.1:2379",
+            "--cert=/etc/etcd/tls/client.crt",
+            "--key=/etc/etcd/tls/client.key",
+        ],
+        "without the CA",
+    );
+    assert!(
+        no_ca.contains("certificate") || no_ca.contains("deadline"),
+        "{no_ca}"
+    );
+    refused(
+        &[
+            "--endpoints=https://127.0.0.1:2379",
+            "--cacert=/etc/etcd/tls/ca.crt",
+        ],
+        "without a client certificate",
+    );
+    refused(&["--endpoints=http://127.0.0.1:2379"], "over plain HTTP");
+}
+
+/// A plain PostgreSQL 15 container (no Patroni, no etcd) configured as Timescale's sidecar
+/// documentation shows: archive_command, or (`restore`) restore_command, by wget to `wale`.
+/// Restoring, it waits for the sidecar to fetch the base backup (the marker `restored`).
+const PLAIN_PG: &str = r#"set -eu
+D=/var/lib/postgresql/data/pgdata
+install -d -o postgres -g postgres -m 0700 "$D"
+install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+cd /var/lib/postgresql
+as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
+if [ "$MODE" = restore ]; then
+  until [ -e /var/lib/postgresql/data/restored ]; do sleep 0.2; done
+  as_pg touch "$D/recovery.signal"
+  set -- -c "restore_command=/usr/bin/wget wale/wal-fetch/%f -O -"
+else
+  printf '%s\n' "$POSTGRES_PASSWORD" >/tmp/pw && chown postgres /tmp/pw
+  as_pg /usr/lib/postgresql/15/bin/initdb -D "$D" -U postgres --pwfile=/tmp/pw \
+    --auth-local=peer --auth-host=scram-sha-256 >/dev/null
+  rm -f /tmp/pw
+  echo "host all all all scram-sha-256" >>"$D/pg_hba.conf"
+  set -- -c archive_mode=on -c "archive_command=/usr/bin/wget wale/wal-push/%f -O -"
+fi
+exec setpriv --reuid=postgres --regid=postgres --init-groups /usr/lib/postgresql/15/bin/postgres \
+  -D "$D" -c listen_addresses='*' -c wal_level=replica "$@"
+"#;
+const PLAIN_PG_PASSWORD: &str = "sidecar-pg-secret";
+const SIDECAR_PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+
+fn start_plain_pg(c: &mut Cluster, logical: &str, mode: &str) {
+    let body = ContainerCreateBody {
+        image: Some(format!("walkeeper-patroni:{TAG}")),
+        entrypoint: Some(
+            ["/usr/bin/tini", "--", "bash", "-c", PLAIN_PG]
+                .map(String::from)
+                .to_vec(),
+        ),
+        env: Some(vec![
+            format!("MODE={mode}"),
+            format!("POSTGRES_PASSWORD={PLAIN_PG_PASSWORD}"),
+        ]),
+        // The data volume the sidecar shares (--volumes-from).
+        volumes: Some(vec!["/var/lib/postgresql/data".into()]),
+        ..Default::default()
+    };
+    let net = c.cluster_net.clone();
+    c.start_container(logical, body, &net, &[]);
+}
+
+/// `walkeeper agent` standalone, as the sidecar `wale`: the PostgreSQL container's volumes,
+/// its connection settings, port 80, token-less GET for the PostgreSQL container's network.
+fn start_sidecar(c: &mut Cluster, pg: &str) {
+    let subnet = c.subnet(&c.cluster_net.clone());
+    let mut env = c.storage_env();
+    env.extend([
+        format!("PGDATA={SIDECAR_PGDATA}"),
+        format!("PGHOST={pg}"),
+        "PGUSER=postgres".into(),
+        format!("PGPASSWORD={PLAIN_PG_PASSWORD}"),
+        "WALE_LISTEN_PORT=80".into(),
+        "WALE_LOG_DESTINATION=stderr".into(),
+        format!("WALKEEPER_API_TOKENLESS_NETWORKS={subnet}"),
+        "WALKEEPER_API_HOSTS=wale".into(),
+    ]);
+    let body = ContainerCreateBody {
+        image: Some(format!("walkeeper-patroni:{TAG}")),
+        user: Some("postgres".into()),
+        entrypoint: Some(
+            ["/usr/bin/tini", "--", "walkeeper", "agent"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        env: Some(env),
+        host_config: Some(HostConfig {
+            volumes_from: Some(vec![c.container(pg)]),
+            sysctls: Some(
+                [(
+                    "net.ipv4.ip_unprivileged_port_start".to_string(),
+                    "0".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (net, storage) = (c.cluster_net.clone(), c.storage_net.clone());
+    c.start_container("wale", body, &net, &[&storage]);
+    c.wait_until(
+        "the sidecar to answer",
+        Duration::from_secs(60),
+        |c| {
+            c.exec(pg, "postgres", &["curl", "-sf", "http://wale/health"], &[])
+                .ok()
+        },
+        |c| c.logs("wale"),
+    );
+}
+
+#[test]
+fn timescale_sidecar_archives_by_wget_backs_up_and_a_new_pair_restores_latest_with_equal_rows() {
+    let Some(engine) = engine("timescale_sidecar") else {
+        return;
+    };
+    let mut c = Cluster::new(engine, "sidecar");
+    start_plain_pg(&mut c, "db", "archive");
+    start_sidecar(&mut c, "db");
+    c.wait_until(
+        "PostgreSQL to accept connections",
+        Duration::from_secs(60),
+        |c| c.psql_in_try("db", "SELECT 1").as_deref() == Some("1"),
+        |c| format!("{}{}", c.logs("db"), c.logs("wale")),
+    );
+    let psql = |c: &Cluster, sql: &str| {
+        c.psql_in_try("db", sql)
+            .unwrap_or_else(|| panic!("{sql} failed: {}{}", c.logs("db"), c.logs("wale")))
+    };
+    psql(&c, "CREATE TABLE t AS SELECT generate_series(1, 1000) AS x");
+    // A base backup by `curl http://wale/backup-push`, and by `docker exec wale wal-e ...`.
+    let curl = c.exec(
+        "db",
+        "postgres",
+        &["curl", "-sS", "-f", "http://wale/backup-push"],
+        &[],
+    );
+    assert!(curl.ok(), "curl: {}{}", curl.stderr, c.logs("wale"));
+    assert!(curl.stdout.contains("finish_lsn"), "{}", curl.stdout);
+    psql(&c, "INSERT INTO t SELECT generate_series(1001, 2000)");
+    let exec = c.exec(
+        "wale",
+        "postgres",
+        &["wal-e", "backup-push", SIDECAR_PGDATA],
+        &[],
+    );
+    assert!(exec.ok(), "wal-e backup-push: {}", exec.stderr);
+    let list = c.exec("wale", "postgres", &["wal-e", "backup-list"], &[]);
+    assert_eq!(
+        list.stdout.lines().count(),
+        3,
+        "{}{}",
+        list.stdout,
+        list.stderr
+    );
+    psql(&c, "INSERT INTO t SELECT generate_series(2001, 2500)");
+    let seg = psql(&c, "SELECT pg_walfile_name(pg_switch_wal())");
+    c.wait_until(
+        &format!("{seg} to be archived by wget"),
+        Duration::from_secs(60),
+        |c| {
+            c.psql_in_try(
+                "db",
+                "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+            )
+            .is_some_and(|l| l >= seg)
+        },
+        |c| format!("{}{}", c.logs("db"), c.logs("wale")),
+    );
+    let rows = psql(&c, "SELECT count(*), sum(x) FROM t");
+    assert_eq!(rows, "2500|3126250");
+    // A client outside the listed network (the S3 server's) needs the token.
+    let outside = c.exec(
+        "s3",
+        "root",
+        &[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/wale/80 && printf 'GET /backup-push HTTP/1.0\\r\\nHost: wale\\r\\n\\r\\n' >&3 && head -n1 <&3",
+        ],
+        &[],
+    );
+    assert!(outside.stdout.contains(" 401"), "{outside:?}");
+
+    // A new pair: PostgreSQL waits while its sidecar fetches LATEST, then replays the archive
+    // with the wget restore_command.
+    c.remove("wale");
+    c.remove("db");
+    start_plain_pg(&mut c, "db2", "restore");
+    start_sidecar(&mut c, "db2");
+    let fetch = c.exec(
+        "wale",
+        "postgres",
+        &["wal-e", "backup-fetch", SIDECAR_PGDATA, "LATEST"],
+        &[],
+    );
+    assert!(fetch.ok(), "wal-e backup-fetch: {}", fetch.stderr);
+    let marker = c.exec(
+        "wale",
+        "postgres",
+        &["touch", "/var/lib/postgresql/data/restored"],
+        &[],
+    );
+    assert!(marker.ok(), "{}", marker.stderr);
+    c.wait_until(
+        "the restored server to finish recovery",
+        Duration::from_secs(120),
+        |c| {
+            c.psql_in_try("db2", "SELECT pg_is_in_recovery()")
+                .as_deref()
+                == Some("f")
+        },
+        |c| format!("{}{}", c.logs("db2"), c.logs("wale")),
+    );
+    assert_eq!(
+        c.psql_in_try("db2", "SELECT count(*), sum(x) FROM t")
+            .as_deref(),
+        Some(rows.as_str())
+    );
 }

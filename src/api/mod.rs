@@ -23,6 +23,8 @@
 //! File names are WAL names, never paths: no request reaches outside pg_wal or the data
 //! directory.
 
+pub mod sidecar;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

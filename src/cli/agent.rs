@@ -1,8 +1,11 @@
-//! `walkeeper agent`: the daemon beside Patroni. Wires the agent's duties
-//! ([`crate::cluster::agent`]) and its HTTP API ([`crate::api`]) together.
+//! `walkeeper agent`: the daemon beside Patroni, or, without cluster settings, beside a single
+//! PostgreSQL server. Wires the duties ([`crate::cluster::agent`], [`crate::cluster::standalone`])
+//! and the HTTP API ([`crate::api`], [`crate::api::sidecar`]) together.
 
 use crate::cluster::agent::Agent;
-use crate::Error;
+use crate::cluster::standalone::Standalone;
+use crate::config::Settings;
+use crate::error::Error;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
@@ -13,6 +16,9 @@ pub async fn run(cli: &super::Cli, _args: &Args) -> i32 {
         // The agent archives, heals and backs up: an encryption it cannot apply must stop it
         // before it uploads anything in plaintext.
         settings.refuse_unimplemented_encryption()?;
+        if settings.cluster.is_none() {
+            return run_standalone(settings).await;
+        }
         let agent = Agent::new(settings, cli.self_exec()).await?;
         let listen = agent.listen();
         let listener = tokio::net::TcpListener::bind(listen)
@@ -25,4 +31,29 @@ pub async fn run(cli: &super::Cli, _args: &Args) -> i32 {
     }
     .await;
     super::exit("agent", result)
+}
+
+/// No cluster settings: a single server, always the leader, served until SIGTERM or SIGINT.
+async fn run_standalone(settings: Settings) -> crate::Result<()> {
+    let s = Standalone::new(settings)?;
+    let listener = tokio::net::TcpListener::bind(s.cfg.listen)
+        .await
+        .map_err(|e| Error::Config(format!("API listen {}: {e}", s.cfg.listen)))?;
+    tracing::info!(
+        api = %s.cfg.listen,
+        pgdata = %s.cfg.pgdata.display(),
+        archive = s.archive.store.description,
+        tokenless_networks = ?s.cfg.tokenless_networks,
+        "standalone agent starting (no cluster settings: this server is always the leader)"
+    );
+    let api = tokio::spawn(crate::api::sidecar::serve(s, listener));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Config(format!("SIGTERM handler: {e}")))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("standalone agent stopping");
+    api.abort();
+    Ok(())
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod patroni;
 pub mod pitr;
 pub mod replica;
+pub mod standalone;
 pub mod supervise;
 pub mod target_time;
 

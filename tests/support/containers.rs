@@ -155,6 +155,9 @@ pub struct Cluster {
     networks: Vec<String>,
     /// Extra environment of each member (index i is member `pg{i+1}`).
     member_env: Vec<Vec<String>>,
+    /// etcd over TLS: the certificates `images/make-etcd-certs` made, in a directory of this
+    /// test (removed on drop), mounted read-only into etcd and the members.
+    pub etcd_tls: Option<std::path::PathBuf>,
     started: Instant,
     _one: MutexGuard<'static, ()>,
 }
@@ -162,6 +165,17 @@ pub struct Cluster {
 impl Cluster {
     /// Networks, etcd and the S3 server for one test; no member yet.
     pub fn new(engine: Engine, scope: &str) -> Cluster {
+        Cluster::create(engine, scope, false)
+    }
+
+    /// As [`Cluster::new`], with etcd over TLS and client certificates (images/compose.tls.yml's
+    /// setup): certificates made by `images/make-etcd-certs`, Patroni and walkeeper given them
+    /// under Patroni's variables.
+    pub fn with_tls_etcd(engine: Engine, scope: &str) -> Cluster {
+        Cluster::create(engine, scope, true)
+    }
+
+    fn create(engine: Engine, scope: &str, tls: bool) -> Cluster {
         let one = ONE_CLUSTER_AT_A_TIME
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -176,10 +190,14 @@ impl Cluster {
             containers: Vec::new(),
             networks: Vec::new(),
             member_env: Vec::new(),
+            etcd_tls: None,
             started: Instant::now(),
             _one: one,
         };
         c.remove_leftovers();
+        if tls {
+            c.etcd_tls = Some(make_etcd_certs(&c.id));
+        }
         for net in [c.cluster_net.clone(), c.storage_net.clone()] {
             c.create_network(&net);
         }
@@ -303,19 +321,35 @@ impl Cluster {
     }
 
     fn start_etcd(&mut self) {
-        let body = ContainerCreateBody {
+        let mut body = ContainerCreateBody {
             image: Some(format!("walkeeper-etcd:{TAG}")),
             ..Default::default()
         };
+        if let Some(dir) = &self.etcd_tls {
+            // images/compose.tls.yml's etcd settings.
+            body.env = Some(
+                [
+                    "ETCD_LISTEN_CLIENT_URLS=https://0.0.0.0:2379",
+                    "ETCD_ADVERTISE_CLIENT_URLS=https://etcd:2379",
+                    "ETCD_CLIENT_CERT_AUTH=true",
+                    "ETCD_TRUSTED_CA_FILE=/etc/etcd/tls/ca.crt",
+                    "ETCD_CERT_FILE=/etc/etcd/tls/server.crt",
+                    "ETCD_KEY_FILE=/etc/etcd/tls/server.key",
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+            body.host_config = Some(HostConfig {
+                binds: Some(vec![format!("{}:/etc/etcd/tls:ro", dir.display())]),
+                ..Default::default()
+            });
+        }
         let net = self.cluster_net.clone();
         self.run("etcd", body, &net, &[]);
         self.wait_until(
             "etcd to serve",
             Duration::from_secs(60),
-            |c| {
-                c.exec("etcd", "root", &["etcdctl", "endpoint", "health"], &[])
-                    .ok()
-            },
+            |c| c.etcdctl(&["endpoint", "health"]).ok(),
             |c| c.logs("etcd"),
         );
     }
@@ -350,6 +384,35 @@ impl Cluster {
             },
             |c| c.logs("s3"),
         );
+    }
+
+    /// Creates and starts a container of the test (`logical` is its name and network alias) on
+    /// `net`, also attached to `more`.
+    pub fn start_container(
+        &mut self,
+        logical: &str,
+        body: ContainerCreateBody,
+        net: &str,
+        more: &[&str],
+    ) {
+        self.run(logical, body, net, more);
+    }
+
+    /// A network's subnet (CIDR), as the engine assigned it.
+    pub fn subnet(&self, net: &str) -> String {
+        let n = self
+            .block(self.engine.docker.inspect_network(net, None))
+            .unwrap_or_else(|e| panic!("inspecting network {net}: {e}"));
+        n.ipam
+            .and_then(|i| i.config)
+            .and_then(|c| c.into_iter().find_map(|c| c.subnet))
+            .unwrap_or_else(|| panic!("network {net} has no subnet"))
+    }
+
+    /// Runs `sql` through psql as postgres in the container `logical`; None when it fails.
+    pub fn psql_in_try(&self, logical: &str, sql: &str) -> Option<String> {
+        let e = self.psql_in(logical, sql);
+        e.ok().then(|| e.stdout.trim().to_string())
     }
 
     /// Removes etcd with its data and starts an empty one under the same name.
@@ -400,12 +463,30 @@ impl Cluster {
             "PATRONI_RETRY_TIMEOUT=5".into(),
             "ARCHIVE_TIMEOUT=0".into(),
         ];
+        let mut binds = Vec::new();
+        if let Some(dir) = &self.etcd_tls {
+            // images/compose.tls.yml's member settings.
+            env.extend(
+                [
+                    "PATRONI_ETCD3_PROTOCOL=https",
+                    "PATRONI_ETCD3_CACERT=/etc/walkeeper/etcd-tls/ca.crt",
+                    "PATRONI_ETCD3_CERT=/etc/walkeeper/etcd-tls/client.crt",
+                    "PATRONI_ETCD3_KEY=/etc/walkeeper/etcd-tls/client.key",
+                ]
+                .map(String::from),
+            );
+            binds.push(format!("{}:/etc/walkeeper/etcd-tls:ro", dir.display()));
+        }
         env.extend(self.member_env[i].iter().cloned());
         ContainerCreateBody {
             image: Some(format!("walkeeper-patroni:{TAG}")),
             env: Some(env),
             // Long enough for Patroni to stop PostgreSQL and release the leader key.
             stop_timeout: Some(60),
+            host_config: Some(HostConfig {
+                binds: (!binds.is_empty()).then_some(binds),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -648,14 +729,24 @@ impl Cluster {
         e.stdout.trim().to_string()
     }
 
+    /// etcdctl in the etcd container, over TLS with etcd's own certificate when etcd uses TLS.
+    pub fn etcdctl(&self, args: &[&str]) -> Exec {
+        let mut cmd = vec!["etcdctl"];
+        if self.etcd_tls.is_some() {
+            cmd.extend([
+                "--endpoints=https://127.0.0.1:2379",
+                "--cacert=/etc/etcd/tls/ca.crt",
+                "--cert=/etc/etcd/tls/server.crt",
+                "--key=/etc/etcd/tls/server.key",
+            ]);
+        }
+        cmd.extend_from_slice(args);
+        self.exec("etcd", "root", &cmd, &[])
+    }
+
     /// A key's value in etcd.
     pub fn etcd_get(&self, key: &str) -> Option<String> {
-        let e = self.exec(
-            "etcd",
-            "root",
-            &["etcdctl", "get", key, "--print-value-only"],
-            &[],
-        );
+        let e = self.etcdctl(&["get", key, "--print-value-only"]);
         assert!(e.ok(), "etcdctl get {key}: {}", e.stderr);
         let v = e.stdout.strip_suffix('\n').unwrap_or(&e.stdout);
         (!v.is_empty()).then(|| v.to_string())
@@ -891,12 +982,36 @@ impl Drop for Cluster {
                 say(&format!("removing network {net}: {e}"));
             }
         }
+        if let Some(dir) = self.etcd_tls.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         say(&format!(
             "container scenario {}: {:.1}s (removed its containers and networks)",
             self.scope,
             self.started.elapsed().as_secs_f64()
         ));
     }
+}
+
+/// The certificates of a TLS etcd, made by `images/make-etcd-certs` (as a user of
+/// images/compose.tls.yml makes them) in a directory of the test `id`.
+fn make_etcd_certs(id: &str) -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("etcd-tls")
+        .join(id);
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(root.join("images/make-etcd-certs"))
+        .arg(&dir)
+        .output()
+        .expect("running images/make-etcd-certs");
+    assert!(
+        out.status.success(),
+        "images/make-etcd-certs: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
 }
 
 /// The name of member `i`: pg1, pg2, ...
