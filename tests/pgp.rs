@@ -398,28 +398,38 @@ fn archive_backup_and_pitr_round_trip_with_a_protected_pgp_key() {
     let Backend::File(root) = &backend else {
         unreachable!()
     };
-    let part = objects
+    let parts: Vec<&String> = objects
         .iter()
-        .find(|o| o.starts_with("basebackups_005/") && o.ends_with(".tar.lz4"))
-        .unwrap_or_else(|| panic!("no partition in {objects:?}"));
-    let tar = lz4_d(&keys.gpg_ok(
-        &["--passphrase", "s3cret phrase", "--decrypt"],
-        &std::fs::read(root.join(part)).unwrap(),
-    ));
+        .filter(|o| o.starts_with("basebackups_005/") && o.ends_with(".tar.lz4"))
+        .collect();
+    assert!(!parts.is_empty(), "no partition in {objects:?}");
     let mut found = false;
-    for entry in tar::Archive::new(&tar[..]).entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.path().unwrap().to_str() == Some("PG_VERSION") {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut entry, &mut s).unwrap();
-            assert_eq!(
-                s,
-                std::fs::read_to_string(primary.data.join("PG_VERSION")).unwrap()
-            );
-            found = true;
+    let mut seen = Vec::new();
+    for part in &parts {
+        let tar = lz4_d(&keys.gpg_ok(
+            &["--passphrase", "s3cret phrase", "--decrypt"],
+            &std::fs::read(root.join(part)).unwrap(),
+        ));
+        for entry in tar::Archive::new(&tar[..]).entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            seen.push(path.clone());
+            if path.trim_start_matches('.').trim_start_matches('/') == "PG_VERSION" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut s).unwrap();
+                assert_eq!(
+                    s,
+                    std::fs::read_to_string(primary.data.join("PG_VERSION")).unwrap()
+                );
+                found = true;
+            }
         }
     }
-    assert!(found, "PG_VERSION in {part}");
+    assert!(
+        found,
+        "PG_VERSION in {parts:?}: {:?}",
+        &seen[..seen.len().min(20)]
+    );
     for o in objects.iter().filter(|o| o.starts_with("wal_005/0")) {
         let obj = std::fs::read(root.join(o)).unwrap();
         let out = keys.gpg(&["--list-packets"], &obj);
