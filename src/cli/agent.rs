@@ -11,6 +11,8 @@ pub async fn run(cli: &super::Cli, _args: &Args) -> i32 {
         // The agent archives, heals and backs up: an encryption it cannot apply must stop it
         // before it uploads anything in plaintext.
         settings.refuse_unimplemented_encryption()?;
+        // An OpenPGP key it cannot read stops it too, before any other check.
+        crate::codec::pgp::PgpKeys::from_vars(&settings.vars)?;
         let agent = Agent::new(settings, cli.global_args()).await?;
         agent.run().await
     }
