@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use support::*;
 
+type EnvVars = Vec<(String, String)>;
+
 const WAL_E: &str = "/opt/walkeeper-test/wal-e-venv/bin/wal-e";
 
 /// A GNUPGHOME the test owns, with one freshly generated key (ed25519 + cv25519); its agent is
@@ -196,7 +198,7 @@ fn wal_e_gpg_key_id_segments_are_fetched_byte_identical_by_wal_fetch() {
     let secret = keys.export(&scratch.path().join("secret.asc"), true, "");
     // GitLab's restore: WALE_GPG_KEY_ID and gpg's keyring (gpg -d through its agent); the
     // same with --gpg-key-id; WAL-G's way, an exported secret key, in process.
-    let ways: Vec<(Vec<&str>, Vec<(String, String)>)> = vec![
+    let ways: Vec<(Vec<&str>, EnvVars)> = vec![
         (vec![], vec![v("WALE_GPG_KEY_ID", &keys.fpr), keys.var()]),
         (vec!["--gpg-key-id", &keys.fpr], vec![keys.var()]),
         (
