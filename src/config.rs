@@ -992,11 +992,7 @@ mod tests {
 /// Encryption settings of WAL-E and WAL-G that walkeeper does not implement. Set, they mean the
 /// user expects encrypted objects: uploading plaintext, or fetching without decrypting, would
 /// silently ignore them.
-pub const UNIMPLEMENTED_ENCRYPTION_VARS: [&str; 9] = [
-    "WALE_GPG_KEY_ID",
-    "WALG_GPG_KEY_ID",
-    "WALG_PGP_KEY",
-    "WALG_PGP_KEY_PATH",
+pub const UNIMPLEMENTED_ENCRYPTION_VARS: [&str; 5] = [
     "WALG_LIBSODIUM_KEY",
     "WALG_LIBSODIUM_KEY_PATH",
     "WALG_ENVELOPE_PGP_KEY",
@@ -1039,7 +1035,8 @@ mod encryption_tests {
         }
         let mut process = BTreeMap::new();
         process.insert("WALG_FILE_PREFIX".to_string(), "/tmp/x".to_string());
-        process.insert("WALG_PGP_KEY".to_string(), String::new());
+        process.insert("WALG_LIBSODIUM_KEY".to_string(), String::new());
+        process.insert("WALG_PGP_KEY".to_string(), "implemented".to_string());
         let s = Settings::from_sources(process, None, None).unwrap();
         assert!(s.refuse_unimplemented_encryption().is_ok());
     }

@@ -253,6 +253,7 @@ pub fn is_secret_var(name: &str) -> bool {
 pub fn holds_secret(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     (upper.contains("PASSWORD")
+        || upper.contains("PASSPHRASE")
         || upper.contains("SECRET")
         || (upper.contains("TOKEN") && !upper.ends_with("_FILE") && !upper.ends_with("_PATH"))
         || upper.ends_with("_KEY")

@@ -147,9 +147,13 @@ fn every_wal_e_prefix_option_names_the_archive() {
 }
 
 #[test]
-fn gpg_key_id_is_refused_by_name_and_nothing_is_stored() {
+fn gpg_key_id_missing_from_the_keyring_is_refused_by_name_and_nothing_is_stored() {
     let scratch = Scratch::new();
     let archive = scratch.mkdir("archive");
+    // An empty keyring: the key cannot be exported, so nothing can be encrypted to it.
+    let home = scratch.mkdir("gnupg");
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gnupg = vec![("GNUPGHOME".to_string(), home.display().to_string())];
     let name = seg(0x51);
     let pgdata = pgdata_with_ready(&scratch, std::slice::from_ref(&name));
     let prefix = file_prefix(&archive);
@@ -162,11 +166,11 @@ fn gpg_key_id_is_refused_by_name_and_nothing_is_stored() {
             "wal-push",
             &format!("pg_wal/{name}"),
         ],
-        &no_vars(),
+        &gnupg,
         &pgdata,
     );
     assert_eq!(code(&out), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--gpg-key-id"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("DEADBEEF"), "{}", stderr(&out));
     assert!(list_files(&archive).is_empty());
     // For restore_command the refusal is fatal (128), never "not available".
     let out = run(
@@ -179,7 +183,7 @@ fn gpg_key_id_is_refused_by_name_and_nothing_is_stored() {
             &name,
             "pg_wal/RECOVERYXLOG",
         ],
-        &no_vars(),
+        &gnupg,
         &pgdata,
     );
     assert_eq!(code(&out), Some(128), "{}", stderr(&out));

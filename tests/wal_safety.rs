@@ -384,11 +384,11 @@ fn unimplemented_encryption_is_refused_by_name_and_nothing_is_stored() {
         "000000010000000000000022",
         &synthetic_segment("000000010000000000000022", 2),
     );
+    // WALG_PGP_KEY is implemented: a value that is not a key is refused the same way.
     for var in [
-        "WALE_GPG_KEY_ID",
         "WALG_PGP_KEY",
-        "WALG_PGP_KEY_PATH",
         "WALG_LIBSODIUM_KEY",
+        "WALG_ENVELOPE_PGP_KEY",
     ] {
         let v = with(&vars, var, "key-material-that-must-not-be-logged");
         let checks: [(&[&str], i32); 4] = [

@@ -19,6 +19,8 @@ pub async fn run(cli: &super::Cli, _args: &Args) -> i32 {
         if settings.cluster.is_none() {
             return run_standalone(settings).await;
         }
+        // An OpenPGP key it cannot read stops it too, before any other check.
+        crate::codec::pgp::PgpKeys::from_vars(&settings.vars)?;
         let agent = Agent::new(settings, cli.self_exec()).await?;
         let listen = agent.listen();
         let listener = tokio::net::TcpListener::bind(listen)

@@ -51,7 +51,8 @@ pub struct WalEGlobals {
     /// Log only warnings and errors (WAL-E's `--terse`; WALKEEPER_LOG still wins).
     #[arg(long, global = true)]
     pub terse: bool,
-    /// WAL-E's GPG encryption: not implemented yet, so refused (exit 2; 128 for wal-fetch).
+    /// WAL-E's GPG encryption: uploads are encrypted to this key of gpg's keyring, and gpg
+    /// (with its agent) decrypts on fetch (as WALE_GPG_KEY_ID).
     #[arg(long, global = true, value_name = "ID")]
     pub gpg_key_id: Option<String>,
     /// The archive prefix (as WALE_S3_PREFIX), over every variable and the config file.
@@ -118,6 +119,9 @@ impl WalEGlobals {
                 out.push((v.to_string(), None));
             }
             out.push((var.to_string(), Some(value.to_string())));
+        }
+        if let Some(id) = &self.gpg_key_id {
+            out.push(("WALE_GPG_KEY_ID".into(), Some(id.clone())));
         }
         if let Some(id) = &self.aws_access_key_id {
             out.push(("AWS_ACCESS_KEY_ID".into(), Some(id.clone())));
@@ -350,18 +354,6 @@ pub fn main() -> i32 {
     };
     init_logging(cli.wal_e.terse);
     let is_wal_fetch = matches!(cli.command, Command::WalFetch(_));
-    if cli.wal_e.gpg_key_id.is_some() {
-        tracing::error!(
-            "--gpg-key-id: walkeeper does not implement WAL-E's GPG encryption yet; refusing \
-             rather than storing or reading plaintext (walkeeper encrypts with age: \
-             WALKEEPER_AGE_RECIPIENT / WALKEEPER_AGE_IDENTITY_FILE)"
-        );
-        return if is_wal_fetch {
-            crate::error::EXIT_FETCH_FATAL
-        } else {
-            2
-        };
-    }
     // For restore_command, even a bug must not read as "not available" (a panic exits 101).
     let fatal = if is_wal_fetch {
         let default = std::panic::take_hook();

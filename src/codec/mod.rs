@@ -1,13 +1,15 @@
 //! Compression and encryption as streaming layers.
 //!
-//! Writing: source → compress → encrypt (optional, age) → sink.
-//! Reading: source → decrypt (when the object starts with the age header) → decompress → sink.
+//! Writing: source → compress → encrypt (optional: age or OpenPGP) → sink.
+//! Reading: source → decrypt (when the object starts with the age header or an OpenPGP
+//! session key packet) → decompress → sink.
 //! Every layer works on bounded buffers; nothing holds a whole segment or tar part.
 
 pub mod crypt;
 pub mod lz4frame;
 pub mod lz4par;
 pub mod lzop;
+pub mod pgp;
 #[cfg(test)]
 pub(crate) mod testdata;
 
@@ -15,7 +17,82 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 
 pub use crate::config::Compression;
 use crate::storage::local::Counting;
-pub use crypt::{Decryption, Encryption};
+use crate::error::{Error, Result};
+
+/// How uploads are encrypted.
+#[derive(Debug)]
+pub enum Encryption {
+    Age(crypt::Encryption),
+    Pgp(pgp::PgpEncryption),
+}
+
+impl Encryption {
+    /// age, to these recipients.
+    pub fn from_recipients(keys: &[String]) -> Result<Self> {
+        crypt::Encryption::from_recipients(keys).map(Encryption::Age)
+    }
+
+    fn wrap<W: Write>(&self, sink: W) -> io::Result<Encrypting<W>> {
+        Ok(match self {
+            Encryption::Age(a) => Encrypting::Age(a.wrap(sink)?),
+            Encryption::Pgp(p) => Encrypting::Pgp(p.wrap(sink)?),
+        })
+    }
+}
+
+/// An encrypting writer; `finish` completes the encrypted stream.
+enum Encrypting<W: Write> {
+    Age(age::stream::StreamWriter<W>),
+    Pgp(pgp::PgpWriter<W>),
+}
+
+impl<W: Write> Encrypting<W> {
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Encrypting::Age(a) => a.finish(),
+            Encrypting::Pgp(p) => p.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encrypting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encrypting::Age(a) => a.write(buf),
+            Encrypting::Pgp(p) => p.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encrypting::Age(a) => a.flush(),
+            Encrypting::Pgp(p) => p.flush(),
+        }
+    }
+}
+
+/// The keys objects are decrypted with: age identities, OpenPGP keys, or both.
+#[derive(Debug, Default)]
+pub struct Decryption {
+    pub age: Option<crypt::Decryption>,
+    pub pgp: Option<pgp::PgpDecryption>,
+}
+
+impl Decryption {
+    pub fn from_identity(id: age::x25519::Identity) -> Self {
+        Decryption {
+            age: Some(crypt::Decryption::from_identity(id)),
+            pgp: None,
+        }
+    }
+
+    /// age identities from a file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        Ok(Decryption {
+            age: Some(crypt::Decryption::from_file(path)?),
+            pgp: None,
+        })
+    }
+}
 
 /// Size of the buffers the pumps move data in.
 pub const CHUNK: usize = 256 * 1024;
@@ -124,8 +201,20 @@ pub fn decoder<'a, R: Read + Send + 'a>(
     dec: Option<&Decryption>,
 ) -> io::Result<Box<dyn Read + Send + 'a>> {
     let mut src = BufReader::with_capacity(CHUNK, src);
-    if crypt::is_age(src.fill_buf()?) {
-        let dec = dec.ok_or_else(|| {
+    let head = src.fill_buf()?;
+    if pgp::is_pgp(head) {
+        let dec = dec.and_then(|d| d.pgp.as_ref()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the object is OpenPGP-encrypted; set WALG_PGP_KEY or WALG_PGP_KEY_PATH (a secret \
+                 key), or WALE_GPG_KEY_ID (gpg's keyring), to read it",
+            )
+        })?;
+        let plain = dec.unwrap_reader(src)?;
+        return decompressor(BufReader::with_capacity(CHUNK, plain), compression);
+    }
+    if crypt::is_age(head) {
+        let dec = dec.and_then(|d| d.age.as_ref()).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "the object is age-encrypted; set WALKEEPER_AGE_IDENTITY_FILE to read it",
