@@ -1,0 +1,272 @@
+//! A real OpenStack Swift ("all in one", one replica, tempauth) from Debian's packages, on
+//! loopback, in a directory the test owns: rings, configuration, storage and logs all live there.
+//! memcached (which tempauth keeps its tokens in) runs beside it. Every process is started by
+//! the test and killed and reaped on drop, also when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, kill_and_reap, wait_until};
+
+pub const SWIFT_CONTAINER: &str = "walkeeper";
+pub const SWIFT_USER: &str = "test:tester";
+pub const SWIFT_PASSWORD: &str = "walkeeper-swift-test-password";
+
+pub struct Swift {
+    pub port: u16,
+    pub memcached_port: u16,
+    pub dir: PathBuf,
+    children: Vec<Option<Child>>,
+    _tmp: tempfile::TempDir,
+}
+
+const SERVERS: [&str; 3] = ["account", "container", "object"];
+
+impl Swift {
+    /// Starts Swift with tempauth tokens that live `token_life` seconds, and creates the
+    /// container [`SWIFT_CONTAINER`].
+    pub fn start(token_life: u64) -> Swift {
+        let tmp = tempfile::Builder::new()
+            .prefix("walkeeper-swift-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("dev/d1")).unwrap();
+        std::fs::write(
+            dir.join("swift.conf"),
+            "[swift-hash]\nswift_hash_path_suffix = walkeeper-test\nswift_hash_path_prefix = walkeeper-test\n\
+             [storage-policy:0]\nname = Policy-0\ndefault = yes\n[swift-constraints]\n",
+        )
+        .unwrap();
+        let memcached_port = free_port();
+        let mut children = Vec::new();
+        children.push(Some(
+            Command::new("memcached")
+                .args(["-l", "127.0.0.1", "-p", &memcached_port.to_string()])
+                .args(["-U", "0", "-u", "root"])
+                .stdout(Stdio::null())
+                .stderr(log(&dir, "memcached"))
+                .spawn()
+                .expect("memcached (installed by .ci/setup)"),
+        ));
+        let mut ports = Vec::new();
+        for kind in SERVERS {
+            let port = free_port();
+            ports.push(port);
+            let builder = dir.join(format!("{kind}.builder"));
+            ring(&dir, &["create", "4", "1", "1"], &builder);
+            ring(
+                &dir,
+                &["add", &format!("r1z1-127.0.0.1:{port}/d1"), "1"],
+                &builder,
+            );
+            ring(&dir, &["rebalance"], &builder);
+            let conf = dir.join(format!("{kind}-server.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "[DEFAULT]\ndevices = {dev}\nmount_check = false\ndisable_fallocate = true\n\
+                     bind_ip = 127.0.0.1\nbind_port = {port}\nworkers = 0\nuser = root\n\
+                     swift_dir = {dir}\nlog_name = {kind}\n\
+                     [pipeline:main]\npipeline = {kind}-server\n\
+                     [app:{kind}-server]\nuse = egg:swift#{kind}\n",
+                    dev = dir.join("dev").display(),
+                    dir = dir.display()
+                ),
+            )
+            .unwrap();
+            children.push(Some(server(&dir, kind, &conf)));
+        }
+        let port = free_port();
+        let conf = dir.join("proxy-server.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[DEFAULT]\nbind_ip = 127.0.0.1\nbind_port = {port}\nworkers = 0\nuser = root\n\
+                 swift_dir = {dir}\nlog_name = proxy\n\
+                 [pipeline:main]\npipeline = catch_errors gatekeeper healthcheck proxy-logging cache \
+                 listing_formats bulk tempauth copy slo dlo proxy-logging proxy-server\n\
+                 [app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n\
+                 [filter:tempauth]\nuse = egg:swift#tempauth\n\
+                 user_test_tester = {SWIFT_PASSWORD} .admin\ntoken_life = {token_life}\n\
+                 [filter:cache]\nuse = egg:swift#memcache\nmemcache_servers = 127.0.0.1:{memcached_port}\n\
+                 [filter:healthcheck]\nuse = egg:swift#healthcheck\n\
+                 [filter:catch_errors]\nuse = egg:swift#catch_errors\n\
+                 [filter:gatekeeper]\nuse = egg:swift#gatekeeper\n\
+                 [filter:proxy-logging]\nuse = egg:swift#proxy_logging\n\
+                 [filter:listing_formats]\nuse = egg:swift#listing_formats\n\
+                 [filter:bulk]\nuse = egg:swift#bulk\n\
+                 [filter:copy]\nuse = egg:swift#copy\n\
+                 [filter:slo]\nuse = egg:swift#slo\n\
+                 [filter:dlo]\nuse = egg:swift#dlo\n",
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        children.push(Some(server(&dir, "proxy", &conf)));
+        let swift = Swift {
+            port,
+            memcached_port,
+            dir,
+            children,
+            _tmp: tmp,
+        };
+        for p in ports.iter().chain([&swift.memcached_port]) {
+            wait_until("a Swift server to listen", Duration::from_secs(60), || {
+                std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok()
+            });
+        }
+        let client = reqwest::blocking::Client::new();
+        wait_until("the Swift proxy", Duration::from_secs(60), || {
+            client
+                .get(format!("http://127.0.0.1:{port}/healthcheck"))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        });
+        // The first container request creates the account; retry until the servers answer.
+        wait_until(
+            "the container to be created",
+            Duration::from_secs(60),
+            || {
+                let Some((url, token)) = swift.try_auth() else {
+                    return false;
+                };
+                client
+                    .put(format!("{url}/{SWIFT_CONTAINER}"))
+                    .header("X-Auth-Token", token)
+                    .header("Content-Length", "0")
+                    .send()
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        );
+        swift
+    }
+
+    pub fn auth_url(&self) -> String {
+        format!("http://127.0.0.1:{}/auth/v1.0", self.port)
+    }
+
+    fn try_auth(&self) -> Option<(String, String)> {
+        let r = reqwest::blocking::Client::new()
+            .get(self.auth_url())
+            .header("X-Auth-User", SWIFT_USER)
+            .header("X-Auth-Key", SWIFT_PASSWORD)
+            .send()
+            .ok()?;
+        let h = |n: &str| {
+            r.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        Some((h("x-storage-url")?, h("x-auth-token")?))
+    }
+
+    /// (storage URL, token) for the test's own requests.
+    pub fn auth(&self) -> (String, String) {
+        self.try_auth().expect("tempauth answers")
+    }
+
+    /// WAL-E's variables for an archive at `swift://walkeeper/<path>`.
+    pub fn vars(&self, path: &str) -> Vec<(String, String)> {
+        let v = |k: &str, val: &str| (k.to_string(), val.to_string());
+        vec![
+            v(
+                "WALE_SWIFT_PREFIX",
+                &format!("swift://{SWIFT_CONTAINER}/{path}"),
+            ),
+            v("SWIFT_AUTHURL", &self.auth_url()),
+            v("SWIFT_USER", SWIFT_USER),
+            v("SWIFT_PASSWORD", SWIFT_PASSWORD),
+            v("SWIFT_AUTH_VERSION", "1"),
+            v("WALKEEPER_RETRY_TIMEOUT", "10"),
+        ]
+    }
+
+    /// Every object name in `container`, listed page by page.
+    pub fn list(&self, container: &str) -> Vec<(String, u64)> {
+        let (url, token) = self.auth();
+        let client = reqwest::blocking::Client::new();
+        let mut out = Vec::new();
+        let mut marker = String::new();
+        loop {
+            let r = client
+                .get(format!("{url}/{container}"))
+                .query(&[("format", "json"), ("marker", &marker)])
+                .header("X-Auth-Token", &token)
+                .send()
+                .unwrap();
+            if r.status().as_u16() == 404 {
+                return out;
+            }
+            let page: Vec<serde_json::Value> = r.json().unwrap_or_default();
+            if page.is_empty() {
+                return out;
+            }
+            for e in page {
+                let name = e["name"].as_str().unwrap_or_default().to_string();
+                marker = name.clone();
+                out.push((name, e["bytes"].as_u64().unwrap_or_default()));
+            }
+        }
+    }
+
+    /// Drops every token tempauth has issued (memcached `flush_all`): the next request with an
+    /// old token is answered 401.
+    pub fn forget_tokens(&self) {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.memcached_port)).unwrap();
+        c.write_all(b"flush_all\r\n").unwrap();
+        let mut buf = [0u8; 16];
+        let n = c.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"OK"), "memcached flush_all");
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for n in ["proxy", "account", "container", "object"] {
+            s.push_str(
+                &std::fs::read_to_string(self.dir.join(format!("{n}.log"))).unwrap_or_default(),
+            );
+        }
+        s
+    }
+}
+
+impl Drop for Swift {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().rev() {
+            kill_and_reap(c);
+        }
+    }
+}
+
+fn log(dir: &Path, name: &str) -> Stdio {
+    Stdio::from(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+}
+
+fn ring(dir: &Path, args: &[&str], builder: &Path) {
+    let out = Command::new("swift-ring-builder")
+        .arg(builder)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("swift-ring-builder (installed by .ci/setup)");
+    // `rebalance` exits 1 when it warns (one device, one replica) but writes the ring.
+    assert!(
+        out.status.code().is_some_and(|c| c <= 1),
+        "swift-ring-builder {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn server(dir: &Path, kind: &str, conf: &Path) -> Child {
+    Command::new(format!("swift-{kind}-server"))
+        .arg(conf)
+        .current_dir(dir)
+        .stdout(log(dir, kind))
+        .stderr(log(dir, &format!("{kind}.err")))
+        .spawn()
+        .expect("swift servers (installed by .ci/setup)")
+}
