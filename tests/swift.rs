@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use support::swift::{Swift, SWIFT_CONTAINER, SWIFT_PASSWORD};
+use support::swift::{Keystone, Swift, SWIFT_CONTAINER, SWIFT_PASSWORD};
 use support::*;
 use walkeeper::config::Settings;
 use walkeeper::storage::Store;
@@ -267,4 +267,58 @@ fn wrong_credentials_and_a_missing_container_fail_loudly_without_showing_the_pas
     let out = run(&["wal-push", &format!("pg_wal/{name}")], &vars, &pgdata);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}
+
+#[test]
+fn keystone_v3_tokens_archive_and_restore_segments_byte_identical() {
+    let ks = Keystone::start();
+    let swift = Swift::start_keystone(&ks);
+    let scratch = Scratch::new();
+    let pgdata = fake_pgdata(&scratch, "data");
+    let vars = ks.vars("keystone");
+    // Two segments: one of them large enough to be stored as a segmented object.
+    for (i, name) in ["000000010000000000000001", "000000010000000000000002"]
+        .iter()
+        .enumerate()
+    {
+        let bytes = synthetic_segment(name, 10 + i as u64);
+        std::fs::write(pgdata.join("pg_wal").join(name), &bytes).unwrap();
+        let out = run(&["wal-push", &format!("pg_wal/{name}")], &vars, &pgdata);
+        assert_eq!(out.status.code(), Some(0), "wal-push: {}", stderr(&out));
+        let out = run(&["wal-fetch", name, "pg_wal/RECOVERYXLOG"], &vars, &pgdata);
+        assert_eq!(out.status.code(), Some(0), "wal-fetch: {}", stderr(&out));
+        let got = std::fs::read(pgdata.join("pg_wal/RECOVERYXLOG")).unwrap();
+        assert!(got == bytes, "{name} differs after the round trip");
+    }
+    let out = run(
+        &[
+            "wal-fetch",
+            "000000010000000000000003",
+            "pg_wal/RECOVERYXLOG",
+        ],
+        &vars,
+        &pgdata,
+    );
+    assert_eq!(out.status.code(), Some(74), "{}", stderr(&out));
+    assert!(swift
+        .list(SWIFT_CONTAINER)
+        .iter()
+        .any(|(n, _)| n == "keystone/wal_005/000000010000000000000001.lz4"));
+    // A wrong password: Keystone refuses it (401), a fatal error, never "missing".
+    let mut bad = vars.clone();
+    for (k, v) in bad.iter_mut() {
+        if k == "OS_PASSWORD" {
+            *v = "wrong".into();
+        }
+    }
+    let out = run(
+        &[
+            "wal-fetch",
+            "000000010000000000000001",
+            "pg_wal/RECOVERYXLOG",
+        ],
+        &bad,
+        &pgdata,
+    );
+    assert_eq!(out.status.code(), Some(128), "{}", stderr(&out));
 }

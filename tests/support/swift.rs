@@ -15,6 +15,8 @@ pub const SWIFT_PASSWORD: &str = "walkeeper-swift-test-password";
 
 pub struct Swift {
     pub port: u16,
+    /// Set when the proxy authenticates through Keystone instead of tempauth.
+    keystone: Option<String>,
     pub memcached_port: u16,
     pub dir: PathBuf,
     children: Vec<Option<Child>>,
@@ -27,6 +29,16 @@ impl Swift {
     /// Starts Swift with tempauth tokens that live `token_life` seconds, and creates the
     /// container [`SWIFT_CONTAINER`].
     pub fn start(token_life: u64) -> Swift {
+        Self::start_with(token_life, None)
+    }
+
+    /// Starts Swift behind a real Keystone (authtoken + keystoneauth middleware); the Swift
+    /// endpoint is registered in Keystone's catalog.
+    pub fn start_keystone(ks: &Keystone) -> Swift {
+        Self::start_with(3600, Some(ks))
+    }
+
+    fn start_with(token_life: u64, ks: Option<&Keystone>) -> Swift {
         let tmp = tempfile::Builder::new()
             .prefix("walkeeper-swift-")
             .tempdir_in("/tmp")
@@ -79,6 +91,30 @@ impl Swift {
             children.push(Some(server(&dir, kind, &conf)));
         }
         let port = free_port();
+        let (auth_filter, auth_conf) = match ks {
+            None => (
+                "tempauth".to_string(),
+                format!(
+                    "[filter:tempauth]\nuse = egg:swift#tempauth\n\
+                     user_test_tester = {SWIFT_PASSWORD} .admin\ntoken_life = {token_life}\n"
+                ),
+            ),
+            Some(ks) => {
+                ks.register_swift(port);
+                (
+                    "authtoken keystoneauth".to_string(),
+                    format!(
+                        "[filter:authtoken]\npaste.filter_factory = keystonemiddleware.auth_token:filter_factory\n\
+                         www_authenticate_uri = {u}\nauth_url = {u}\nauth_type = password\n\
+                         project_domain_name = Default\nuser_domain_name = Default\nproject_name = admin\n\
+                         username = admin\npassword = {KEYSTONE_PASSWORD}\ndelay_auth_decision = True\n\
+                         interface = public\n\
+                         [filter:keystoneauth]\nuse = egg:swift#keystoneauth\noperator_roles = admin, member\n",
+                        u = ks.url()
+                    ),
+                )
+            }
+        };
         let conf = dir.join("proxy-server.conf");
         std::fs::write(
             &conf,
@@ -86,10 +122,9 @@ impl Swift {
                 "[DEFAULT]\nbind_ip = 127.0.0.1\nbind_port = {port}\nworkers = 0\nuser = root\n\
                  swift_dir = {dir}\nlog_name = proxy\n\
                  [pipeline:main]\npipeline = catch_errors gatekeeper healthcheck proxy-logging cache \
-                 listing_formats bulk tempauth copy slo dlo proxy-logging proxy-server\n\
+                 listing_formats bulk {auth_filter} copy slo dlo proxy-logging proxy-server\n\
                  [app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n\
-                 [filter:tempauth]\nuse = egg:swift#tempauth\n\
-                 user_test_tester = {SWIFT_PASSWORD} .admin\ntoken_life = {token_life}\n\
+                 {auth_conf}\
                  [filter:cache]\nuse = egg:swift#memcache\nmemcache_servers = 127.0.0.1:{memcached_port}\n\
                  [filter:healthcheck]\nuse = egg:swift#healthcheck\n\
                  [filter:catch_errors]\nuse = egg:swift#catch_errors\n\
@@ -107,6 +142,7 @@ impl Swift {
         children.push(Some(server(&dir, "proxy", &conf)));
         let swift = Swift {
             port,
+            keystone: ks.map(|k| k.url()),
             memcached_port,
             dir,
             children,
@@ -148,6 +184,9 @@ impl Swift {
     }
 
     fn try_auth(&self) -> Option<(String, String)> {
+        if let Some(url) = &self.keystone {
+            return keystone_token(url);
+        }
         let r = reqwest::blocking::Client::new()
             .get(self.auth_url())
             .header("X-Auth-User", SWIFT_USER)
@@ -269,4 +308,189 @@ fn server(dir: &Path, kind: &str, conf: &Path) -> Child {
         .stderr(log(dir, &format!("{kind}.err")))
         .spawn()
         .expect("swift servers (installed by .ci/setup)")
+}
+
+pub const KEYSTONE_PASSWORD: &str = "walkeeper-keystone-admin-password";
+
+/// A real Keystone (Debian's python3-keystone) on loopback: sqlite database, fernet keys and
+/// configuration in a directory the test owns, served by `keystone-wsgi-public` (wsgiref).
+/// Bootstrapped with user `admin`, project `admin` (domain `Default`), region `RegionOne`.
+pub struct Keystone {
+    pub port: u16,
+    child: Option<Child>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Keystone {
+    pub fn start() -> Keystone {
+        let tmp = tempfile::Builder::new()
+            .prefix("walkeeper-keystone-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = tmp.path();
+        for d in ["fernet", "credential"] {
+            std::fs::create_dir(dir.join(d)).unwrap();
+        }
+        let conf = dir.join("keystone.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[DEFAULT]\nlog_dir = {d}\n[database]\nconnection = sqlite:///{d}/keystone.db\n\
+                 [token]\nprovider = fernet\n[fernet_tokens]\nkey_repository = {d}/fernet\n\
+                 [credential]\nkey_repository = {d}/credential\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}/v3/");
+        let manage = |args: &[&str]| {
+            let out = Command::new("keystone-manage")
+                .arg("--config-file")
+                .arg(&conf)
+                .args(args)
+                .output()
+                .expect("keystone-manage (installed by .ci/setup)");
+            assert!(
+                out.status.success(),
+                "keystone-manage {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        manage(&["db_sync"]);
+        manage(&[
+            "fernet_setup",
+            "--keystone-user",
+            "root",
+            "--keystone-group",
+            "root",
+        ]);
+        manage(&[
+            "credential_setup",
+            "--keystone-user",
+            "root",
+            "--keystone-group",
+            "root",
+        ]);
+        manage(&[
+            "bootstrap",
+            "--bootstrap-password",
+            KEYSTONE_PASSWORD,
+            "--bootstrap-admin-url",
+            &url,
+            "--bootstrap-public-url",
+            &url,
+            "--bootstrap-region-id",
+            "RegionOne",
+        ]);
+        let child = Command::new("keystone-wsgi-public")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .env("OS_KEYSTONE_CONFIG_FILES", &conf)
+            .stdout(Stdio::null())
+            .stderr(log(dir, "keystone"))
+            .spawn()
+            .expect("keystone-wsgi-public");
+        let ks = Keystone {
+            port,
+            child: Some(child),
+            _tmp: tmp,
+        };
+        let client = reqwest::blocking::Client::new();
+        wait_until("Keystone", Duration::from_secs(120), || {
+            client
+                .get(ks.url())
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        });
+        ks
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v3", self.port)
+    }
+
+    /// Registers an object-store service with a public endpoint on the Swift proxy's port.
+    fn register_swift(&self, swift_port: u16) {
+        let (_, token) = keystone_token(&self.url()).expect("a Keystone admin token");
+        let client = reqwest::blocking::Client::new();
+        let svc: serde_json::Value = client
+            .post(format!("{}/services", self.url()))
+            .header("X-Auth-Token", &token)
+            .json(&serde_json::json!({"service": {"type": "object-store", "name": "swift"}}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let id = svc["service"]["id"]
+            .as_str()
+            .expect("a service id")
+            .to_string();
+        let r = client
+            .post(format!("{}/endpoints", self.url()))
+            .header("X-Auth-Token", &token)
+            .json(&serde_json::json!({"endpoint": {
+                "service_id": id, "interface": "public", "region_id": "RegionOne",
+                "url": format!("http://127.0.0.1:{swift_port}/v1/AUTH_%(project_id)s"),
+            }}))
+            .send()
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "register the Swift endpoint: {}",
+            r.status()
+        );
+    }
+
+    /// WAL-G's variables for an archive at `swift://walkeeper/<path>` through Keystone v3.
+    pub fn vars(&self, path: &str) -> Vec<(String, String)> {
+        let v = |k: &str, val: &str| (k.to_string(), val.to_string());
+        vec![
+            v(
+                "WALG_SWIFT_PREFIX",
+                &format!("swift://{SWIFT_CONTAINER}/{path}"),
+            ),
+            v("OS_AUTH_URL", &self.url()),
+            v("OS_USERNAME", "admin"),
+            v("OS_PASSWORD", KEYSTONE_PASSWORD),
+            v("OS_PROJECT_NAME", "admin"),
+            v("OS_USER_DOMAIN_NAME", "Default"),
+            v("OS_PROJECT_DOMAIN_NAME", "Default"),
+            v("OS_REGION_NAME", "RegionOne"),
+            v("WALKEEPER_RETRY_TIMEOUT", "10"),
+        ]
+    }
+}
+
+impl Drop for Keystone {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.child);
+    }
+}
+
+/// (object-store URL, token) for Keystone's admin (project-scoped, v3).
+fn keystone_token(url: &str) -> Option<(String, String)> {
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{url}/auth/tokens"))
+        .json(&serde_json::json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "admin", "domain": {"name": "Default"}, "password": KEYSTONE_PASSWORD}}},
+            "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}))
+        .send()
+        .ok()?;
+    let token = r
+        .headers()
+        .get("x-subject-token")?
+        .to_str()
+        .ok()?
+        .to_string();
+    let body: serde_json::Value = r.json().ok()?;
+    let storage = body["token"]["catalog"]
+        .as_array()?
+        .iter()
+        .filter(|s| s["type"] == "object-store")
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["interface"] == "public")
+        .and_then(|e| e["url"].as_str().map(String::from))
+        .unwrap_or_default();
+    Some((storage, token))
 }
