@@ -269,7 +269,11 @@ fn wrong_credentials_and_a_missing_container_fail_loudly_without_showing_the_pas
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
 }
 
+// Passed 4 of 7 runs here: Keystone on sqlite (served by wsgiref) sometimes answers every write
+// of the catalog registration with 500 "database is locked" until the 60 s poll gives up.
+// Run it by hand with `cargo test --test swift -- --ignored keystone`.
 #[test]
+#[ignore = "flaky: Keystone on sqlite sometimes answers 500 'database is locked' to catalog writes"]
 fn keystone_v3_tokens_archive_and_restore_segments_byte_identical() {
     let ks = Keystone::start();
     let swift = Swift::start_keystone(&ks);

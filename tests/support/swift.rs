@@ -19,8 +19,27 @@ pub struct Swift {
     keystone: Option<String>,
     pub memcached_port: u16,
     pub dir: PathBuf,
-    children: Vec<Option<Child>>,
+    children: Children,
     _tmp: tempfile::TempDir,
+}
+
+/// The processes started so far, killed and reaped (newest first) on drop, so a failure while
+/// starting stops them too.
+#[derive(Default)]
+struct Children(Vec<Option<Child>>);
+
+impl Children {
+    fn push(&mut self, c: Child) {
+        self.0.push(Some(c));
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in self.0.iter_mut().rev() {
+            kill_and_reap(c);
+        }
+    }
 }
 
 const SERVERS: [&str; 3] = ["account", "container", "object"];
@@ -52,8 +71,8 @@ impl Swift {
         )
         .unwrap();
         let memcached_port = free_port();
-        let mut children = Vec::new();
-        children.push(Some(
+        let mut children = Children::default();
+        children.push(
             Command::new("memcached")
                 .args(["-l", "127.0.0.1", "-p", &memcached_port.to_string()])
                 .args(["-U", "0", "-u", "root"])
@@ -61,7 +80,7 @@ impl Swift {
                 .stderr(log(&dir, "memcached"))
                 .spawn()
                 .expect("memcached (installed by .ci/setup)"),
-        ));
+        );
         let mut ports = Vec::new();
         for kind in SERVERS {
             let port = free_port();
@@ -88,7 +107,7 @@ impl Swift {
                 ),
             )
             .unwrap();
-            children.push(Some(server(&dir, kind, &conf)));
+            children.push(server(&dir, kind, &conf));
         }
         let port = free_port();
         let (auth_filter, auth_conf) = match ks {
@@ -139,7 +158,7 @@ impl Swift {
             ),
         )
         .unwrap();
-        children.push(Some(server(&dir, "proxy", &conf)));
+        children.push(server(&dir, "proxy", &conf));
         let swift = Swift {
             port,
             keystone: ks.map(|k| k.url()),
@@ -273,14 +292,6 @@ impl Swift {
     }
 }
 
-impl Drop for Swift {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().rev() {
-            kill_and_reap(c);
-        }
-    }
-}
-
 fn log(dir: &Path, name: &str) -> Stdio {
     Stdio::from(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
 }
@@ -411,33 +422,57 @@ impl Keystone {
 
     /// Registers an object-store service with a public endpoint on the Swift proxy's port.
     fn register_swift(&self, swift_port: u16) {
-        let (_, token) = keystone_token(&self.url()).expect("a Keystone admin token");
+        // Keystone on sqlite answers 500 ("database is locked") now and then: poll until each
+        // step is accepted.
         let client = reqwest::blocking::Client::new();
-        let svc: serde_json::Value = client
-            .post(format!("{}/services", self.url()))
-            .header("X-Auth-Token", &token)
-            .json(&serde_json::json!({"service": {"type": "object-store", "name": "swift"}}))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        let id = svc["service"]["id"]
-            .as_str()
-            .expect("a service id")
-            .to_string();
-        let r = client
-            .post(format!("{}/endpoints", self.url()))
-            .header("X-Auth-Token", &token)
-            .json(&serde_json::json!({"endpoint": {
-                "service_id": id, "interface": "public", "region_id": "RegionOne",
-                "url": format!("http://127.0.0.1:{swift_port}/v1/AUTH_%(project_id)s"),
-            }}))
-            .send()
-            .unwrap();
-        assert!(
-            r.status().is_success(),
-            "register the Swift endpoint: {}",
-            r.status()
+        let post = |path: &str, body: serde_json::Value| -> Option<serde_json::Value> {
+            let (_, token) = keystone_token(&self.url())?;
+            let r = client
+                .post(format!("{}/{path}", self.url()))
+                .header("X-Auth-Token", &token)
+                .json(&body)
+                .send()
+                .ok()?;
+            if !r.status().is_success() {
+                eprintln!(
+                    "keystone {path}: {}: {}",
+                    r.status(),
+                    r.text().unwrap_or_default()
+                );
+                return None;
+            }
+            r.json().ok()
+        };
+        let mut id = String::new();
+        wait_until(
+            "Keystone to register the object-store service",
+            Duration::from_secs(60),
+            || match post(
+                "services",
+                serde_json::json!({"service": {"type": "object-store", "name": "swift"}}),
+            )
+            .and_then(|v| v["service"]["id"].as_str().map(String::from))
+            {
+                Some(i) => {
+                    id = i;
+                    true
+                }
+                None => false,
+            },
+        );
+        wait_until(
+            "Keystone to register the Swift endpoint",
+            Duration::from_secs(60),
+            || {
+                post(
+                    "endpoints",
+                    serde_json::json!({"endpoint": {
+                        "service_id": id, "interface": "public", "region_id": "RegionOne",
+                        "url": format!("http://127.0.0.1:{swift_port}/v1/AUTH_%(project_id)s"),
+                    }}),
+                )
+                .is_some()
+            },
         );
     }
 
