@@ -25,6 +25,8 @@ pub const PREFIX_VARS: &[&str] = &[
     "WALE_GS_PREFIX",
     "WALG_AZ_PREFIX",
     "WALE_WABS_PREFIX",
+    "WALG_SWIFT_PREFIX",
+    "WALE_SWIFT_PREFIX",
 ];
 
 /// The YAML file's schema. Unknown keys are an error, so a typo never silently falls back to a

@@ -1,4 +1,5 @@
-//! wal-push and wal-fetch against a real PostgreSQL 15, on file:// and on a real S3 server.
+//! wal-push and wal-fetch against a real PostgreSQL 15, on file://, on a real S3 server and on a
+//! real OpenStack Swift.
 
 mod support;
 
@@ -161,6 +162,27 @@ fn postgres_archives_and_recovers_through_file_store() {
 fn postgres_archives_and_recovers_through_s3_store() {
     let scratch = Scratch::new();
     archive_and_recover(Backend::s3(), &scratch);
+}
+
+#[test]
+fn postgres_archives_and_recovers_through_swift_store() {
+    let scratch = Scratch::new();
+    archive_and_recover(Backend::swift(), &scratch);
+}
+
+#[test]
+fn concurrent_pushes_of_one_segment_upload_once_to_swift_store() {
+    concurrent_push(Backend::swift());
+}
+
+#[test]
+fn different_content_under_an_archived_name_is_refused_on_swift_store() {
+    overwrite_refusal(Backend::swift());
+}
+
+#[test]
+fn absent_segment_and_history_exit_with_the_missing_code_on_swift_store() {
+    missing_files(Backend::swift());
 }
 
 fn put_segment(pgdata: &Path, name: &str, bytes: &[u8]) {
@@ -426,7 +448,7 @@ fn zstd_objects_are_found_whatever_codec_is_configured() {
     // zstd's own CLI reads the object: the format is standard.
     let obj = match &backend {
         Backend::File(p) => p.join(format!("wal_005/{seg}.zst")),
-        Backend::S3(_) => unreachable!(),
+        Backend::S3(_) | Backend::Swift(_) => unreachable!(),
     };
     let out = std::process::Command::new("zstd")
         .args(["-d", "-c"])
@@ -631,7 +653,7 @@ fn encrypted_archive_needs_the_identity_to_restore() {
     );
     let obj = match &backend {
         Backend::File(p) => std::fs::read(p.join(format!("wal_005/{n}.lz4"))).unwrap(),
-        Backend::S3(_) => unreachable!(),
+        Backend::S3(_) | Backend::Swift(_) => unreachable!(),
     };
     assert!(obj.starts_with(b"age-encryption.org/v1"));
     let out = run(
@@ -666,7 +688,7 @@ fn wal_e_lzop_segments_are_restored() {
     std::fs::write(&raw, &bytes).unwrap();
     let store = match &backend {
         Backend::File(p) => p.clone(),
-        Backend::S3(_) => unreachable!(),
+        Backend::S3(_) | Backend::Swift(_) => unreachable!(),
     };
     std::fs::create_dir_all(store.join("wal_005")).unwrap();
     let out = std::process::Command::new("lzop")

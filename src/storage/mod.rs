@@ -1,4 +1,5 @@
-//! One storage abstraction over object_store: file://, s3://, gs://, az:// (wabs:// alias).
+//! One storage abstraction over object_store: file://, s3://, gs://, az:// (wabs:// alias),
+//! swift:// (OpenStack Swift, [`swift`]).
 //!
 //! Reads, lists and deletes go through object_store for every scheme. Writes to file:// go
 //! through [`local`] (temporary name, fsync, link into place, fsync the directory), because
@@ -9,6 +10,8 @@
 
 pub mod local;
 mod retry;
+mod swift;
+pub mod swift_auth;
 mod url;
 
 use std::future::Future;
@@ -73,6 +76,7 @@ impl Store {
             Location::S3 { bucket, .. } => (Some(bucket.clone()), "S3"),
             Location::Gcs { bucket, .. } => (Some(bucket.clone()), "GCS"),
             Location::Azure { container, .. } => (Some(container.clone()), "Azure"),
+            Location::Swift { container, .. } => (Some(container.clone()), "Swift"),
         };
         Ok(Store {
             inner: built.store,
@@ -157,7 +161,7 @@ impl Store {
     }
 
     fn container_word(&self) -> &'static str {
-        if self.description.starts_with("az://") {
+        if self.description.starts_with("az://") || self.description.starts_with("swift://") {
             "container"
         } else {
             "bucket"

@@ -26,6 +26,7 @@ pub enum Location {
     S3 { bucket: String, path: String },
     Gcs { bucket: String, path: String },
     Azure { container: String, path: String },
+    Swift { container: String, path: String },
 }
 
 impl Location {
@@ -35,6 +36,7 @@ impl Location {
             Location::S3 { bucket, path } => format!("s3://{bucket}/{path}"),
             Location::Gcs { bucket, path } => format!("gs://{bucket}/{path}"),
             Location::Azure { container, path } => format!("az://{container}/{path}"),
+            Location::Swift { container, path } => format!("swift://{container}/{path}"),
         }
     }
 }
@@ -48,7 +50,7 @@ pub fn parse_prefix(prefix: &str) -> Result<Location> {
     }
     let (scheme, rest) = prefix.split_once("://").ok_or_else(|| {
         Error::Config(format!(
-            "archive prefix {prefix:?} is neither an absolute path nor a URL (file://, s3://, gs://, az://, wabs://)"
+            "archive prefix {prefix:?} is neither an absolute path nor a URL (file://, s3://, gs://, az://, wabs://, swift://)"
         ))
     })?;
     let split = |rest: &str| -> Result<(String, String)> {
@@ -75,8 +77,9 @@ pub fn parse_prefix(prefix: &str) -> Result<Location> {
         "az" | "azure" | "wabs" => {
             split(rest).map(|(container, path)| Location::Azure { container, path })
         }
+        "swift" => split(rest).map(|(container, path)| Location::Swift { container, path }),
         other => Err(Error::Config(format!(
-            "archive prefix {prefix:?}: unknown scheme {other:?} (use file://, s3://, gs://, az:// or wabs://)"
+            "archive prefix {prefix:?}: unknown scheme {other:?} (use file://, s3://, gs://, az://, wabs:// or swift://)"
         ))),
     }
 }
@@ -218,6 +221,23 @@ pub fn s3_upload(vars: &crate::config::Vars) -> Result<S3Upload> {
 pub(super) fn build(location: &Location, settings: &Settings) -> Result<Built> {
     let vars = &settings.vars;
     match location {
+        Location::Swift { container, path } => {
+            let auth = super::swift_auth::SwiftAuth::from_vars(vars, container)?;
+            let connect = settings
+                .retry_timeout
+                .clamp(Duration::from_secs(1), Duration::from_secs(10));
+            let swift = super::swift::Swift::new(auth, container, connect)
+                .map_err(|e| Error::Config(format!("swift://{container}: {e}")))?;
+            Ok(Built {
+                store: Arc::new(swift),
+                root: path.clone(),
+                local_root: None,
+                // `If-None-Match: *` on objects and on SLO manifests.
+                create_only_put: true,
+                create_only_multipart: true,
+                put_attributes: Default::default(),
+            })
+        }
         Location::File(dir) => {
             crate::storage::local::ensure_dir(dir)
                 .map_err(|e| Error::Config(format!("archive directory {}: {e}", dir.display())))?;

@@ -160,6 +160,12 @@ pub fn archive_fingerprint(settings: &Settings) -> String {
         "AZURE_STORAGE_ACCOUNT",
         "AZURE_ENDPOINT",
         "GOOGLE_CLOUD_PROJECT",
+        "SWIFT_AUTHURL",
+        "OS_AUTH_URL",
+        "SWIFT_TENANT",
+        "OS_PROJECT_NAME",
+        "SWIFT_REGION",
+        "OS_REGION_NAME",
     ] {
         h.update(b"\0");
         h.update(var.as_bytes());

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod containers;
+pub mod swift;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -377,6 +378,8 @@ pub fn list_files(dir: &Path) -> Vec<String> {
 pub enum Backend {
     File(PathBuf),
     S3(S3),
+    /// A real OpenStack Swift (tempauth), archive at `swift://walkeeper/cluster-a`.
+    Swift(swift::Swift),
 }
 
 impl Backend {
@@ -385,6 +388,9 @@ impl Backend {
     }
     pub fn s3() -> Backend {
         Backend::S3(S3::start())
+    }
+    pub fn swift() -> Backend {
+        Backend::Swift(swift::Swift::start(3600))
     }
 
     pub fn vars(&self) -> Vec<(String, String)> {
@@ -400,6 +406,7 @@ impl Backend {
                 v("AWS_S3_FORCE_PATH_STYLE", "true"),
                 v("WALKEEPER_RETRY_TIMEOUT", "5"),
             ],
+            Backend::Swift(sw) => sw.vars("cluster-a"),
         }
     }
 
@@ -411,6 +418,11 @@ impl Backend {
                 .objects()
                 .into_iter()
                 .filter_map(|o| o.strip_prefix("cluster-a/").map(String::from))
+                .collect(),
+            Backend::Swift(sw) => sw
+                .list(swift::SWIFT_CONTAINER)
+                .into_iter()
+                .filter_map(|(o, _)| o.strip_prefix("cluster-a/").map(String::from))
                 .collect(),
         }
     }
