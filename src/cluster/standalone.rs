@@ -155,8 +155,7 @@ impl StandaloneConfig {
                 .unwrap_or_else(|| pgdata.join("pg_wal"))
                 .join(".walkeeper")
         });
-        let source =
-            crate::security::TokenSource::resolve(v, f.api_token_file.as_deref(), &state_dir);
+        let source = v.api_token_source(f.api_token_file.as_deref(), &state_dir);
         // Beyond loopback the token is the operator's, unless the opt-in names the networks
         // that may call without it: then a token made here guards every other request.
         if !listen.ip().is_loopback() && !source.is_configured() && tokenless_networks.is_empty() {
@@ -275,16 +274,18 @@ impl Standalone {
                 .vars
                 .get("WALKEEPER_CONNSTRING")
                 .map(String::from),
-            read_rate_limit: None,
-            part_size: self
+            read_rate_limit: self.settings.backup.read_rate_limit,
+            part_size: self.settings.backup.tar_size_threshold,
+            concurrency: self
                 .settings
-                .vars
-                .get("WALG_TAR_SIZE_THRESHOLD")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1 << 30),
-            concurrency: 2,
+                .backup
+                .upload_concurrency
+                .unwrap_or(2)
+                .clamp(1, 8),
             permanent: false,
             user_data: None,
+            verify_pages: self.settings.backup.verify_page_checksums,
+            store_all_corrupt: self.settings.backup.store_all_corrupt_blocks,
         };
         let result = backup_push(self.archive.clone(), opts).await;
         match &result {

@@ -16,8 +16,8 @@ pub(crate) mod testdata;
 use std::io::{self, BufRead, BufReader, Read, Write};
 
 pub use crate::config::Compression;
+use crate::error::Result;
 use crate::storage::local::Counting;
-use crate::error::{Error, Result};
 
 /// How uploads are encrypted.
 #[derive(Debug)]
