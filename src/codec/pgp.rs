@@ -873,9 +873,9 @@ impl<R> Drop for GpgReader<R> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::testdata::wal_like;
-    use super::super::{decode, encode, Compression, Decryption, Encryption};
     use super::*;
+    use crate::codec::testdata::wal_like;
+    use crate::codec::{decode, encode, Compression, Decryption, Encryption};
 
     /// A GNUPGHOME of the test's own with one freshly generated key; its agent is stopped on
     /// drop.

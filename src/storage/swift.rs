@@ -895,7 +895,7 @@ mod tests {
 
     #[test]
     fn errors_carry_the_status_where_the_retry_policy_reads_it() {
-        use super::super::retry::{classify, Class};
+        use crate::storage::retry::{classify, Class};
         let e = status_error(
             "k",
             StatusCode::SERVICE_UNAVAILABLE,
