@@ -16,11 +16,11 @@ pub async fn run(cli: &super::Cli, _args: &Args) -> i32 {
         // The agent archives, heals and backs up: an encryption it cannot apply must stop it
         // before it uploads anything in plaintext.
         settings.refuse_unimplemented_encryption()?;
+        // An OpenPGP key it cannot read stops it too, before any other check.
+        crate::codec::pgp::PgpKeys::from_vars(&settings.vars)?;
         if settings.cluster.is_none() {
             return run_standalone(settings).await;
         }
-        // An OpenPGP key it cannot read stops it too, before any other check.
-        crate::codec::pgp::PgpKeys::from_vars(&settings.vars)?;
         let agent = Agent::new(settings, cli.self_exec()).await?;
         let listen = agent.listen();
         let listener = tokio::net::TcpListener::bind(listen)
