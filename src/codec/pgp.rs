@@ -1197,8 +1197,11 @@ pub(crate) mod tests {
         use proptest::prelude::{any, prop_assert, proptest, ProptestConfig};
         use std::sync::OnceLock;
 
-        fn fixture() -> &'static (Home, Vec<u8>, Vec<u8>) {
-            static F: OnceLock<(Home, Vec<u8>, Vec<u8>)> = OnceLock::new();
+        /// An encrypted object and the secret key that reads it. The keyring is made, used and
+        /// dropped (its agent stopped, its directory removed) before the cases run: a static is
+        /// never dropped.
+        fn fixture() -> &'static (Vec<u8>, Vec<u8>) {
+            static F: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
             F.get_or_init(|| {
                 let home = Home::new("future-default", "");
                 let data = wal_like(20_000, 13);
@@ -1210,7 +1213,7 @@ pub(crate) mod tests {
                 )
                 .unwrap();
                 let secret = home.secret();
-                (home, obj, secret)
+                (obj, secret)
             })
         }
 
@@ -1221,7 +1224,7 @@ pub(crate) mod tests {
                 head in proptest::sample::select(vec![0x84u8, 0x85, 0xc1, 0xc3, 0x8c]),
                 body in proptest::collection::vec(any::<u8>(), 0..600),
             ) {
-                let (_, _, secret) = fixture();
+                let (_, secret) = fixture();
                 let dec = dec_of(secret, None);
                 let mut bytes = vec![head];
                 bytes.extend_from_slice(&body);
@@ -1235,7 +1238,7 @@ pub(crate) mod tests {
                 cut in any::<proptest::sample::Index>(),
                 do_cut in any::<bool>(),
             ) {
-                let (_, obj, secret) = fixture();
+                let (obj, secret) = fixture();
                 let dec = dec_of(secret, None);
                 let mut bad = obj.clone();
                 for (i, x) in &edits {
