@@ -65,6 +65,28 @@ pub struct PushOptions {
     pub store_all_corrupt: bool,
 }
 
+impl PushOptions {
+    /// A scheduled backup (the agent's, the sidecar's): the settings' partition size,
+    /// concurrency, rate limit and page verification; not permanent, no user data.
+    pub fn scheduled(
+        pgdata: PathBuf,
+        connstring: Option<String>,
+        backup: &crate::config::BackupSettings,
+    ) -> Self {
+        PushOptions {
+            pgdata,
+            connstring,
+            read_rate_limit: backup.read_rate_limit,
+            part_size: backup.tar_size_threshold,
+            concurrency: backup.upload_concurrency.unwrap_or(2).clamp(1, 8),
+            permanent: false,
+            user_data: None,
+            verify_pages: backup.verify_page_checksums,
+            store_all_corrupt: backup.store_all_corrupt_blocks,
+        }
+    }
+}
+
 /// Shows the connection string without its password.
 impl std::fmt::Debug for PushOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -867,22 +867,11 @@ impl Agent {
             )));
         }
         tracing::info!(reason = why, "base backup starting");
-        let opts = PushOptions {
-            pgdata: self.cfg.pgdata.clone(),
-            connstring: self.cfg.connstring.clone(),
-            read_rate_limit: self.settings.backup.read_rate_limit,
-            part_size: self.settings.backup.tar_size_threshold,
-            concurrency: self
-                .settings
-                .backup
-                .upload_concurrency
-                .unwrap_or(2)
-                .clamp(1, 8),
-            permanent: false,
-            user_data: None,
-            verify_pages: self.settings.backup.verify_page_checksums,
-            store_all_corrupt: self.settings.backup.store_all_corrupt_blocks,
-        };
+        let opts = PushOptions::scheduled(
+            self.cfg.pgdata.clone(),
+            self.cfg.connstring.clone(),
+            &self.settings.backup,
+        );
         let result = backup_push(self.archive.clone(), opts).await;
         match &result {
             Ok(s) => {

@@ -267,26 +267,14 @@ impl Standalone {
     pub async fn backup(&self, why: &str) -> Result<Sentinel> {
         let _one = self.backup_lock.lock().await;
         tracing::info!(reason = why, "base backup starting");
-        let opts = PushOptions {
-            pgdata: self.cfg.pgdata.clone(),
-            connstring: self
-                .settings
+        let opts = PushOptions::scheduled(
+            self.cfg.pgdata.clone(),
+            self.settings
                 .vars
                 .get("WALKEEPER_CONNSTRING")
                 .map(String::from),
-            read_rate_limit: self.settings.backup.read_rate_limit,
-            part_size: self.settings.backup.tar_size_threshold,
-            concurrency: self
-                .settings
-                .backup
-                .upload_concurrency
-                .unwrap_or(2)
-                .clamp(1, 8),
-            permanent: false,
-            user_data: None,
-            verify_pages: self.settings.backup.verify_page_checksums,
-            store_all_corrupt: self.settings.backup.store_all_corrupt_blocks,
-        };
+            &self.settings.backup,
+        );
         let result = backup_push(self.archive.clone(), opts).await;
         match &result {
             Ok(s) => tracing::info!(finish_lsn = %s.finish_lsn, "base backup done"),
