@@ -109,13 +109,18 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-/// Serves the API on `listener` until the task is dropped: HTTP/1.1 with a deadline for the
-/// request headers (against clients that hold connections open) and a bound on connections.
+/// Serves the agent's API on `listener` until the task is dropped.
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
     tokio::spawn(keep_token_file(agent.clone()));
-    let app = router(agent);
+    serve_app(router(agent), listener).await
+}
+
+/// Serves `app` on `listener` until the task is dropped: HTTP/1.1 with a deadline for the
+/// request headers (against clients that hold connections open) and a bound on connections.
+/// Each request carries its peer's address (`ConnectInfo`), for the sidecar's networks.
+pub(crate) async fn serve_app(app: Router, listener: TcpListener) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = connections.clone().acquire_owned().await else {
@@ -130,7 +135,13 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
                 continue;
             }
         };
-        let service = TowerToHyperService::new(app.clone().into_service::<hyper::body::Incoming>());
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -34,8 +34,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
-use super::{error, host_allowed, status_of, wal_file, BODY_LIMIT, CONCURRENCY, HEADER_TIMEOUT};
-use super::{MAX_CONNECTIONS, QUICK_TIMEOUT, WAL_TIMEOUT};
+use super::{error, host_allowed, status_of, wal_file, BODY_LIMIT, CONCURRENCY};
+use super::{QUICK_TIMEOUT, WAL_TIMEOUT};
 use crate::cluster::standalone::{in_networks, Standalone};
 use crate::error::Error;
 use crate::wal::{fetch, push};
@@ -150,43 +150,11 @@ pub fn router(s: Arc<Standalone>) -> Router {
 }
 
 /// Serves the standalone API on `listener` until the task is dropped, as the cluster agent's
-/// (header deadline, bounded connections), with each request's peer address for the
-/// token-less networks.
+/// ([`super::serve_app`]: header deadline, bounded connections, each request's peer address for
+/// the token-less networks).
 pub async fn serve(s: Arc<Standalone>, listener: TcpListener) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower::ServiceExt as _;
     tokio::spawn(keep_token_file(s.clone()));
-    let app = router(s);
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = connections.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "API accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-            let mut req = req.map(axum::body::Body::new);
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req)
-        });
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "API connection ended");
-            }
-            drop(permit);
-        });
-    }
+    super::serve_app(router(s), listener).await
 }
 
 /// Keeps the token in `<state dir>/api-token` (0600) for walkeeper's own commands, once the
