@@ -246,6 +246,20 @@ pub struct BackupSettings {
     pub verify_page_checksums: Option<bool>,
     /// `WALG_STORE_ALL_CORRUPT_BLOCKS`: list every corrupt block, not only the first ten.
     pub store_all_corrupt_blocks: bool,
+    /// `WALG_DELTA_MAX_STEPS`: how many delta backups may follow a full one (0: none).
+    pub delta_max_steps: u32,
+    /// `WALG_DELTA_ORIGIN`: which backup a delta is taken from.
+    pub delta_origin: DeltaOrigin,
+}
+
+/// WAL-G's `WALG_DELTA_ORIGIN`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeltaOrigin {
+    /// `LATEST` (the default): the newest backup, delta or full.
+    #[default]
+    Latest,
+    /// `LATEST_FULL`: the full backup the newest backup's chain starts from.
+    LatestFull,
 }
 
 impl BackupSettings {
@@ -275,6 +289,16 @@ impl BackupSettings {
             store_all_corrupt_blocks: vars
                 .parse_bool("WALG_STORE_ALL_CORRUPT_BLOCKS")?
                 .unwrap_or(false),
+            delta_max_steps: vars.parse_num("WALG_DELTA_MAX_STEPS")?.unwrap_or(0),
+            delta_origin: match vars.get("WALG_DELTA_ORIGIN").map(str::trim) {
+                None | Some("") | Some("LATEST") => DeltaOrigin::Latest,
+                Some("LATEST_FULL") => DeltaOrigin::LatestFull,
+                Some(v) => {
+                    return Err(Error::Config(format!(
+                        "WALG_DELTA_ORIGIN={v:?}: expected LATEST or LATEST_FULL"
+                    )))
+                }
+            },
         })
     }
 }

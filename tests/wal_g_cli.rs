@@ -488,11 +488,14 @@ fn backup_push_full_p_and_add_user_data_and_refused_options_on_a_real_server() {
         c.output().unwrap()
     };
     let walkeeper_as_pg = |args: &[&str]| walkeeper_env(args, &[]);
-    // Unimplemented WAL-G options are refused by name, before anything is stored.
+    // A delta of a backup that does not exist is refused by name, before anything is stored.
     let out = walkeeper_as_pg(&["backup-push", &data, "--delta-from-name", "base_x"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("--delta-from-name") && stderr(&out).contains("full backups only")
+        stderr(&out).contains("--delta-from-name base_x")
+            && stderr(&out).contains("no complete backup"),
+        "{}",
+        stderr(&out)
     );
     assert!(!list_files(&archive)
         .iter()
@@ -538,12 +541,39 @@ fn backup_push_full_p_and_add_user_data_and_refused_options_on_a_real_server() {
             "{var}={limit} for {size} bytes took only {took:.2} s"
         );
     }
+    // WALG_DELTA_MAX_STEPS takes a delta of the newest backup; --delta-from-user-data picks
+    // the base by its user data.
     let out = walkeeper_env(&["backup-push", &data], &[("WALG_DELTA_MAX_STEPS", "6")]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = walkeeper_as_pg(&["backup-list", "--detail", "--json"]);
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_name"].as_str().unwrap())
+        .collect();
+    let newest = names.last().unwrap();
     assert!(
-        stderr(&out).contains("WALG_DELTA_MAX_STEPS"),
-        "{}",
-        stderr(&out)
+        newest.ends_with(&format!("_D_{}", &names[names.len() - 2][5..29])),
+        "{names:?}"
+    );
+    let out = walkeeper_as_pg(&[
+        "backup-push",
+        &data,
+        "--delta-from-user-data",
+        r#"{"tier": "gold"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = walkeeper_as_pg(&["backup-list", "--detail", "--json"]);
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    let newest = v.as_array().unwrap().last().unwrap()["backup_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        newest.ends_with(&format!("_D_{}", &names[0][5..29])),
+        "{newest}"
     );
     pg.stop();
 }

@@ -110,6 +110,18 @@ struct WalgSentinel {
     delta_lsn: Option<u64>,
     #[serde(rename = "DeltaFrom", default, skip_serializing_if = "Option::is_none")]
     delta_from: Option<String>,
+    #[serde(
+        rename = "DeltaFullName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    delta_full_name: Option<String>,
+    #[serde(
+        rename = "DeltaCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    delta_count: Option<u32>,
     #[serde(rename = "PgVersion")]
     pg_version: i64,
     #[serde(rename = "FinishLSN")]
@@ -339,6 +351,58 @@ struct WalgPacker {
     uncompressed: u64,
     compressed: u64,
     data_catalog: u64,
+    /// A delta: the base's start LSN and its files.
+    base: Option<(u64, BTreeMap<String, WalgFile>)>,
+}
+
+/// WAL-G's `isPagedFile`: under base/ or pg_tblspc/, named `<digits>[.<digits>]`, non-empty, a
+/// whole number of 8 KiB pages.
+fn walg_is_paged(entry: &str, size: u64) -> bool {
+    let name = entry.rsplit('/').next().unwrap();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (entry.contains("/base/") || entry.contains("/pg_tblspc/"))
+        && size > 0
+        && size.is_multiple_of(8192)
+        && match name.split_once('.') {
+            Some((a, b)) => digits(a) && digits(b),
+            None => digits(name),
+        }
+}
+
+/// WAL-G's increment of a paged file (`IncrementalPageReader`, full scan): the pages whose
+/// header is valid and whose LSN is at or past `since`, and new (pd_upper 0) pages; None when a
+/// page header is not valid (WAL-G then stores the file whole).
+fn walg_increment(data: &[u8], since: u64) -> Option<Vec<u8>> {
+    let mut blocks = Vec::new();
+    for (no, page) in data.chunks_exact(8192).enumerate() {
+        let u16_at = |i: usize| u16::from_le_bytes([page[i], page[i + 1]]);
+        let lsn = (u32::from_le_bytes(page[0..4].try_into().unwrap()) as u64) << 32
+            | u32::from_le_bytes(page[4..8].try_into().unwrap()) as u64;
+        let (flags, lower, upper, special, version) =
+            (u16_at(10), u16_at(12), u16_at(14), u16_at(16), u16_at(18));
+        let valid = flags & !7 == 0
+            && lower >= 24
+            && lower <= upper
+            && upper <= special
+            && special <= 8192
+            && lsn != 0
+            && version == 8192 + 4;
+        if upper == 0 || (valid && lsn >= since) {
+            blocks.push(no as u32);
+        } else if !valid {
+            return None;
+        }
+    }
+    let mut out = vec![b'w', b'i', b'1', 0x55];
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+    for b in &blocks {
+        out.extend_from_slice(&b.to_le_bytes());
+    }
+    for b in &blocks {
+        out.extend_from_slice(&data[*b as usize * 8192..][..8192]);
+    }
+    Some(out)
 }
 
 impl WalgPacker {
@@ -353,6 +417,7 @@ impl WalgPacker {
             uncompressed: 0,
             compressed: 0,
             data_catalog: 0,
+            base: None,
         }
     }
 
@@ -426,9 +491,25 @@ impl WalgPacker {
                     stack.extend(children.into_iter().rev());
                 }
             } else if meta.is_file() && !excluded {
-                let Ok(data) = std::fs::read(&path) else {
+                let mut record = walg_file(&meta);
+                let in_base = self.base.as_ref().and_then(|(_, f)| f.get(&entry));
+                if in_base.is_some_and(|b| b.mtime == record.mtime) {
+                    // SkipFile: unchanged modification time; not in any tar.
+                    record.is_skipped = true;
+                    self.files.files.insert(entry, record);
+                    continue;
+                }
+                let Ok(mut data) = std::fs::read(&path) else {
                     continue;
                 };
+                if let (Some(_), Some((since, _))) = (in_base, &self.base) {
+                    if walg_is_paged(&entry, data.len() as u64) {
+                        if let Some(inc) = walg_increment(&data, *since) {
+                            data = inc;
+                            record.is_incremented = true;
+                        }
+                    }
+                }
                 let h = go_header(
                     &entry,
                     false,
@@ -441,7 +522,7 @@ impl WalgPacker {
                 current.append(&h, &data);
                 current.size += data.len() as u64;
                 current.files.push(entry.clone());
-                self.files.files.insert(entry, walg_file(&meta));
+                self.files.files.insert(entry, record);
                 if current.size > threshold {
                     let next = self.make();
                     let full = std::mem::replace(&mut current, next);
@@ -494,12 +575,30 @@ impl WalgPacker {
 struct WalgBackup {
     name: String,
     tar_file_sets: BTreeMap<String, Vec<String>>,
+    start_lsn: u64,
+    files: BTreeMap<String, WalgFile>,
+    /// A delta's full backup and its place in the chain.
+    delta_full_name: Option<String>,
+    delta_count: Option<u32>,
 }
 
 /// Runs a real non-exclusive base backup of the primary, packed the WAL-G way, with WAL-G's
 /// sentinel, metadata.json and files_metadata.json. Rows inserted while the backup runs come
 /// back only through WAL replay.
 fn walg_backup(c: &Cluster, threshold: u64, codec: Codec) -> WalgBackup {
+    walg_backup_from(c, threshold, codec, None)
+}
+
+/// A WAL-G backup; with `base`, a delta of it, as WAL-G's backup-push with
+/// WALG_DELTA_MAX_STEPS takes one: files whose MTime is unchanged are skipped, paged files the
+/// base has are stored as increments of the pages changed since the base's start LSN, and the
+/// sentinel names the base (`DeltaFrom`, `DeltaLSN`, `DeltaFullName`, `DeltaCount`).
+fn walg_backup_from(
+    c: &Cluster,
+    threshold: u64,
+    codec: Codec,
+    base: Option<&WalgBackup>,
+) -> WalgBackup {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -532,10 +631,15 @@ fn walg_backup(c: &Cluster, threshold: u64, codec: Codec) -> WalgBackup {
             .unwrap();
         let (start_file, timeline, sysid, version, data_dir): (String, i32, String, i32, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-        let name = format!("base_{start_file}");
+        let name = match base {
+            // WAL-G's delta name: its own segment, `_D_`, the base's segment.
+            Some(b) => format!("base_{start_file}_D_{}", &b.name[5..29]),
+            None => format!("base_{start_file}"),
+        };
         c.primary
             .psql("INSERT INTO rows_kept SELECT g FROM generate_series(1001, 2000) g");
         let mut packer = WalgPacker::new(&c.archive, &name, codec);
+        packer.base = base.map(|b| (b.start_lsn, b.files.clone()));
         packer.pack_data(&c.primary.data, threshold);
         let row = client
             .query_one(
@@ -557,8 +661,10 @@ fn walg_backup(c: &Cluster, threshold: u64, codec: Codec) -> WalgBackup {
         let sentinel = WalgSentinel {
             lsn: parse_lsn(&start_lsn),
             timeline: timeline as u32,
-            delta_lsn: None,
-            delta_from: None,
+            delta_lsn: base.map(|b| b.start_lsn),
+            delta_from: base.map(|b| b.name.clone()),
+            delta_full_name: base.map(|b| b.delta_full_name.clone().unwrap_or(b.name.clone())),
+            delta_count: base.map(|b| b.delta_count.unwrap_or(0) + 1),
             pg_version: version as i64,
             finish_lsn: parse_lsn(&finish_lsn),
             system_identifier: Some(sysid.parse().unwrap()),
@@ -611,6 +717,10 @@ fn walg_backup(c: &Cluster, threshold: u64, codec: Codec) -> WalgBackup {
         chown_pg_recursive(&c.archive);
         WalgBackup {
             name,
+            start_lsn: sentinel.lsn,
+            delta_full_name: sentinel.delta_full_name.clone(),
+            delta_count: sentinel.delta_count,
+            files: packer.files.files,
             tar_file_sets: packer.files.tar_file_sets,
         }
     })
@@ -675,14 +785,16 @@ fn a_wal_g_backup_packed_with_zstd_restores_with_backup_fetch_and_restore() {
 }
 
 #[test]
-fn a_wal_g_delta_or_a_wal_g_backup_missing_a_listed_partition_or_file_fails_backup_fetch() {
+fn an_inconsistent_wal_g_delta_or_a_wal_g_backup_missing_a_listed_partition_or_file_fails_backup_fetch(
+) {
     let c = Cluster::start(&[]);
     c.primary
         .psql("CREATE TABLE rows_kept AS SELECT g AS id FROM generate_series(1, 1000) g");
     c.primary.pgbench(&["-i", "-s", "1", "-q"]);
     let b = walg_backup(&c, 1 << 20, Codec::Lz4);
 
-    // A delta backup (files marked as increments, or a `_D_` name) is refused, not half restored.
+    // Files marked as increments in a backup whose sentinel names no base: refused, not half
+    // restored.
     let meta_path = c
         .archive
         .join(format!("basebackups_005/{}/files_metadata.json", b.name));
@@ -691,10 +803,7 @@ fn a_wal_g_delta_or_a_wal_g_backup_missing_a_listed_partition_or_file_fails_back
     files.files.values_mut().next().unwrap().is_incremented = true;
     std::fs::write(&meta_path, serde_json::to_vec(&files).unwrap()).unwrap();
     let target = c.dir("delta");
-    for which in [
-        "LATEST".to_string(),
-        format!("{}_D_000000010000000000000001", b.name),
-    ] {
+    for which in ["LATEST".to_string(), b.name.clone()] {
         let out = c.walkeeper(&["backup-fetch", target.to_str().unwrap(), &which]);
         assert_eq!(out.status.code(), Some(2), "{which}: {}", stderr(&out));
         assert!(stderr(&out).contains("delta backup"), "{}", stderr(&out));
@@ -950,4 +1059,370 @@ fn walkeepers_backup_has_the_metadata_wal_g_reads_and_restores_by_wal_gs_rules()
     std::fs::write(target.join("recovery.signal"), "").unwrap();
     let restored = c.start_restored("by_wal_g_rules", target, true);
     assert_eq!(restored.psql("SELECT sum(id) FROM rows_kept"), sum);
+}
+
+// ---- delta backups ----
+
+/// A backup's tars by object name, decoded.
+type Tars = Vec<(String, Vec<u8>)>;
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    serde_json::from_slice(&std::fs::read(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A backup's sentinel, files_metadata.json and tars (decoded by the lz4 or zstd tool).
+fn read_backup(c: &Cluster, name: &str) -> (WalgSentinel, WalgFiles, Tars) {
+    let folder = c.archive.join("basebackups_005");
+    let sentinel = read_json(&folder.join(format!("{name}_backup_stop_sentinel.json")));
+    let files = read_json(&folder.join(format!("{name}/files_metadata.json")));
+    let mut tars = Vec::new();
+    for e in std::fs::read_dir(folder.join(format!("{name}/tar_partitions"))).unwrap() {
+        let e = e.unwrap();
+        let file = e.file_name().to_string_lossy().into_owned();
+        let codec = if file.ends_with(".zst") {
+            Codec::Zstd
+        } else {
+            Codec::Lz4
+        };
+        tars.push((file, codec.pipe(&std::fs::read(e.path()).unwrap(), true)));
+    }
+    tars.sort();
+    (sentinel, files, tars)
+}
+
+/// WAL-G's `ApplyFileIncrement`, from its format: `wi1` 0x55, u64 size, u32 count, the block
+/// numbers, the pages; the file must exist, is cut or extended to the size, then each page is
+/// written at its block.
+fn apply_walg_increment(dest: &Path, inc: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    assert_eq!(&inc[..4], b"wi1\x55", "{}", dest.display());
+    let size = u64::from_le_bytes(inc[4..12].try_into().unwrap());
+    let n = u32::from_le_bytes(inc[12..16].try_into().unwrap()) as usize;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dest)
+        .unwrap_or_else(|e| {
+            panic!(
+                "incremented file should always exist: {}: {e}",
+                dest.display()
+            )
+        });
+    f.set_len(size).unwrap();
+    let pages = &inc[16 + 4 * n..];
+    assert_eq!(pages.len(), n * 8192);
+    for i in 0..n {
+        let block = u32::from_le_bytes(inc[16 + 4 * i..][..4].try_into().unwrap()) as u64;
+        f.write_all_at(&pages[i * 8192..][..8192], block * 8192)
+            .unwrap();
+    }
+}
+
+/// A delta chain restored as WAL-G's backup-fetch restores one: each backup from the full one
+/// on, a regular file only when its `Files` lists it and does not mark it skipped, increments
+/// applied to the file the backups before restored; pg_control from the last backup; a file
+/// the last backup's `Files` does not list is not part of the result.
+fn extract_chain_like_wal_g(layers: &[(WalgFiles, Tars)], dir: &Path) {
+    for (i, (files, tars)) in layers.iter().enumerate() {
+        let last = i + 1 == layers.len();
+        let mut ordered: Vec<&(String, Vec<u8>)> = tars
+            .iter()
+            .filter(|(n, _)| last || !n.starts_with("pg_control.tar"))
+            .collect();
+        ordered.sort_by_key(|(n, _)| n.starts_with("pg_control.tar"));
+        for (_, plain) in ordered {
+            let mut ar = tar::Archive::new(&plain[..]);
+            for e in ar.entries().unwrap() {
+                let mut e = e.unwrap();
+                let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+                let dest = dir.join(name.trim_start_matches('/'));
+                match e.header().entry_type() {
+                    tar::EntryType::Directory => std::fs::create_dir_all(&dest).unwrap(),
+                    tar::EntryType::Regular => {
+                        let special = ["/global/pg_control", "backup_label", "tablespace_map"]
+                            .contains(&name.as_str());
+                        let record = files.files.get(&name);
+                        if !special && record.is_none_or(|r| r.is_skipped) {
+                            continue;
+                        }
+                        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                        let mut data = Vec::new();
+                        e.read_to_end(&mut data).unwrap();
+                        if record.is_some_and(|r| r.is_incremented) {
+                            apply_walg_increment(&dest, &data);
+                        } else {
+                            std::fs::write(&dest, data).unwrap();
+                        }
+                    }
+                    other => panic!("{name}: unexpected entry type {other:?}"),
+                }
+            }
+        }
+    }
+    let Some((last, _)) = layers.last() else {
+        return;
+    };
+    for e in walkdir::WalkDir::new(dir).min_depth(1) {
+        let e = e.unwrap();
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let entry = format!("/{rel}");
+        if !last.files.contains_key(&entry)
+            && !["global/pg_control", "backup_label", "tablespace_map"].contains(&rel.as_str())
+        {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    for d in [
+        "pg_wal/archive_status",
+        "pg_replslot",
+        "pg_stat_tmp",
+        "pg_subtrans",
+        "pg_notify",
+    ] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn a_wal_g_delta_chain_restores_with_backup_fetch_applying_increments_and_dropping_removed_files() {
+    let c = Cluster::start(&[]);
+    c.primary
+        .psql("CREATE TABLE rows_kept AS SELECT g AS id FROM generate_series(1, 1000) g");
+    c.primary.pgbench(&["-i", "-s", "1", "-q"]);
+    c.primary
+        .psql("CREATE TABLE doomed AS SELECT g FROM generate_series(1, 20000) g");
+    let doomed = c.primary.psql("SELECT pg_relation_filepath('doomed')");
+    let accounts_file = c
+        .primary
+        .psql("SELECT pg_relation_filepath('pgbench_accounts')");
+    let full = walg_backup(&c, 1 << 20, Codec::Lz4);
+    assert!(full.files.contains_key(&format!("/{doomed}")));
+
+    // About 1% of the accounts change, a table goes, another comes.
+    c.primary
+        .psql("UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid % 100 = 0");
+    c.primary.psql("DROP TABLE doomed");
+    c.primary
+        .psql("CREATE TABLE born AS SELECT g FROM generate_series(1, 5000) g");
+    let d1 = walg_backup_from(&c, 1 << 20, Codec::Lz4, Some(&full));
+    c.primary
+        .psql("UPDATE pgbench_accounts SET abalance = abalance - 3 WHERE aid % 50 = 1");
+    let d2 = walg_backup_from(&c, 1 << 20, Codec::Zstd, Some(&d1));
+    c.primary
+        .psql("INSERT INTO rows_kept SELECT g FROM generate_series(3001, 3500) g");
+    c.primary.switch_and_wait_archived();
+    let sum = c.primary.psql("SELECT sum(id) FROM rows_kept");
+    let accounts = c
+        .primary
+        .psql("SELECT sum(abalance), count(*) FROM pgbench_accounts");
+
+    // What the packer built is a real delta chain: increments, skipped files, names.
+    assert!(
+        d1.name.ends_with(&format!("_D_{}", &full.name[5..])),
+        "{}",
+        d1.name
+    );
+    assert!(
+        d2.name.ends_with(&format!("_D_{}", &d1.name[5..29])),
+        "{}",
+        d2.name
+    );
+    assert_eq!(d2.delta_count, Some(2));
+    assert_eq!(d2.delta_full_name.as_deref(), Some(full.name.as_str()));
+    assert!(d1.files[&format!("/{accounts_file}")].is_incremented);
+    assert!(d2.files["/PG_VERSION"].is_skipped);
+    assert!(!d1.files.contains_key(&format!("/{doomed}")));
+
+    let list = c.walkeeper(&["backup-list"]);
+    assert_eq!(list.status.code(), Some(0), "{}", stderr(&list));
+    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+    for b in [&full, &d1, &d2] {
+        assert!(listed.contains(&b.name), "{}: {listed}", b.name);
+    }
+
+    let target = c.dir("fetched");
+    let out = c.walkeeper(&["backup-fetch", target.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(0), "backup-fetch: {}", stderr(&out));
+    assert!(
+        !target.join(&doomed).exists(),
+        "the dropped table's file is gone"
+    );
+    // The accounts file is the base's copy with both increments applied: every page of it is
+    // the primary's as of d2 (pages changed since come from WAL replay).
+    std::fs::write(target.join("recovery.signal"), "").unwrap();
+    let restored = c.start_restored("fetched", target, true);
+    assert_eq!(restored.psql("SELECT sum(id) FROM rows_kept"), sum);
+    assert_eq!(
+        restored.psql("SELECT sum(abalance), count(*) FROM pgbench_accounts"),
+        accounts
+    );
+    assert_eq!(restored.psql("SELECT count(*) FROM born"), "5000");
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM pg_class WHERE relname = 'doomed'"),
+        "0"
+    );
+    drop(restored);
+
+    // A delta whose base is gone is refused by name, and nothing is left behind.
+    let full_sentinel = c.archive.join(format!(
+        "basebackups_005/{}_backup_stop_sentinel.json",
+        full.name
+    ));
+    let saved = std::fs::read(&full_sentinel).unwrap();
+    std::fs::remove_file(&full_sentinel).unwrap();
+    let target = c.dir("orphan");
+    let out = c.walkeeper(&["backup-fetch", target.to_str().unwrap(), &d2.name]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&full.name) && stderr(&out).contains("needs its base"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!target.join("PG_VERSION").exists());
+    std::fs::write(&full_sentinel, saved).unwrap();
+}
+
+#[test]
+fn walkeepers_delta_backups_under_pgbench_load_store_changed_pages_and_restore_by_both_tools_rules()
+{
+    let c = Cluster::start(&[("WALG_DELTA_MAX_STEPS", "2")]);
+    c.primary
+        .psql("CREATE TABLE rows_kept AS SELECT g AS id FROM generate_series(1, 1000) g");
+    c.primary.pgbench(&["-i", "-s", "4", "-q"]);
+    let accounts_file = format!(
+        "/{}",
+        c.primary
+            .psql("SELECT pg_relation_filepath('pgbench_accounts')")
+    );
+    let push = |extra: &[&str]| {
+        let mut args = vec!["backup-push", c.primary.data.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = c.walkeeper(&args);
+        assert_eq!(out.status.code(), Some(0), "backup-push: {}", stderr(&out));
+        let list = c.walkeeper(&["backup-list", "LATEST"]);
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .last()
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap()
+            .to_string()
+    };
+    let full = push(&[]);
+    assert!(!full.contains("_D_"), "{full}");
+
+    // 1% of the accounts change (a range, so a few pages): the delta stores a small part of
+    // the full's bytes.
+    c.primary
+        .psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 4000");
+    let d1 = push(&[]);
+    assert_eq!(d1, format!("{}_D_{}", &d1[..29], &full[5..29]));
+    let (fs, _, _) = read_backup(&c, &full);
+    let (s1, f1, _) = read_backup(&c, &d1);
+    assert_eq!(s1.delta_from.as_deref(), Some(full.as_str()));
+    assert_eq!(s1.delta_full_name.as_deref(), Some(full.as_str()));
+    assert_eq!(s1.delta_count, Some(1));
+    assert_eq!(s1.delta_lsn, Some(fs.lsn));
+    assert!(
+        f1.files[&accounts_file].is_incremented,
+        "{:?}",
+        f1.files[&accounts_file]
+    );
+    assert!(f1.files["/PG_VERSION"].is_skipped);
+    assert!(
+        s1.compressed_size * 5 < fs.compressed_size,
+        "delta {} bytes, full {}",
+        s1.compressed_size,
+        fs.compressed_size
+    );
+
+    // A delta of the delta, taken while pgbench writes (pages may be torn as they are read;
+    // WAL replay from the backup's start rewrites them).
+    let d2 = std::thread::scope(|s| {
+        let load = s.spawn(|| c.primary.pgbench(&["-n", "-c", "2", "-T", "6"]));
+        let d2 = push(&[]);
+        load.join().unwrap();
+        d2
+    });
+    let (s2, _, _) = read_backup(&c, &d2);
+    assert_eq!(s2.delta_from.as_deref(), Some(d1.as_str()));
+    assert_eq!(s2.delta_full_name.as_deref(), Some(full.as_str()));
+    assert_eq!(s2.delta_count, Some(2));
+
+    // Retention keeps the chain a kept delta needs.
+    let out = c.walkeeper(&["delete", "retain", "1", "--confirm"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for b in [&full, &d1, &d2] {
+        assert!(
+            c.archive
+                .join(format!("basebackups_005/{b}_backup_stop_sentinel.json"))
+                .exists(),
+            "{b} was deleted"
+        );
+    }
+
+    c.primary.pgbench(&["-n", "-c", "1", "-t", "200"]);
+    c.primary.switch_and_wait_archived();
+    let sum = c.primary.psql("SELECT sum(id) FROM rows_kept");
+    let accounts = c
+        .primary
+        .psql("SELECT sum(abalance), sum(bid), count(*) FROM pgbench_accounts");
+    let history = c
+        .primary
+        .psql("SELECT count(*), sum(delta) FROM pgbench_history");
+
+    // walkeeper walks the chain.
+    let target = c.dir("fetched");
+    let out = c.walkeeper(&["backup-fetch", target.to_str().unwrap(), &d2]);
+    assert_eq!(out.status.code(), Some(0), "backup-fetch: {}", stderr(&out));
+    std::fs::write(target.join("recovery.signal"), "").unwrap();
+    let restored = c.start_restored("fetched", target, true);
+    assert_eq!(restored.psql("SELECT sum(id) FROM rows_kept"), sum);
+    assert_eq!(
+        restored.psql("SELECT sum(abalance), sum(bid), count(*) FROM pgbench_accounts"),
+        accounts
+    );
+    assert_eq!(
+        restored.psql("SELECT count(*), sum(delta) FROM pgbench_history"),
+        history
+    );
+    drop(restored);
+
+    // WAL-G's rules give the same data directory.
+    let layers: Vec<(WalgFiles, Tars)> = [&full, &d1, &d2]
+        .iter()
+        .map(|b| {
+            let (_, files, tars) = read_backup(&c, b);
+            (files, tars)
+        })
+        .collect();
+    let target = c.scratch.mkdir("by_wal_g_rules");
+    extract_chain_like_wal_g(&layers, &target);
+    std::fs::write(target.join("recovery.signal"), "").unwrap();
+    let restored = c.start_restored("by_wal_g_rules", target, true);
+    assert_eq!(
+        restored.psql("SELECT sum(abalance), sum(bid), count(*) FROM pgbench_accounts"),
+        accounts
+    );
+    drop(restored);
+
+    // The third backup after a full one is full again (WALG_DELTA_MAX_STEPS=2), and --full
+    // forces one.
+    let next = push(&[]);
+    assert!(!next.contains("_D_"), "{next}");
+    let forced = push(&["--full"]);
+    assert!(
+        !forced.contains("_D_") && forced != next,
+        "{forced} after {next}"
+    );
+    let (sf, _, _) = read_backup(&c, &next);
+    assert!(sf.delta_from.is_none());
 }

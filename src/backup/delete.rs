@@ -2,7 +2,8 @@
 //!
 //! Rules (retention never deletes what must be kept):
 //! - `retain N`, `before NAME` and the agent's policy select the backups to keep; every
-//!   permanent backup (`IsPermanent` in its sentinel) is kept as well.
+//!   permanent backup (`IsPermanent` in its sentinel) is kept as well, and every backup a kept
+//!   delta backup is restored over (its chain back to the full backup).
 //! - WAL is deleted only below the oldest selected backup's start segment; the segments from
 //!   each permanent backup's start to its stop segment are kept too.
 //! - `.history` files and backups still being written (parts, no sentinel) are deleted only by
@@ -35,8 +36,13 @@ pub enum Retention {
     RetainAfter(usize, After),
     /// WAL-G's `before TIME`: keep the backups that finished at or after the time.
     BeforeTime(chrono::DateTime<chrono::Utc>),
-    /// WAL-G's `target NAME`: delete that one backup (never a permanent one); no WAL.
-    Target(String),
+    /// WAL-G's `retain FULL N [--after TIME|NAME]`: keep the newest N full backups and every
+    /// backup after the oldest of them (their deltas), and every backup after `--after`.
+    RetainFull(usize, Option<After>),
+    /// WAL-G's `target [FIND_FULL] NAME`: delete that backup and the deltas taken from it (with
+    /// `find_full`, its whole chain: the full backup it starts from and every delta of that);
+    /// never a permanent one; no WAL.
+    Target { name: String, find_full: bool },
     /// WAL-G's `garbage`: keep every complete backup; delete the WAL older than the oldest and
     /// the leftovers of failed backups that started before it.
     Garbage,
@@ -101,13 +107,7 @@ fn select<'a>(backups: &'a [BackupInfo], retention: &Retention) -> Result<Vec<&'
         }
         Retention::Everything { .. } => Vec::new(),
         Retention::RetainAfter(n, after) => {
-            let first_kept = match after {
-                After::Time(t) => backups
-                    .iter()
-                    .position(|b| b.end_time() >= *t)
-                    .unwrap_or(backups.len()),
-                After::Name(name) => find(backups, name)?,
-            };
+            let first_kept = first_after(backups, after)?;
             backups
                 .iter()
                 .enumerate()
@@ -116,18 +116,80 @@ fn select<'a>(backups: &'a [BackupInfo], retention: &Retention) -> Result<Vec<&'
                 .collect()
         }
         Retention::BeforeTime(t) => backups.iter().filter(|b| b.end_time() >= *t).collect(),
-        Retention::Target(name) => {
+        Retention::RetainFull(0, None) => return Err(retain_zero()),
+        Retention::RetainFull(n, after) => {
+            let fulls: Vec<usize> = (0..backups.len())
+                .filter(|i| !backups[*i].is_delta())
+                .collect();
+            let mut first_kept = match fulls.len().checked_sub(*n) {
+                Some(skip) if *n > 0 => fulls.get(skip).copied().unwrap_or(backups.len()),
+                Some(_) => backups.len(),
+                None => 0,
+            };
+            if let Some(after) = after {
+                first_kept = first_kept.min(first_after(backups, after)?);
+            }
+            backups[first_kept.min(backups.len())..].iter().collect()
+        }
+        Retention::Target { name, find_full } => {
             let i = find(backups, name)?;
-            if backups[i].is_permanent {
+            let root = match (&backups[i].delta_full_name, find_full) {
+                (Some(full), true) => full.clone(),
+                _ => name.clone(),
+            };
+            let doomed: BTreeSet<&str> = backups
+                .iter()
+                .filter(|b| chain_of(backups, b).iter().any(|n| *n == root))
+                .map(|b| b.name.as_str())
+                .collect();
+            if let Some(p) = backups
+                .iter()
+                .find(|b| b.is_permanent && doomed.contains(b.name.as_str()))
+            {
                 return Err(Error::BadInput(format!(
-                    "delete target: backup {name} is permanent; nothing was deleted (unmark it \
-                     first: `backup-mark -i {name}`)"
+                    "delete target: backup {} is permanent; nothing was deleted (unmark it \
+                     first: `backup-mark -i {}`)",
+                    p.name, p.name
                 )));
             }
-            backups.iter().filter(|b| &b.name != name).collect()
+            backups
+                .iter()
+                .filter(|b| !doomed.contains(b.name.as_str()))
+                .collect()
         }
         Retention::Garbage => backups.iter().collect(),
     })
+}
+
+/// The first backup `--after` keeps (the number of backups when it keeps none).
+fn first_after(backups: &[BackupInfo], after: &After) -> Result<usize> {
+    Ok(match after {
+        After::Time(t) => backups
+            .iter()
+            .position(|b| b.end_time() >= *t)
+            .unwrap_or(backups.len()),
+        After::Name(name) => find(backups, name)?,
+    })
+}
+
+/// The names of the backups a restore of `b` reads: `b`, its base, that one's base, … (as far
+/// as they are in `backups`).
+fn chain_of<'a>(backups: &'a [BackupInfo], b: &'a BackupInfo) -> Vec<&'a str> {
+    let mut chain = vec![b.name.as_str()];
+    let mut cur = b;
+    while let Some(from) = &cur.delta_from {
+        if chain.contains(&from.as_str()) {
+            break;
+        }
+        match backups.iter().find(|x| &x.name == from) {
+            Some(base) => {
+                chain.push(base.name.as_str());
+                cur = base;
+            }
+            None => break,
+        }
+    }
+    chain
 }
 
 fn find(backups: &[BackupInfo], name: &str) -> Result<usize> {
@@ -148,9 +210,17 @@ pub fn plan_keys(
     retention: &Retention,
 ) -> Result<Plan> {
     let everything = matches!(retention, Retention::Everything { .. });
-    let target = matches!(retention, Retention::Target(_));
+    let target = matches!(retention, Retention::Target { .. });
     let garbage = matches!(retention, Retention::Garbage);
-    let selected = select(backups, retention)?;
+    let mut selected = select(backups, retention)?;
+    // A kept delta is restored over its base chain: every backup of it is kept too.
+    if !everything {
+        let needed: BTreeSet<&str> = selected.iter().flat_map(|b| chain_of(backups, b)).collect();
+        selected = backups
+            .iter()
+            .filter(|b| needed.contains(b.name.as_str()))
+            .collect();
+    }
     if !everything && !target && selected.is_empty() {
         return Err(no_backup_to_keep(match retention {
             Retention::Before(_) | Retention::BeforeTime(_) => "delete before",
@@ -176,7 +246,8 @@ pub fn plan_keys(
     let mut ranges = Vec::new();
     if !everything {
         for b in &permanent {
-            kept_names.insert(b.name.as_str());
+            // A permanent delta keeps its base chain too (their data, not their WAL).
+            kept_names.extend(chain_of(backups, b));
             if let (Ok(WalName::Segment(start)), Ok(WalName::Segment(stop))) = (
                 WalName::parse(&b.start_segment),
                 WalName::parse(&b.stop_segment),
@@ -350,7 +421,74 @@ mod tests {
             tar_partitions: None,
             is_permanent: permanent,
             corrupt_pages: None,
+            delta_from: None,
+            delta_lsn: None,
+            delta_full_name: None,
+            delta_count: None,
         }
+    }
+
+    /// A delta of `base`, named as WAL-G names it.
+    fn delta_of(base: &BackupInfo, start: u64, age_h: i64) -> BackupInfo {
+        let mut d = backup(start, start + 1, age_h, false);
+        d.name = format!("{}_D_{}", d.name, base.start_segment);
+        d.delta_from = Some(base.name.clone());
+        d.delta_lsn = Some(base.start_lsn);
+        d.delta_full_name = Some(base.delta_full_name.clone().unwrap_or(base.name.clone()));
+        d.delta_count = Some(base.delta_count.unwrap_or(0) + 1);
+        d
+    }
+
+    #[test]
+    fn a_kept_delta_keeps_its_whole_chain_and_retain_full_counts_full_backups() {
+        let f1 = backup(2, 3, 60, false);
+        let d1 = delta_of(&f1, 5, 50);
+        let d2 = delta_of(&d1, 8, 40);
+        let f2 = backup(11, 12, 30, false);
+        let d3 = delta_of(&f2, 14, 20);
+        let all = vec![f1.clone(), d1.clone(), d2.clone(), f2.clone(), d3.clone()];
+        let keys: Vec<String> = all.iter().flat_map(folder).collect();
+        let wal_keys = wal(1..17);
+        // retain 1 keeps d3 and its base f2; before d2 keeps d2's chain.
+        let p = plan_keys(&all, &keys, &wal_keys, &Retention::Retain(1)).unwrap();
+        assert_eq!(p.kept, vec![f2.name.clone(), d3.name.clone()]);
+        let p = plan_keys(&all, &keys, &wal_keys, &Retention::Before(d2.name.clone())).unwrap();
+        assert!(p.deleted_backups.is_empty(), "{:?}", p.deleted_backups);
+        // WAL is kept from the oldest kept backup's start, base included.
+        assert!(!p.keys.iter().any(|k| k == &seg_key(2)));
+        assert!(p.keys.iter().any(|k| k == &seg_key(1)));
+        // retain FULL 1: f2 and what follows; retain FULL 2: everything.
+        let p = plan_keys(&all, &keys, &wal_keys, &Retention::RetainFull(1, None)).unwrap();
+        assert_eq!(p.kept, vec![f2.name.clone(), d3.name.clone()]);
+        assert_eq!(
+            p.deleted_backups,
+            vec![f1.name.clone(), d1.name.clone(), d2.name.clone()]
+        );
+        let p = plan_keys(&all, &keys, &wal_keys, &Retention::RetainFull(2, None)).unwrap();
+        assert!(p.deleted_backups.is_empty());
+        // target d1 takes d2 with it; target FIND_FULL d2 takes f1's whole chain.
+        let t = |name: &BackupInfo, find_full| Retention::Target {
+            name: name.name.clone(),
+            find_full,
+        };
+        let mut deleted = plan_keys(&all, &keys, &wal_keys, &t(&d1, false))
+            .unwrap()
+            .deleted_backups;
+        deleted.sort();
+        let mut want = vec![d1.name.clone(), d2.name.clone()];
+        want.sort();
+        assert_eq!(deleted, want);
+        let p = plan_keys(&all, &keys, &wal_keys, &t(&d2, true)).unwrap();
+        assert_eq!(p.kept, vec![f2.name.clone(), d3.name.clone()]);
+        // A permanent delta keeps its base, and target refuses to delete under it.
+        let mut pd = d1.clone();
+        pd.is_permanent = true;
+        let all2 = vec![f1.clone(), pd.clone(), f2.clone()];
+        let keys2: Vec<String> = all2.iter().flat_map(folder).collect();
+        let p = plan_keys(&all2, &keys2, &wal_keys, &Retention::Retain(1)).unwrap();
+        assert!(p.kept.contains(&f1.name), "{:?}", p.kept);
+        let e = plan_keys(&all2, &keys2, &wal_keys, &t(&f1, false)).unwrap_err();
+        assert!(e.to_string().contains("permanent"), "{e}");
     }
 
     fn wal(range: std::ops::Range<u64>) -> Vec<String> {

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use super::files::{files_metadata_key, FilesMetadata, FILES_METADATA};
-use super::{parts_prefix, resolve, BackupInfo, TablespaceSpec};
+use super::{parts_prefix, BackupInfo, TablespaceSpec};
 use crate::archive::Archive;
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
@@ -147,26 +147,42 @@ pub async fn backup_fetch(
     let target = target.canonicalize().map_err(|e| Error::io(target, e))?;
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io(&target, e))?;
-    let info = resolve(&archive.store, which).await?;
-    let files_meta = load_files_metadata(&archive.store, &info).await?;
-    if files_meta.as_ref().is_some_and(FilesMetadata::is_delta) {
-        return Err(Error::BadInput(format!(
-            "backup {} is a WAL-G delta backup (its {FILES_METADATA} marks files as increments \
-             or as taken from its base); walkeeper restores only full backups",
-            info.name
-        )));
+    let all = super::list_backups(&archive.store).await?;
+    let info = resolve_in(&all, which, &archive.store.description)?;
+    let chain = super::delta_chain(&all, &info)?;
+    let mut layers = Vec::with_capacity(chain.len());
+    for b in chain {
+        let files_meta = load_files_metadata(&archive.store, &b).await?;
+        if files_meta.as_ref().is_some_and(FilesMetadata::is_delta) && !b.is_delta() {
+            return Err(Error::BadInput(format!(
+                "backup {}: its {FILES_METADATA} marks files as increments or as taken from a \
+                 base, but its sentinel names no base (DeltaFrom): an inconsistent delta backup, \
+                 not restored",
+                b.name
+            )));
+        }
+        if b.is_delta() && files_meta.is_none() {
+            return Err(Error::Corrupt {
+                key: files_metadata_key(&b.name),
+                msg: format!(
+                    "delta backup {} has no {FILES_METADATA}: which files are increments is \
+                     unknown",
+                    b.name
+                ),
+            });
+        }
+        layers.push((b, files_meta));
+    }
+    if layers.len() > 1 {
+        tracing::info!(
+            backup = info.name,
+            chain = ?layers.iter().map(|(b, _)| b.name.as_str()).collect::<Vec<_>>(),
+            "restoring a delta backup over its base chain"
+        );
     }
     let routes = Arc::new(tablespace_routes(&info, &target, &opts)?);
     let opts_blind = opts.blind_restore;
-    let res = extract_all(
-        &archive,
-        &info,
-        &target,
-        &routes,
-        &opts,
-        files_meta.as_ref(),
-    )
-    .await;
+    let res = extract_chain(&archive, &layers, &target, &routes, &opts).await;
     if let Err(e) = res {
         // Leave nothing that looks like a data directory.
         cleanup(&target, &routes);
@@ -181,6 +197,148 @@ pub async fn backup_fetch(
     Ok(info)
 }
 
+/// Finds `LATEST` or a named backup among `all` (oldest first).
+fn resolve_in(all: &[BackupInfo], which: &str, store: &str) -> Result<BackupInfo> {
+    if which.eq_ignore_ascii_case("LATEST") {
+        return all.last().cloned().ok_or_else(|| {
+            Error::BadInput(format!("{store}: the archive holds no complete backup"))
+        });
+    }
+    all.iter()
+        .find(|b| b.name == which)
+        .cloned()
+        .ok_or_else(|| {
+            Error::BadInput(format!(
+                "backup {which:?} not found in {store} (or it has no sentinel: incomplete)"
+            ))
+        })
+}
+
+/// Restores each backup of a chain in turn, the full backup first: a delta's files replace
+/// the base's, its increments are applied to the base's files, the files it records as
+/// unchanged must already be there, and pg_control comes from the last one only. Files the last
+/// backup does not have (dropped since the base) are removed at the end.
+async fn extract_chain(
+    archive: &Arc<Archive>,
+    layers: &[(BackupInfo, Option<FilesMetadata>)],
+    target: &Path,
+    routes: &Arc<Routes>,
+    opts: &FetchOptions,
+) -> Result<()> {
+    let mut last_extracted = HashSet::new();
+    for (i, (b, files_meta)) in layers.iter().enumerate() {
+        let last = i + 1 == layers.len();
+        let increments: HashSet<String> = files_meta
+            .iter()
+            .flat_map(|m| m.files.iter())
+            .filter(|(_, d)| d.is_incremented && !d.is_skipped)
+            .filter_map(|(n, _)| super::files::relative(n))
+            .collect();
+        let extracted = extract_all(
+            archive,
+            b,
+            target,
+            routes,
+            opts,
+            files_meta.as_ref(),
+            Arc::new(increments),
+            last,
+        )
+        .await?;
+        if let Some(m) = files_meta {
+            let key = files_metadata_key(&b.name);
+            for (name, d) in &m.files {
+                let Some(rel) = super::files::relative(name) else {
+                    continue;
+                };
+                let path = routes
+                    .dest(target, Path::new(&rel))
+                    .map_err(|e| Error::Corrupt {
+                        key: key.clone(),
+                        msg: e.to_string(),
+                    })?;
+                if d.is_skipped && std::fs::symlink_metadata(&path).is_err() {
+                    return Err(Error::Corrupt {
+                        key,
+                        msg: format!(
+                            "lists /{rel} as unchanged since its base, but no backup of the \
+                             chain before it holds the file"
+                        ),
+                    });
+                }
+            }
+        }
+        if last {
+            last_extracted = extracted;
+        }
+    }
+    if layers.len() > 1 {
+        if let Some((b, Some(m))) = layers.last() {
+            remove_dropped(
+                target,
+                routes,
+                m,
+                &last_extracted,
+                &files_metadata_key(&b.name),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the regular files that earlier backups of a chain restored but the last one does
+/// not list (relations dropped since the base, an old `tablespace_map`).
+fn remove_dropped(
+    target: &Path,
+    routes: &Routes,
+    last: &FilesMetadata,
+    extracted: &HashSet<String>,
+    key: &str,
+) -> Result<()> {
+    let mut keep: HashSet<String> = last
+        .files
+        .keys()
+        .filter_map(|n| super::files::relative(n))
+        .collect();
+    keep.extend(extracted.iter().cloned());
+    keep.insert("global/pg_control".into());
+    let roots = std::iter::once((target.to_path_buf(), String::new())).chain(
+        routes
+            .tablespaces
+            .iter()
+            .map(|(oid, loc)| (loc.clone(), format!("pg_tblspc/{oid}/"))),
+    );
+    let mut removed = 0usize;
+    for (root, prefix) in roots {
+        for e in walkdir::WalkDir::new(&root)
+            .follow_links(false)
+            .min_depth(1)
+        {
+            let e = e.map_err(|err| Error::io(&root, io::Error::other(err.to_string())))?;
+            if !e.file_type().is_file() {
+                continue;
+            }
+            let Ok(rel) = e.path().strip_prefix(&root) else {
+                continue;
+            };
+            let rel = format!("{prefix}{}", rel.to_string_lossy());
+            if !keep.contains(&rel) {
+                std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+                removed += 1;
+            }
+        }
+    }
+    tracing::debug!(
+        removed,
+        key,
+        "files the last backup of the chain does not have removed"
+    );
+    Ok(())
+}
+
+/// Extracts one backup's partitions (and, with `with_control`, its pg_control, last); returns
+/// the names of the entries extracted, relative to the data directory.
+#[allow(clippy::too_many_arguments)]
 async fn extract_all(
     archive: &Arc<Archive>,
     info: &BackupInfo,
@@ -188,7 +346,9 @@ async fn extract_all(
     routes: &Arc<Routes>,
     opts: &FetchOptions,
     files_meta: Option<&FilesMetadata>,
-) -> Result<()> {
+    increments: Arc<HashSet<String>>,
+    with_control: bool,
+) -> Result<HashSet<String>> {
     let listed = archive.store.list(&parts_prefix(&info.name)).await?;
     let mut parts = Vec::new();
     let mut control = None;
@@ -221,15 +381,16 @@ async fn extract_all(
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let mut tasks = Vec::new();
     for (key, c) in parts {
-        let (archive, sem, routes, target) = (
+        let (archive, sem, routes, target, increments) = (
             archive.clone(),
             sem.clone(),
             routes.clone(),
             target.to_path_buf(),
+            increments.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            extract_one(&archive, &key, c, &target, &routes).await
+            extract_one(&archive, &key, c, &target, &routes, &increments).await
         }));
     }
     let mut first_err = None;
@@ -265,11 +426,14 @@ async fn extract_all(
         }
     }
     match control {
-        Some((key, c)) => extract_one(archive, &key, c, target, routes)
-            .await
-            .map(|_| ()),
+        _ if !with_control => Ok(extracted),
+        Some((key, c)) => {
+            let none = HashSet::new();
+            extracted.extend(extract_one(archive, &key, c, target, routes, &none).await?);
+            Ok(extracted)
+        }
         // WAL-E keeps pg_control inside a partition; it must be there by now.
-        None if target.join("global/pg_control").exists() => Ok(()),
+        None if target.join("global/pg_control").exists() => Ok(extracted),
         None => Err(Error::Corrupt {
             key: parts_prefix(&info.name),
             msg: "the backup has no pg_control".into(),
@@ -332,6 +496,7 @@ async fn extract_one(
     c: Compression,
     target: &Path,
     routes: &Arc<Routes>,
+    increments: &HashSet<String>,
 ) -> Result<Vec<String>> {
     let reader = archive
         .store
@@ -341,11 +506,12 @@ async fn extract_one(
             key: key.to_string(),
             msg: "partition listed but missing".into(),
         })?;
-    let (archive2, target2, routes2, key2) = (
+    let (archive2, target2, routes2, key2, increments2) = (
         archive.clone(),
         target.to_path_buf(),
         routes.clone(),
         key.to_string(),
+        increments.clone(),
     );
     let files = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
         let plain = codec::decoder(reader, c, archive2.decryption.as_ref()).map_err(|e| {
@@ -354,7 +520,7 @@ async fn extract_one(
                 msg: e.to_string(),
             }
         })?;
-        unpack(plain, &target2, &routes2).map_err(|e| Error::Corrupt {
+        unpack(plain, &target2, &routes2, &increments2).map_err(|e| Error::Corrupt {
             key: key2.clone(),
             msg: e.to_string(),
         })
@@ -365,9 +531,15 @@ async fn extract_one(
     Ok(files)
 }
 
-/// Extracts one partition. Returns the names of its entries (files, directories, links),
+/// Extracts one partition. Entries named in `increments` are WAL-G increment files, applied to
+/// the file the base restored. Returns the names of its entries (files, directories, links),
 /// relative to the data directory.
-fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<Vec<String>> {
+fn unpack<R: io::Read>(
+    plain: R,
+    target: &Path,
+    routes: &Routes,
+    increments: &HashSet<String>,
+) -> io::Result<Vec<String>> {
     let mut ar = tar::Archive::new(TarTail::new(plain));
     ar.set_preserve_permissions(true);
     ar.set_preserve_mtime(true);
@@ -383,8 +555,15 @@ fn unpack<R: io::Read>(plain: R, target: &Path, routes: &Routes) -> io::Result<V
         let name = entry.path()?.into_owned();
         let dest = routes.dest(target, &name)?;
         let kind = entry.header().entry_type();
-        if let Some(rel) = name.to_str().and_then(super::files::relative) {
-            files.push(rel);
+        let rel = name.to_str().and_then(super::files::relative);
+        if let Some(rel) = &rel {
+            files.push(rel.clone());
+        }
+        if kind.is_file() && rel.as_ref().is_some_and(|r| increments.contains(r)) {
+            let stored = entry.size();
+            super::increment::apply(&mut entry, stored, &dest)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", name.display())))?;
+            continue;
         }
         if kind.is_symlink() || kind.is_hard_link() {
             let link = entry
@@ -646,7 +825,7 @@ mod tests {
 
     fn unpack_into(bytes: &[u8]) -> (tempfile::TempDir, io::Result<()>) {
         let dir = tempfile::tempdir().unwrap();
-        let res = unpack(bytes, dir.path(), &Routes::default()).map(|_| ());
+        let res = unpack(bytes, dir.path(), &Routes::default(), &HashSet::new()).map(|_| ());
         (dir, res)
     }
 
@@ -768,7 +947,7 @@ mod tests {
         );
         let tar = b.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut files = unpack(&tar[..], dir.path(), &Routes::default()).unwrap();
+        let mut files = unpack(&tar[..], dir.path(), &Routes::default(), &HashSet::new()).unwrap();
         files.sort();
         assert_eq!(
             files,
@@ -811,7 +990,7 @@ mod tests {
         let tar = b.into_inner().unwrap();
         let root = tempfile::tempdir().unwrap();
         let target = root.path().join("data");
-        let mut got = unpack(&tar[..], &target, &Routes::default()).unwrap();
+        let mut got = unpack(&tar[..], &target, &Routes::default(), &HashSet::new()).unwrap();
         got.sort();
         assert_eq!(got, [longer[1..].to_string(), long[1..].to_string()]);
         assert_eq!(std::fs::read(target.join(&long[1..])).unwrap(), b"u");
@@ -828,7 +1007,7 @@ mod tests {
             raw_entry(&mut b, tar::EntryType::Regular, "/base/1/2", "", b"x");
             raw_entry(&mut b, kind, name, link, b"");
             let tar = b.into_inner().unwrap();
-            unpack(&tar[..], &target, &Routes::default())
+            unpack(&tar[..], &target, &Routes::default(), &HashSet::new())
         };
         use tar::EntryType::{Link, Symlink};
         // Made: a link that only descends, a hard link to another entry.
@@ -894,7 +1073,7 @@ mod tests {
             // Then a file through whatever the links made.
             raw_entry(&mut b, tar::EntryType::Regular, "a/a/a", "", b"data");
             let tar = b.into_inner().unwrap();
-            let _ = unpack(&tar[..], &target, &Routes::default());
+            let _ = unpack(&tar[..], &target, &Routes::default(), &HashSet::new());
             let beside: Vec<_> = std::fs::read_dir(root.path())
                 .unwrap()
                 .map(|e| e.unwrap().file_name())

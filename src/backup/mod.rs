@@ -15,8 +15,10 @@
 
 pub mod branches;
 pub mod delete;
+pub mod delta;
 pub mod fetch;
 pub mod files;
+pub mod increment;
 pub mod list_text;
 pub mod offline;
 pub mod pages;
@@ -101,6 +103,32 @@ pub struct Sentinel {
     pub start_lsn: Lsn,
     #[serde(rename = "Timeline", default)]
     pub timeline: u32,
+    /// A delta backup: the start LSN of the backup it was taken from (WAL-G's
+    /// `IncrementFromLSN`; older WAL-G wrote `DeltaFromLSN`).
+    #[serde(
+        rename = "DeltaLSN",
+        alias = "DeltaFromLSN",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delta_lsn: Option<Lsn>,
+    /// A delta backup: the backup it was taken from (WAL-G's `IncrementFrom`).
+    #[serde(rename = "DeltaFrom", default, skip_serializing_if = "Option::is_none")]
+    pub delta_from: Option<String>,
+    /// A delta backup: the full backup its chain starts from (WAL-G's `IncrementFullName`).
+    #[serde(
+        rename = "DeltaFullName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delta_full_name: Option<String>,
+    /// A delta backup: how many deltas since the full backup, this one included.
+    #[serde(
+        rename = "DeltaCount",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delta_count: Option<u32>,
     #[serde(rename = "FinishLSN")]
     pub finish_lsn: Lsn,
     #[serde(
@@ -159,12 +187,24 @@ pub struct Sentinel {
 
 impl Sentinel {
     /// Parses a stop sentinel read from `key` (named in the error, as is a bad field such as a
-    /// `WalSegmentSize` that is not a segment size).
+    /// `WalSegmentSize` that is not a segment size, or a delta's base without its LSN).
     pub fn parse(key: &str, bytes: &[u8]) -> Result<Sentinel> {
-        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        let s: Sentinel = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
             key: key.into(),
             msg: format!("unreadable sentinel: {e}"),
-        })
+        })?;
+        // WAL-G's rule (`IsIncremental`): a delta has its base's LSN, full name and count too.
+        if s.delta_from.is_some()
+            && (s.delta_lsn.is_none() || s.delta_full_name.is_none() || s.delta_count.is_none())
+        {
+            return Err(Error::Corrupt {
+                key: key.into(),
+                msg: "inconsistent delta backup sentinel: DeltaFrom without DeltaLSN, \
+                      DeltaFullName or DeltaCount"
+                    .into(),
+            });
+        }
+        Ok(s)
     }
 }
 
@@ -247,6 +287,16 @@ pub struct BackupInfo {
     /// Pages whose checksum failed while the backup read them (None: not verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrupt_pages: Option<u64>,
+    /// A delta backup: the backup it was taken from, and the start LSN of that backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_lsn: Option<Lsn>,
+    /// A delta backup: the full backup its chain starts from, and its place in the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_full_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_count: Option<u32>,
 }
 
 impl BackupInfo {
@@ -254,6 +304,40 @@ impl BackupInfo {
     pub fn end_time(&self) -> DateTime<Utc> {
         self.finish_time.unwrap_or(self.last_modified)
     }
+
+    /// Whether this is a delta backup (restored on top of the backups it was taken from).
+    pub fn is_delta(&self) -> bool {
+        self.delta_from.is_some()
+    }
+}
+
+/// The backups a restore of `info` needs, oldest (the full backup) first and `info` last, found
+/// in `all` by each delta's `DeltaFrom`. A base that is missing, or a loop, is an error naming
+/// the backup that needs it.
+pub fn delta_chain(all: &[BackupInfo], info: &BackupInfo) -> Result<Vec<BackupInfo>> {
+    let mut chain = vec![info.clone()];
+    while let Some(from) = chain.last().and_then(|b| b.delta_from.clone()) {
+        let needer = chain.last().map(|b| b.name.clone()).unwrap_or_default();
+        if chain.iter().any(|b| b.name == from) || chain.len() > all.len() {
+            return Err(Error::Corrupt {
+                key: sentinel_key(&needer),
+                msg: format!("the delta chain loops back to {from}"),
+            });
+        }
+        let base = all
+            .iter()
+            .find(|b| b.name == from)
+            .ok_or_else(|| Error::Corrupt {
+                key: sentinel_key(&needer),
+                msg: format!(
+                    "delta backup {needer} needs its base {from}, which is not in the archive \
+                     (deleted, or incomplete)"
+                ),
+            })?;
+        chain.push(base.clone());
+    }
+    chain.reverse();
+    Ok(chain)
 }
 
 pub fn sentinel_key(name: &str) -> String {
@@ -270,7 +354,8 @@ pub fn is_backup_name(name: &str) -> bool {
     parse_name(name).is_some()
 }
 
-/// Parses `base_<24 hex>` (WAL-G) or `base_<24 hex>_<8 digits>` (WAL-E).
+/// Parses `base_<24 hex>` (WAL-G), `base_<24 hex>_D_<24 hex>` (a WAL-G delta, named after its
+/// base's segment) or `base_<24 hex>_<8 digits>` (WAL-E).
 pub(crate) fn parse_name(name: &str) -> Option<(SegmentId, Option<u64>, Format)> {
     let rest = name.strip_prefix("base_")?;
     let seg = rest.get(0..24)?;
@@ -280,6 +365,15 @@ pub(crate) fn parse_name(name: &str) -> Option<(SegmentId, Option<u64>, Format)>
     };
     match rest.get(24..) {
         Some("") => Some((id, None, Format::WalG)),
+        Some(delta) if delta.starts_with("_D_") => {
+            let base = delta.get(3..)?;
+            let crate::wal::names::WalName::Segment(_) =
+                crate::wal::names::WalName::parse(base).ok()?
+            else {
+                return None;
+            };
+            (base.len() == 24).then_some((id, None, Format::WalG))
+        }
         Some(off) if off.len() == 9 && off.starts_with('_') => {
             off[1..].parse().ok().map(|o| (id, Some(o), Format::WalE))
         }
@@ -338,6 +432,10 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     tar_partitions: s.tar_partitions,
                     is_permanent: s.is_permanent,
                     corrupt_pages: s.page_checksums.as_ref().map(|c| c.corrupt_pages),
+                    delta_from: s.delta_from,
+                    delta_lsn: s.delta_lsn,
+                    delta_full_name: s.delta_full_name,
+                    delta_count: s.delta_count,
                 }
             }
             Format::WalE => {
@@ -377,6 +475,10 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     tar_partitions: None,
                     is_permanent: false,
                     corrupt_pages: None,
+                    delta_from: None,
+                    delta_lsn: None,
+                    delta_full_name: None,
+                    delta_count: None,
                 }
             }
         };
@@ -398,12 +500,6 @@ pub async fn resolve(store: &Store, which: &str) -> Result<BackupInfo> {
                 store.description
             ))
         });
-    }
-    if which.contains("_D_") {
-        return Err(Error::BadInput(format!(
-            "backup {which:?} is a WAL-G delta backup; walkeeper restores only full backups \
-             (restore it with WAL-G, or restore a full backup and replay WAL from there)"
-        )));
     }
     all.into_iter().find(|b| b.name == which).ok_or_else(|| {
         Error::BadInput(format!(
@@ -428,6 +524,12 @@ mod tests {
             Some((_, Some(40), Format::WalE))
         ));
         assert!(parse_name("base_0000000100000000000002").is_none());
+        assert!(matches!(
+            parse_name("base_000000010000000000000009_D_000000010000000000000002"),
+            Some((_, None, Format::WalG))
+        ));
+        assert!(parse_name("base_000000010000000000000009_D_0000000100000000000002").is_none());
+        assert!(parse_name("base_000000010000000000000009_D_").is_none());
         assert!(parse_name("notabackup").is_none());
     }
 

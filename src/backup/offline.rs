@@ -164,6 +164,18 @@ fn needed_segments(c: &Control, end: Lsn) -> Vec<SegmentId> {
 #[allow(clippy::needless_update)]
 pub async fn backup_push_offline(archive: Arc<Archive>, opts: PushOptions) -> Result<Sentinel> {
     let started_at = Utc::now();
+    if opts.delta.from_name.is_some() || opts.delta.from_user_data.is_some() {
+        return Err(Error::BadInput(
+            "--while-offline takes full backups only; drop --delta-from-name / \
+             --delta-from-user-data"
+                .into(),
+        ));
+    }
+    if opts.delta.max_steps > 0 && !opts.delta.full {
+        tracing::info!(
+            "--while-offline takes a full backup (WALG_DELTA_MAX_STEPS applies to online backups)"
+        );
+    }
     let pgdata = opts
         .pgdata
         .canonicalize()
@@ -222,7 +234,7 @@ pub async fn backup_push_offline(archive: Arc<Archive>, opts: PushOptions) -> Re
         control.block_size as i64,
         Lsn(u64::MAX),
     );
-    let mut body = upload_body(&archive, &opts, &pgdata, &name, verify).await?;
+    let mut body = upload_body(&archive, &opts, &pgdata, &name, verify, None).await?;
     // The WAL goes into one more partition, recorded as WAL-G records every partition.
     let compression = archive.settings.compression;
     let wal_part = format!("part_{:03}.tar.{}", body.partitions + 1, compression.ext());

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::Utc;
 
+use super::delta::{DeltaBase, DeltaRequest};
 use super::files::{self, FileDescription, FilesMetadata};
+use super::increment;
 use super::pages::{self, ChecksumReport, CorruptBlocks, PageVerifier};
 use super::{
     parts_prefix, pg, sentinel_key, Metadata, Sentinel, TablespaceLocation, TablespaceSpec,
@@ -63,6 +65,8 @@ pub struct PushOptions {
     pub verify_pages: Option<bool>,
     /// List every corrupt block of a file, not only the first ten (`--store-all-corrupt`).
     pub store_all_corrupt: bool,
+    /// Whether (and from which backup) to take a delta backup.
+    pub delta: DeltaRequest,
 }
 
 impl PushOptions {
@@ -83,6 +87,11 @@ impl PushOptions {
             user_data: None,
             verify_pages: backup.verify_page_checksums,
             store_all_corrupt: backup.store_all_corrupt_blocks,
+            delta: DeltaRequest {
+                max_steps: backup.delta_max_steps,
+                origin: backup.delta_origin,
+                ..Default::default()
+            },
         }
     }
 }
@@ -102,6 +111,7 @@ impl std::fmt::Debug for PushOptions {
             .field("permanent", &self.permanent)
             .field("verify_pages", &self.verify_pages)
             .field("store_all_corrupt", &self.store_all_corrupt)
+            .field("delta", &self.delta)
             .finish()
     }
 }
@@ -256,16 +266,18 @@ fn effective_part_size(total: u64, threshold: u64, concurrency: usize) -> u64 {
     threshold.min(share.max(MIN_SPLIT)).max(1)
 }
 
-/// Splits entries into partitions of about `part_size` uncompressed bytes, in walk order.
-fn partition(entries: Vec<Entry>, part_size: u64) -> Vec<Vec<Entry>> {
+/// Splits entries into partitions of about `part_size` uncompressed bytes (each entry weighing
+/// what `weights` says), in walk order.
+fn partition(entries: Vec<Entry>, weights: &[u64], part_size: u64) -> Vec<Vec<Entry>> {
     let mut parts: Vec<Vec<Entry>> = vec![Vec::new()];
     let mut cur = 0u64;
-    for e in entries {
-        if cur >= part_size && e.kind == Kind::File {
+    for (i, e) in entries.into_iter().enumerate() {
+        let weight = weights.get(i).copied().unwrap_or(e.size);
+        if cur >= part_size && e.kind == Kind::File && weight > 0 {
             parts.push(Vec::new());
             cur = 0;
         }
-        cur += e.size;
+        cur += weight;
         if let Some(p) = parts.last_mut() {
             p.push(e);
         }
@@ -301,12 +313,12 @@ impl RateLimit {
 
 /// Reads exactly `size` bytes of a file that a running server may change: a shorter file is
 /// padded with zeros (WAL replay rewrites those pages), a longer one is cut.
-struct FileBody<'a> {
-    inner: io::Take<io::Chain<File, io::Repeat>>,
+struct FileBody<'a, R = io::Take<io::Chain<File, io::Repeat>>> {
+    inner: R,
     limit: Option<&'a RateLimit>,
 }
 
-impl Read for FileBody<'_> {
+impl<R: Read> Read for FileBody<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if let Some(l) = self.limit {
@@ -316,12 +328,47 @@ impl Read for FileBody<'_> {
     }
 }
 
+/// How a delta backup stored a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    Whole,
+    /// As an increment of its base's copy (WAL-G's `IsIncremented`).
+    Increment,
+    /// Not at all: unchanged since the base (WAL-G's `IsSkipped`).
+    Skipped,
+}
+
+/// What a delta backup compares each file with.
+#[derive(Debug, Clone)]
+pub(super) struct DeltaCtx {
+    since: Lsn,
+    base_files: std::collections::HashMap<String, Option<chrono::DateTime<chrono::FixedOffset>>>,
+}
+
+impl DeltaCtx {
+    fn new(base: &DeltaBase) -> Self {
+        DeltaCtx {
+            since: base.start_lsn,
+            base_files: base.files.clone(),
+        }
+    }
+
+    /// Unchanged since the base: the base recorded the same modification time (WAL-G's rule).
+    fn unchanged(&self, entry: &str, mtime: chrono::DateTime<Utc>) -> bool {
+        matches!(self.base_files.get(entry), Some(Some(t)) if *t == mtime)
+    }
+}
+
 /// A regular file as written into a partition, for `files_metadata.json`.
 #[derive(Debug, Clone)]
 struct Written {
     /// The tar entry name.
     name: String,
+    /// The bytes stored in the partition (an increment's size, 0 for a skipped file).
     size: u64,
+    /// The file's size.
+    file_size: u64,
+    stored: Stored,
     /// Its modification time when it was opened, before it was read.
     mtime: chrono::DateTime<Utc>,
     /// Pages verified, and the blocks that failed (relation files, with verification on).
@@ -378,12 +425,14 @@ pub(super) fn append_named<W: io::Write, R: Read>(
     tar.append(h, data)
 }
 
-/// Writes one tar partition into `sink`; returns the regular files it holds.
+/// Writes one tar partition into `sink`; returns the regular files it holds (and, for a delta,
+/// those it left out as unchanged).
 fn write_tar(
     entries: &[Entry],
     sink: &mut dyn io::Write,
     limit: Option<&RateLimit>,
     verify: Option<Verify>,
+    delta: Option<&DeltaCtx>,
 ) -> io::Result<Vec<Written>> {
     let mut tar = tar::Builder::new(sink);
     let mut written = Vec::new();
@@ -418,31 +467,98 @@ fn write_tar(
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(meta.mode() & 0o7777);
                 h.set_mtime(meta.mtime().max(0) as u64);
-                h.set_size(e.size);
-                let body = FileBody {
-                    inner: f.chain(io::repeat(0)).take(e.size),
-                    limit,
-                };
-                // tar copies through a small stack buffer; a large one means fewer reads and
-                // whole blocks for the compressor.
+                if delta.is_some_and(|d| d.unchanged(&name, mtime)) {
+                    written.push(Written {
+                        name,
+                        size: 0,
+                        file_size: e.size,
+                        stored: Stored::Skipped,
+                        mtime,
+                        pages_checked: 0,
+                        corrupt: None,
+                    });
+                    continue;
+                }
                 let segno = verify.and_then(|_| pages::relation_segment(&e.name));
-                let (pages_checked, corrupt) = match (verify, segno) {
-                    (Some(v), Some(segno)) => {
-                        let mut pages = PageVerifier::new(segno, v.start);
-                        let body = Verifying {
-                            inner: body,
-                            pages: &mut pages,
+                let mut pages = match (verify, segno) {
+                    (Some(v), Some(segno)) => Some(PageVerifier::new(segno, v.start)),
+                    _ => None,
+                };
+                // A relation file the base has: only the pages changed since the base started.
+                let increment = match delta {
+                    Some(d)
+                        if d.base_files.contains_key(&name)
+                            && increment::is_paged_file(&e.name, e.size) =>
+                    {
+                        let mut scan = io::BufReader::with_capacity(
+                            codec::CHUNK,
+                            FileBody {
+                                inner: (&f).take(e.size),
+                                limit,
+                            },
+                        );
+                        let blocks =
+                            increment::changed_blocks(&mut scan, e.size, d.since, |page| {
+                                if let Some(p) = pages.as_mut() {
+                                    p.feed(page);
+                                }
+                            })
+                            .map_err(|err| {
+                                io::Error::new(err.kind(), format!("{}: {err}", e.path.display()))
+                            })?;
+                        if blocks.is_none() {
+                            tracing::debug!(file = %e.path.display(), "a page header is not valid: stored whole");
+                            pages = match (verify, segno) {
+                                (Some(v), Some(segno)) => Some(PageVerifier::new(segno, v.start)),
+                                _ => None,
+                            };
+                        }
+                        blocks
+                    }
+                    _ => None,
+                };
+                let (size, stored) = match increment {
+                    Some(blocks) => {
+                        let size = increment::stored_size(blocks.len() as u64);
+                        h.set_size(size);
+                        let body = FileBody {
+                            inner: increment::IncrementReader::new(&f, e.size, blocks),
+                            limit,
                         };
                         let body = io::BufReader::with_capacity(codec::CHUNK, body);
                         append_named(&mut tar, &mut h, &name, body)?;
-                        let checked = pages.pages_checked;
-                        (checked, pages.finish(&e.path, v.keep_all))
+                        (size, Stored::Increment)
                     }
-                    _ => {
-                        let body = io::BufReader::with_capacity(codec::CHUNK, body);
-                        append_named(&mut tar, &mut h, &name, body)?;
-                        (0, None)
+                    None => {
+                        h.set_size(e.size);
+                        let mut f = f;
+                        io::Seek::rewind(&mut f)?;
+                        let body = FileBody {
+                            inner: f.chain(io::repeat(0)).take(e.size),
+                            limit,
+                        };
+                        // tar copies through a small stack buffer; a large one means fewer
+                        // reads and whole blocks for the compressor.
+                        match pages.as_mut() {
+                            Some(p) => {
+                                let body = Verifying {
+                                    inner: body,
+                                    pages: p,
+                                };
+                                let body = io::BufReader::with_capacity(codec::CHUNK, body);
+                                append_named(&mut tar, &mut h, &name, body)?;
+                            }
+                            None => {
+                                let body = io::BufReader::with_capacity(codec::CHUNK, body);
+                                append_named(&mut tar, &mut h, &name, body)?;
+                            }
+                        }
+                        (e.size, Stored::Whole)
                     }
+                };
+                let (pages_checked, corrupt) = match pages {
+                    Some(p) => (p.pages_checked, p.finish(&e.path, v_keep_all(verify))),
+                    None => (0, None),
                 };
                 if let Some(c) = &corrupt {
                     tracing::warn!(
@@ -454,7 +570,9 @@ fn write_tar(
                 }
                 written.push(Written {
                     name,
-                    size: e.size,
+                    size,
+                    file_size: e.size,
+                    stored,
                     mtime,
                     pages_checked,
                     corrupt,
@@ -464,6 +582,10 @@ fn write_tar(
     }
     tar.into_inner()?.flush()?;
     Ok(written)
+}
+
+fn v_keep_all(verify: Option<Verify>) -> bool {
+    verify.is_some_and(|v| v.keep_all)
 }
 
 /// A tar of in-memory files (`backup_label`, `tablespace_map`), named as given.
@@ -500,13 +622,29 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
             pgdata.display()
         )));
     }
+    // The base of a delta is chosen before the backup starts, so a refusal leaves the server
+    // untouched.
+    let delta = super::delta::choose_base(
+        &archive.store,
+        &opts.delta,
+        opts.permanent,
+        super::delta::Server {
+            system_identifier: info.system_identifier,
+            version_num: info.version_num,
+        },
+    )
+    .await?;
     let (start_lsn, timeline) = pg::start_backup(&client, info.version_num, "walkeeper").await?;
-    let name = format!("base_{}", start_lsn.segment(timeline, info.seg_size).name());
+    let full_name = format!("base_{}", start_lsn.segment(timeline, info.seg_size).name());
+    let name = match &delta {
+        Some(d) => d.delta_name(&full_name),
+        None => full_name,
+    };
     tracing::info!(backup = name, start_lsn = %start_lsn, timeline, "backup started");
 
     let verify = verification(&opts, info.data_checksums, info.block_size, start_lsn);
     let data_started = Instant::now();
-    let result = upload_body(&archive, &opts, &pgdata, &name, verify).await;
+    let result = upload_body(&archive, &opts, &pgdata, &name, verify, delta.as_ref()).await;
     if let Ok(body) = &result {
         let secs = data_started.elapsed().as_secs_f64();
         tracing::info!(
@@ -569,6 +707,10 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
     let sentinel = Sentinel {
         start_lsn,
         timeline,
+        delta_lsn: delta.as_ref().map(|d| d.start_lsn),
+        delta_from: delta.as_ref().map(|d| d.name.clone()),
+        delta_full_name: delta.as_ref().map(|d| d.full_name.clone()),
+        delta_count: delta.as_ref().map(|d| d.count),
         finish_lsn,
         system_identifier: Some(info.system_identifier),
         pg_version: info.version_num,
@@ -676,6 +818,7 @@ pub(super) async fn upload_body(
     pgdata: &Path,
     name: &str,
     verify: Option<Verify>,
+    delta: Option<&DeltaBase>,
 ) -> Result<Body> {
     // A backup killed earlier may have left objects under this name, never a sentinel.
     if archive.store.head(&sentinel_key(name)).await?.is_some() {
@@ -692,9 +835,27 @@ pub(super) async fn upload_body(
     let (entries, spec) = tokio::task::spawn_blocking(move || collect(&pgdata_owned))
         .await
         .map_err(|e| Error::io(pgdata, io::Error::other(e.to_string())))??;
-    let total: u64 = entries.iter().map(|e| e.size).sum();
+    let delta = delta.map(|d| Arc::new(DeltaCtx::new(d)));
+    // A delta leaves unchanged files out: they do not count towards a partition's size.
+    let weigh = |e: &Entry| match &delta {
+        Some(d) if e.kind == Kind::File => {
+            let unchanged = std::fs::metadata(&e.path).ok().and_then(|m| {
+                chrono::DateTime::<Utc>::from_timestamp(
+                    m.mtime(),
+                    m.mtime_nsec().clamp(0, 999_999_999) as u32,
+                )
+            });
+            match unchanged {
+                Some(t) if d.unchanged(&files::entry_name(&e.name), t) => 0,
+                _ => e.size,
+            }
+        }
+        _ => e.size,
+    };
+    let weights: Vec<u64> = entries.iter().map(weigh).collect();
+    let total: u64 = weights.iter().sum();
     let part_size = effective_part_size(total, opts.part_size, opts.concurrency);
-    let parts = partition(entries, part_size);
+    let parts = partition(entries, &weights, part_size);
     let partitions = parts.len() as u32;
     let limit = opts.read_rate_limit.map(|r| Arc::new(RateLimit::new(r)));
     let compression: Compression = archive.settings.compression;
@@ -707,13 +868,14 @@ pub(super) async fn upload_body(
     for (i, part) in parts.into_iter().enumerate() {
         let file = format!("part_{:03}.tar.{ext}", i + 1);
         let key = format!("{}/{file}", parts_prefix(name));
-        let (archive, sem, limit, compressed, errors, written) = (
+        let (archive, sem, limit, compressed, errors, written, delta) = (
             archive.clone(),
             sem.clone(),
             limit.clone(),
             compressed.clone(),
             errors.clone(),
             written.clone(),
+            delta.clone(),
         );
         let part = Arc::new(part);
         tasks.push(tokio::spawn(async move {
@@ -730,7 +892,7 @@ pub(super) async fn upload_body(
                     let enc = arch.encryption.as_ref();
                     let limit = limit.as_deref();
                     let (_, _) = codec::encode_with(sink, compression, enc, |w| {
-                        let files = write_tar(&part, w, limit, verify)?;
+                        let files = write_tar(&part, w, limit, verify, delta.as_deref())?;
                         if let Ok(mut h) = held2.lock() {
                             *h = files;
                         }
@@ -768,9 +930,13 @@ pub(super) async fn upload_body(
         let names = files.tar_file_sets.entry(part).or_default();
         for w in held {
             uncompressed += w.size;
-            names.push(w.name.clone());
+            if w.stored != Stored::Skipped {
+                names.push(w.name.clone());
+            }
             checksums.pages_checked += w.pages_checked;
-            let mut desc = FileDescription::full(w.mtime, w.size);
+            let mut desc = FileDescription::full(w.mtime, w.file_size);
+            desc.is_incremented = w.stored == Stored::Increment;
+            desc.is_skipped = w.stored == Stored::Skipped;
             if let Some(c) = w.corrupt {
                 checksums.corrupt_pages += c.count as u64;
                 checksums.files.insert(w.name.clone(), c.clone());
@@ -796,7 +962,7 @@ pub(super) async fn upload_body(
             &format!("{}/pg_control.tar.{ext}", parts_prefix(name)),
             move |sink| {
                 codec::encode_with(sink, compression, arch.encryption.as_ref(), |w| {
-                    write_tar(&control, w, None, None).map(|_| ())
+                    write_tar(&control, w, None, None, None).map(|_| ())
                 })
                 .map(|_| ())
             },
@@ -876,15 +1042,18 @@ mod tests {
             kind: Kind::File,
             size: s,
         };
-        let parts = partition(
-            vec![e("a", 60), e("b", 60), e("c", 10), e("d", 100), e("f", 1)],
-            100,
-        );
+        let entries = vec![e("a", 60), e("b", 60), e("c", 10), e("d", 100), e("f", 1)];
+        let weights: Vec<u64> = entries.iter().map(|e| e.size).collect();
+        let parts = partition(entries, &weights, 100);
         let names: Vec<Vec<&str>> = parts
             .iter()
             .map(|p| p.iter().map(|e| e.name.as_str()).collect())
             .collect();
         assert_eq!(names, vec![vec!["a", "b"], vec!["c", "d"], vec!["f"]]);
+        // Files a delta leaves out weigh nothing and never open a partition.
+        let entries = vec![e("a", 60), e("b", 60), e("c", 10), e("d", 100), e("f", 1)];
+        let parts = partition(entries, &[60, 0, 50, 0, 1], 100);
+        assert_eq!(parts.len(), 2, "{parts:?}");
     }
 
     #[test]
@@ -920,7 +1089,7 @@ mod tests {
             e(&format!("{long_dir}/16385"), Kind::File, 4),
         ];
         let mut out = Vec::new();
-        let written = write_tar(&entries, &mut out, None, None).unwrap();
+        let written = write_tar(&entries, &mut out, None, None, None).unwrap();
         let names: Vec<String> = written.iter().map(|w| w.name.clone()).collect();
         assert_eq!(
             names,

@@ -1,13 +1,14 @@
 //! `walkeeper backup-push <PGDATA>`: a base backup of the running server (or, with
 //! `--while-offline`, of a stopped one). Takes WAL-E's options (`--pool-size N`,
 //! `--cluster-read-rate-limit`, `--while-offline`) and WAL-G's (`--full`, `--permanent`,
-//! `--add-user-data`); WAL-G's `-p` is told from WAL-E's `-p N` by its value (see
+//! `--add-user-data`, `--delta-from-name`, `--delta-from-user-data`, WALG_DELTA_MAX_STEPS); WAL-G's `-p` is told from WAL-E's `-p N` by its value (see
 //! [`super::rewrite_argv`]). WAL-G options walkeeper does not implement are refused by name.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive::Archive;
+use crate::backup::delta::DeltaRequest;
 use crate::backup::push::{backup_push, PushOptions};
 use crate::error::Error;
 
@@ -33,9 +34,16 @@ pub struct Args {
     /// (no connection, no backup mode). Refused unless pg_control says "shut down".
     #[arg(long)]
     pub while_offline: bool,
-    /// WAL-G's `--full` (`-f`): walkeeper's backups are always full.
+    /// WAL-G's `--full` (`-f`): a full backup even when WALG_DELTA_MAX_STEPS asks for deltas.
     #[arg(short = 'f', long)]
     pub full: bool,
+    /// WAL-G's `--delta-from-name NAME`: a delta backup of this backup.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["full", "delta_from_user_data"])]
+    pub delta_from_name: Option<String>,
+    /// WAL-G's `--delta-from-user-data DATA`: a delta backup of the backup whose user data
+    /// (`--add-user-data`) is DATA.
+    #[arg(long, value_name = "DATA", conflicts_with = "full")]
+    pub delta_from_user_data: Option<String>,
     /// WAL-G's `--add-user-data JSON`: stored in the sentinel and metadata.json (a value that
     /// is not JSON is stored as a string, as WAL-G does).
     #[arg(long, value_name = "JSON")]
@@ -58,10 +66,6 @@ pub struct Args {
 /// WAL-G's backup-push options that walkeeper refuses, with what it does instead.
 #[derive(Debug, clap::Args)]
 pub struct RefusedWalG {
-    #[arg(long, hide = true, value_name = "NAME")]
-    pub delta_from_name: Option<String>,
-    #[arg(long, hide = true, value_name = "DATA")]
-    pub delta_from_user_data: Option<String>,
     #[arg(long, hide = true)]
     pub rating_composer: bool,
     #[arg(long, hide = true)]
@@ -76,14 +80,8 @@ pub struct RefusedWalG {
 
 impl RefusedWalG {
     fn refusal(&self) -> Option<String> {
-        let (opt, instead) = if self.delta_from_name.is_some() {
-            ("--delta-from-name", "walkeeper takes full backups only")
-        } else if self.delta_from_user_data.is_some() {
-            (
-                "--delta-from-user-data",
-                "walkeeper takes full backups only",
-            )
-        } else if self.rating_composer || self.copy_composer || self.database_composer {
+        let (opt, instead) = if self.rating_composer || self.copy_composer || self.database_composer
+        {
             (
                 "--rating-composer/--copy-composer/--database-composer",
                 "walkeeper cuts partitions by size (WALG_TAR_SIZE_THRESHOLD)",
@@ -119,14 +117,6 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
         }
         let settings = cli.settings()?;
         settings.refuse_unimplemented_encryption()?;
-        if let Some(v) = settings.vars.get("WALG_DELTA_MAX_STEPS") {
-            if v.trim() != "0" {
-                return Err(Error::Config(format!(
-                    "WALG_DELTA_MAX_STEPS={v} asks for delta backups: walkeeper takes full \
-                     backups only; unset it (or set 0)"
-                )));
-            }
-        }
         let archive = Arc::new(Archive::open(settings)?);
         let backup = &archive.settings.backup;
         let concurrency = args
@@ -149,6 +139,13 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             user_data: args.add_user_data.as_deref().map(user_data),
             verify_pages: args.verify.then_some(true).or(backup.verify_page_checksums),
             store_all_corrupt: args.store_all_corrupt || backup.store_all_corrupt_blocks,
+            delta: DeltaRequest {
+                max_steps: backup.delta_max_steps,
+                origin: backup.delta_origin,
+                full: args.full,
+                from_name: args.delta_from_name.clone(),
+                from_user_data: args.delta_from_user_data.as_deref().map(user_data),
+            },
         };
         if args.while_offline {
             crate::backup::offline::backup_push_offline(archive, opts).await

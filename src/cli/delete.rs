@@ -6,7 +6,9 @@
 //! - `everything [FORCE]`
 //! - `old-versions` (WAL-E)
 //!
-//! walkeeper's backups are all full backups, so `FULL` and `FIND_FULL` change nothing. Without
+//! `retain FULL N` counts full backups; `target FIND_FULL` deletes the target's whole delta
+//! chain. A kept delta always keeps the backups it is restored over, so `FIND_FULL` elsewhere
+//! changes nothing. Without
 //! `--confirm` (or with `--dry-run`, which wins, as in WAL-E), only prints what would be deleted.
 
 use crate::archive::Archive;
@@ -88,16 +90,15 @@ fn retention_of(what: &What) -> Result<Option<Retention>, String> {
     Ok(Some(match what {
         What::Retain { words, after } => {
             let n = after_modifier("retain", words, &["FULL", "FIND_FULL"])?;
+            let full = words.first().is_some_and(|w| w == "FULL") && words.len() == 2;
             let n: usize = n
                 .parse()
                 .map_err(|_| format!("delete retain: {n:?} is not a number of backups"))?;
-            match after {
-                None => Retention::Retain(n),
-                Some(a) if crate::backup::is_backup_name(a) => {
-                    Retention::RetainAfter(n, After::Name(a.clone()))
-                }
+            let after = match after {
+                None => None,
+                Some(a) if crate::backup::is_backup_name(a) => Some(After::Name(a.clone())),
                 Some(a) => match parse_given_time(a).map_err(|e| e.to_string())? {
-                    GivenTime::Absolute(t) => Retention::RetainAfter(n, After::Time(t)),
+                    GivenTime::Absolute(t) => Some(After::Time(t)),
                     GivenTime::Local(_) => {
                         return Err(format!(
                             "delete retain --after {a:?}: give the time with a zone (e.g. \
@@ -105,6 +106,11 @@ fn retention_of(what: &What) -> Result<Option<Retention>, String> {
                         ))
                     }
                 },
+            };
+            match after {
+                _ if full => Retention::RetainFull(n, after),
+                None => Retention::Retain(n),
+                Some(a) => Retention::RetainAfter(n, a),
             }
         }
         What::Before { words } => {
@@ -125,9 +131,10 @@ fn retention_of(what: &What) -> Result<Option<Retention>, String> {
                 }
             }
         }
-        What::Target { words } => {
-            Retention::Target(after_modifier("target", words, &["FIND_FULL"])?.to_string())
-        }
+        What::Target { words } => Retention::Target {
+            name: after_modifier("target", words, &["FIND_FULL"])?.to_string(),
+            find_full: words.len() == 2,
+        },
         What::Garbage { what } => match what.as_deref() {
             None | Some("ARCHIVES") | Some("BACKUPS") => Retention::Garbage,
             Some(other) => {
