@@ -1426,3 +1426,126 @@ fn walkeepers_delta_backups_under_pgbench_load_store_changed_pages_and_restore_b
     let (sf, _, _) = read_backup(&c, &next);
     assert!(sf.delta_from.is_none());
 }
+
+#[test]
+fn backup_fetch_delta_over_the_members_own_data_directory_keeps_matching_files_and_completes_after_an_interruption(
+) {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut c = Cluster::start(&[]);
+    c.primary
+        .psql("CREATE TABLE rows_kept AS SELECT g AS id FROM generate_series(1, 1000) g");
+    c.primary.pgbench(&["-i", "-s", "2", "-q"]);
+    let out = c.walkeeper(&["backup-push", c.primary.data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "backup-push: {}", stderr(&out));
+    let name = c.walkeeper(&["backup-list", "LATEST"]);
+    let name = String::from_utf8_lossy(&name.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    c.primary
+        .psql("UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid <= 2000");
+    c.primary
+        .psql("INSERT INTO rows_kept SELECT g FROM generate_series(2001, 2500) g");
+    c.primary
+        .psql("CREATE TABLE later AS SELECT g FROM generate_series(1, 3000) g");
+    c.primary.switch_and_wait_archived();
+    let sum = c.primary.psql("SELECT sum(id) FROM rows_kept");
+    let accounts = c
+        .primary
+        .psql("SELECT sum(abalance), count(*) FROM pgbench_accounts");
+    c.primary.stop();
+
+    let data = c.primary.data.clone();
+    let ino = |p: &str| std::fs::metadata(data.join(p)).unwrap().ino();
+    let pg_version = ino("PG_VERSION");
+    // A file the backup does not have, and the member's own configuration line.
+    std::fs::write(data.join("stray_file"), b"not in the backup").unwrap();
+    let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+    conf.push_str("\n# the member's own line\n");
+    std::fs::write(data.join("postgresql.conf"), &conf).unwrap();
+
+    // Refused: another directory that is not a data directory, and a running server's.
+    let other = c.dir("not_pgdata");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("precious"), b"x").unwrap();
+    let out = c.walkeeper(&["backup-fetch", "--delta", other.to_str().unwrap(), &name]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(other.join("precious").exists());
+    std::fs::write(data.join("postmaster.pid"), b"1\n").unwrap();
+    let out = c.walkeeper(&["backup-fetch", "--delta", data.to_str().unwrap(), &name]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("postmaster.pid"), "{}", stderr(&out));
+    std::fs::remove_file(data.join("postmaster.pid")).unwrap();
+
+    // Interrupted: a partition is damaged, so the run fails after it started writing. The
+    // directory does not start (no pg_control).
+    let parts = c
+        .archive
+        .join(format!("basebackups_005/{name}/tar_partitions"));
+    let part = std::fs::read_dir(&parts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("part_001")
+        })
+        .unwrap();
+    let saved = std::fs::read(&part).unwrap();
+    std::fs::write(&part, &saved[..saved.len() / 2]).unwrap();
+    let out = c.walkeeper(&["backup-fetch", "--delta", data.to_str().unwrap(), &name]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!data.join("global/pg_control").exists());
+
+    // The next run completes it.
+    std::fs::write(&part, &saved).unwrap();
+    let out = c.walkeeper(&["backup-fetch", "--delta", data.to_str().unwrap(), &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(data.join("global/pg_control").exists());
+    assert_eq!(
+        ino("PG_VERSION"),
+        pg_version,
+        "an unchanged file is kept, not rewritten"
+    );
+    assert!(!data.join("stray_file").exists(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(data.join("postgresql.conf")).unwrap(),
+        conf
+    );
+    assert!(
+        std::fs::read_dir(data.join("pg_wal")).unwrap().all(|e| e
+            .unwrap()
+            .file_type()
+            .unwrap()
+            .is_dir()),
+        "no WAL of the old history is left in pg_wal"
+    );
+
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    let mut auto = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.auto.conf"))
+        .unwrap();
+    writeln!(
+        auto,
+        "restore_command = '{} --envdir {} wal-fetch %f %p'",
+        walkeeper(),
+        c.env.display()
+    )
+    .unwrap();
+    chown_pg_recursive(&data);
+    c.primary.start();
+    wait_until("recovery to finish", Duration::from_secs(300), || {
+        c.primary.psql("SELECT pg_is_in_recovery()") == "f"
+    });
+    assert_eq!(c.primary.psql("SELECT sum(id) FROM rows_kept"), sum);
+    assert_eq!(
+        c.primary
+            .psql("SELECT sum(abalance), count(*) FROM pgbench_accounts"),
+        accounts
+    );
+    assert_eq!(c.primary.psql("SELECT count(*) FROM later"), "3000");
+}

@@ -45,7 +45,21 @@ pub struct FetchOptions {
     pub concurrency: usize,
     /// Skip making the restored files durable before returning (`--no-sync`).
     pub no_sync: bool,
+    /// Restore into an existing data directory (pgBackRest's `--delta`): keep the files that
+    /// already match the backup, rewrite the rest, remove what the backup does not have.
+    pub delta: bool,
 }
+
+/// Configuration files that belong to the member, not to the backup (which another member may
+/// have taken): a delta restore keeps them as they are.
+pub const MEMBER_FILES: &[&str] = &[
+    "postgresql.conf",
+    "postgresql.base.conf",
+    "postgresql.auto.conf",
+    "pg_hba.conf",
+    "pg_ident.conf",
+    "patroni.dynamic.json",
+];
 
 /// Where entries under `pg_tblspc/<oid>/` go.
 #[derive(Debug, Clone, Default)]
@@ -84,7 +98,14 @@ impl Routes {
     }
 }
 
-fn tablespace_routes(info: &BackupInfo, target: &Path, opts: &FetchOptions) -> Result<Routes> {
+/// Where each tablespace goes; a location must be empty unless `allow_existing` (a delta
+/// restore reuses what the locations hold).
+fn tablespace_routes(
+    info: &BackupInfo,
+    target: &Path,
+    opts: &FetchOptions,
+    allow_existing: bool,
+) -> Result<Routes> {
     let mut routes = Routes::default();
     if opts.blind_restore {
         return Ok(routes);
@@ -109,9 +130,10 @@ fn tablespace_routes(info: &BackupInfo, target: &Path, opts: &FetchOptions) -> R
                 dir.display()
             )));
         }
-        if std::fs::read_dir(&dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
+        if !allow_existing
+            && std::fs::read_dir(&dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
         {
             return Err(Error::BadInput(format!(
                 "tablespace {oid} location {} is not empty",
@@ -130,23 +152,85 @@ pub async fn backup_fetch(
     which: &str,
     opts: FetchOptions,
 ) -> Result<BackupInfo> {
-    match std::fs::read_dir(target) {
-        Ok(mut d) => {
-            if d.next().is_some() {
-                return Err(Error::BadInput(format!(
-                    "{} is not empty; backup-fetch restores only into an empty or new directory",
-                    target.display()
-                )));
-            }
-        }
+    let existing = match std::fs::read_dir(target) {
+        Ok(mut d) => d.next().is_some(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+            false
         }
         Err(e) => return Err(Error::io(target, e)),
+    };
+    if existing && !opts.delta {
+        return Err(Error::BadInput(format!(
+            "{} is not empty; backup-fetch restores only into an empty or new directory \
+             (or, with --delta, into an existing data directory)",
+            target.display()
+        )));
+    }
+    let delta = existing && opts.delta;
+    if delta {
+        if !target.join("PG_VERSION").is_file() {
+            return Err(Error::BadInput(format!(
+                "{} is not empty and is not a PostgreSQL data directory (no PG_VERSION): \
+                 --delta rewrites only a data directory",
+                target.display()
+            )));
+        }
+        if target.join("postmaster.pid").exists() {
+            return Err(Error::BadInput(format!(
+                "{} has a postmaster.pid: stop PostgreSQL before a delta restore (or remove a \
+                 stale postmaster.pid)",
+                target.display()
+            )));
+        }
     }
     let target = target.canonicalize().map_err(|e| Error::io(target, e))?;
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io(&target, e))?;
+    let (info, layers) = load_chain(&archive, which).await?;
+    if layers.len() > 1 {
+        tracing::info!(
+            backup = info.name,
+            chain = ?layers.iter().map(|(b, _)| b.name.as_str()).collect::<Vec<_>>(),
+            "restoring a delta backup over its base chain"
+        );
+    }
+    let routes = Arc::new(tablespace_routes(&info, &target, &opts, delta)?);
+    let opts_blind = opts.blind_restore;
+    if delta {
+        let only = delta_plan(&target, &routes, &layers)?;
+        extract_chain(
+            &archive,
+            &layers,
+            &target,
+            &routes,
+            &opts,
+            Some(Arc::new(only)),
+        )
+        .await?;
+    } else {
+        let res = extract_chain(&archive, &layers, &target, &routes, &opts, None).await;
+        if let Err(e) = res {
+            // Leave nothing that looks like a data directory.
+            cleanup(&target, &routes);
+            return Err(e);
+        }
+    }
+    finish_layout(&target, &routes)?;
+    rewrite_tablespace_map(&target, &routes, opts_blind)?;
+    if !opts.no_sync {
+        sync_restored(&target, &routes)?;
+    }
+    tracing::info!(backup = info.name, target = %target.display(), "backup fetched");
+    Ok(info)
+}
+
+/// A backup (LATEST or a name) and the chain it is restored from, oldest first, each with its
+/// per-file records: refused when a delta's records are missing or inconsistent.
+async fn load_chain(
+    archive: &Archive,
+    which: &str,
+) -> Result<(BackupInfo, Vec<(BackupInfo, Option<FilesMetadata>)>)> {
     let all = super::list_backups(&archive.store).await?;
     let info = resolve_in(&all, which, &archive.store.description)?;
     let chain = super::delta_chain(&all, &info)?;
@@ -173,29 +257,81 @@ pub async fn backup_fetch(
         }
         layers.push((b, files_meta));
     }
-    if layers.len() > 1 {
-        tracing::info!(
-            backup = info.name,
-            chain = ?layers.iter().map(|(b, _)| b.name.as_str()).collect::<Vec<_>>(),
-            "restoring a delta backup over its base chain"
-        );
-    }
-    let routes = Arc::new(tablespace_routes(&info, &target, &opts)?);
-    let opts_blind = opts.blind_restore;
-    let res = extract_chain(&archive, &layers, &target, &routes, &opts).await;
-    if let Err(e) = res {
-        // Leave nothing that looks like a data directory.
-        cleanup(&target, &routes);
-        return Err(e);
-    }
-    finish_layout(&target, &routes)?;
-    rewrite_tablespace_map(&target, &routes, opts_blind)?;
-    if !opts.no_sync {
-        sync_restored(&target, &routes)?;
-    }
-    tracing::info!(backup = info.name, target = %target.display(), "backup fetched");
-    Ok(info)
+    Ok((info, layers))
 }
+
+/// What a delta restore rewrites: every file of the backup except those the directory already
+/// has with the size and modification time (to the nanosecond) the newest backup recorded when
+/// it read them, and except the member's own configuration files. pg_control is removed first,
+/// so a directory left by an interrupted run does not start; files rewritten get a new time, so
+/// the next run rewrites them again.
+fn delta_plan(
+    target: &Path,
+    routes: &Routes,
+    layers: &[(BackupInfo, Option<FilesMetadata>)],
+) -> Result<HashSet<String>> {
+    let control = target.join("global/pg_control");
+    match std::fs::remove_file(&control) {
+        Ok(()) => {
+            let dir = target.join("global");
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io(&dir, e))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&control, e)),
+    }
+    let mut only = HashSet::new();
+    let (mut kept, mut rewritten) = (0usize, 0usize);
+    let Some((newest, Some(files))) = layers.last() else {
+        // No per-file records (WAL-E, old backups): everything is rewritten.
+        only.insert(ALL.to_string());
+        return Ok(only);
+    };
+    for (name, d) in &files.files {
+        let Some(rel) = super::files::relative(name) else {
+            continue;
+        };
+        if MEMBER_FILES.contains(&rel.as_str()) {
+            continue;
+        }
+        let path = routes
+            .dest(target, Path::new(&rel))
+            .map_err(|e| Error::Corrupt {
+                key: files_metadata_key(&newest.name),
+                msg: e.to_string(),
+            })?;
+        let same = match (std::fs::symlink_metadata(&path), d.mtime) {
+            (Ok(m), Some(t)) if m.is_file() => {
+                use std::os::unix::fs::MetadataExt;
+                let size_ok = d.size.is_none_or(|s| s >= 0 && m.len() == s as u64);
+                size_ok
+                    && m.mtime() == t.timestamp()
+                    && m.mtime_nsec() == t.timestamp_subsec_nanos() as i64
+            }
+            _ => false,
+        };
+        if same {
+            kept += 1;
+        } else {
+            rewritten += 1;
+            only.insert(rel);
+        }
+    }
+    for special in ["backup_label", "tablespace_map", "global/pg_control"] {
+        only.insert(special.to_string());
+    }
+    tracing::info!(
+        backup = newest.name,
+        kept,
+        rewritten,
+        "delta restore: files that already match are kept"
+    );
+    Ok(only)
+}
+
+/// In a delta restore's set of files to write: every file (the backup has no per-file records).
+const ALL: &str = "\0all";
 
 /// Finds `LATEST` or a named backup among `all` (oldest first).
 fn resolve_in(all: &[BackupInfo], which: &str, store: &str) -> Result<BackupInfo> {
@@ -224,6 +360,7 @@ async fn extract_chain(
     target: &Path,
     routes: &Arc<Routes>,
     opts: &FetchOptions,
+    only: Option<Arc<HashSet<String>>>,
 ) -> Result<()> {
     let mut last_extracted = HashSet::new();
     for (i, (b, files_meta)) in layers.iter().enumerate() {
@@ -243,6 +380,7 @@ async fn extract_chain(
             files_meta.as_ref(),
             Arc::new(increments),
             last,
+            only.clone(),
         )
         .await?;
         if let Some(m) = files_meta {
@@ -272,15 +410,25 @@ async fn extract_chain(
             last_extracted = extracted;
         }
     }
-    if layers.len() > 1 {
-        if let Some((b, Some(m))) = layers.last() {
-            remove_dropped(
+    // Files earlier backups of the chain restored, or a delta restore found in the directory,
+    // that the newest backup does not have.
+    if layers.len() > 1 || only.is_some() {
+        match layers.last() {
+            Some((b, Some(m))) => remove_dropped(
                 target,
                 routes,
                 m,
                 &last_extracted,
                 &files_metadata_key(&b.name),
-            )?;
+            )?,
+            Some((b, None)) => remove_dropped(
+                target,
+                routes,
+                &FilesMetadata::default(),
+                &last_extracted,
+                &super::sentinel_key(&b.name),
+            )?,
+            None => {}
         }
     }
     Ok(())
@@ -302,6 +450,7 @@ fn remove_dropped(
         .collect();
     keep.extend(extracted.iter().cloned());
     keep.insert("global/pg_control".into());
+    keep.extend(MEMBER_FILES.iter().map(|f| f.to_string()));
     let roots = std::iter::once((target.to_path_buf(), String::new())).chain(
         routes
             .tablespaces
@@ -328,6 +477,29 @@ fn remove_dropped(
             }
         }
     }
+    // Directories no backup entry made (a dropped database's), once empty.
+    for e in walkdir::WalkDir::new(target)
+        .follow_links(false)
+        .min_depth(1)
+        .contents_first(true)
+    {
+        let Ok(e) = e else { continue };
+        if !e.file_type().is_dir() {
+            continue;
+        }
+        let rel = e
+            .path()
+            .strip_prefix(target)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let made = NEEDED_DIRS.contains(&rel.as_str())
+            || extracted.contains(&rel)
+            || rel == "global"
+            || rel.starts_with("pg_tblspc");
+        if !made && std::fs::remove_dir(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
     tracing::debug!(
         removed,
         key,
@@ -348,6 +520,7 @@ async fn extract_all(
     files_meta: Option<&FilesMetadata>,
     increments: Arc<HashSet<String>>,
     with_control: bool,
+    only: Option<Arc<HashSet<String>>>,
 ) -> Result<HashSet<String>> {
     let listed = archive.store.list(&parts_prefix(&info.name)).await?;
     let mut parts = Vec::new();
@@ -381,16 +554,17 @@ async fn extract_all(
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
     let mut tasks = Vec::new();
     for (key, c) in parts {
-        let (archive, sem, routes, target, increments) = (
+        let (archive, sem, routes, target, increments, only) = (
             archive.clone(),
             sem.clone(),
             routes.clone(),
             target.to_path_buf(),
             increments.clone(),
+            only.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            extract_one(&archive, &key, c, &target, &routes, &increments).await
+            extract_one(&archive, &key, c, &target, &routes, &increments, only).await
         }));
     }
     let mut first_err = None;
@@ -414,10 +588,14 @@ async fn extract_all(
     // the directory look complete.
     if let Some(m) = files_meta {
         let key = files_metadata_key(&info.name);
+        let wanted = |f: &String| {
+            only.as_ref()
+                .is_none_or(|o| o.contains(ALL) || o.contains(f))
+        };
         if let Some(lost) = m
             .required(&key)?
             .into_iter()
-            .find(|f| !extracted.contains(f) && f != "global/pg_control")
+            .find(|f| wanted(f) && !extracted.contains(f) && f != "global/pg_control")
         {
             return Err(Error::Corrupt {
                 key,
@@ -429,7 +607,7 @@ async fn extract_all(
         _ if !with_control => Ok(extracted),
         Some((key, c)) => {
             let none = HashSet::new();
-            extracted.extend(extract_one(archive, &key, c, target, routes, &none).await?);
+            extracted.extend(extract_one(archive, &key, c, target, routes, &none, None).await?);
             Ok(extracted)
         }
         // WAL-E keeps pg_control inside a partition; it must be there by now.
@@ -497,6 +675,7 @@ async fn extract_one(
     target: &Path,
     routes: &Arc<Routes>,
     increments: &HashSet<String>,
+    only: Option<Arc<HashSet<String>>>,
 ) -> Result<Vec<String>> {
     let reader = archive
         .store
@@ -520,9 +699,11 @@ async fn extract_one(
                 msg: e.to_string(),
             }
         })?;
-        unpack(plain, &target2, &routes2, &increments2).map_err(|e| Error::Corrupt {
-            key: key2.clone(),
-            msg: e.to_string(),
+        unpack(plain, &target2, &routes2, &increments2, only.as_deref()).map_err(|e| {
+            Error::Corrupt {
+                key: key2.clone(),
+                msg: e.to_string(),
+            }
         })
     })
     .await
@@ -539,6 +720,7 @@ fn unpack<R: io::Read>(
     target: &Path,
     routes: &Routes,
     increments: &HashSet<String>,
+    only: Option<&HashSet<String>>,
 ) -> io::Result<Vec<String>> {
     let mut ar = tar::Archive::new(TarTail::new(plain));
     ar.set_preserve_permissions(true);
@@ -558,6 +740,13 @@ fn unpack<R: io::Read>(
         let rel = name.to_str().and_then(super::files::relative);
         if let Some(rel) = &rel {
             files.push(rel.clone());
+        }
+        // A delta restore writes only the regular files it has to.
+        if kind.is_file()
+            && only
+                .is_some_and(|o| !o.contains(ALL) && !rel.as_ref().is_some_and(|r| o.contains(r)))
+        {
+            continue;
         }
         if kind.is_file() && rel.as_ref().is_some_and(|r| increments.contains(r)) {
             let stored = entry.size();
@@ -750,7 +939,9 @@ fn finish_layout(target: &Path, routes: &Routes) -> Result<()> {
     }
     for (oid, loc) in &routes.tablespaces {
         let link = target.join("pg_tblspc").join(oid);
-        if link.is_dir() && !link.is_symlink() {
+        if link.is_symlink() {
+            std::fs::remove_file(&link).map_err(|e| Error::io(&link, e))?;
+        } else if link.is_dir() {
             let _ = std::fs::remove_dir(&link);
         }
         std::fs::create_dir_all(loc).map_err(|e| Error::io(loc, e))?;
@@ -825,7 +1016,7 @@ mod tests {
 
     fn unpack_into(bytes: &[u8]) -> (tempfile::TempDir, io::Result<()>) {
         let dir = tempfile::tempdir().unwrap();
-        let res = unpack(bytes, dir.path(), &Routes::default(), &HashSet::new()).map(|_| ());
+        let res = unpack(bytes, dir.path(), &Routes::default(), &HashSet::new(), None).map(|_| ());
         (dir, res)
     }
 
@@ -947,7 +1138,14 @@ mod tests {
         );
         let tar = b.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut files = unpack(&tar[..], dir.path(), &Routes::default(), &HashSet::new()).unwrap();
+        let mut files = unpack(
+            &tar[..],
+            dir.path(),
+            &Routes::default(),
+            &HashSet::new(),
+            None,
+        )
+        .unwrap();
         files.sort();
         assert_eq!(
             files,
@@ -990,7 +1188,7 @@ mod tests {
         let tar = b.into_inner().unwrap();
         let root = tempfile::tempdir().unwrap();
         let target = root.path().join("data");
-        let mut got = unpack(&tar[..], &target, &Routes::default(), &HashSet::new()).unwrap();
+        let mut got = unpack(&tar[..], &target, &Routes::default(), &HashSet::new(), None).unwrap();
         got.sort();
         assert_eq!(got, [longer[1..].to_string(), long[1..].to_string()]);
         assert_eq!(std::fs::read(target.join(&long[1..])).unwrap(), b"u");
@@ -1007,7 +1205,7 @@ mod tests {
             raw_entry(&mut b, tar::EntryType::Regular, "/base/1/2", "", b"x");
             raw_entry(&mut b, kind, name, link, b"");
             let tar = b.into_inner().unwrap();
-            unpack(&tar[..], &target, &Routes::default(), &HashSet::new())
+            unpack(&tar[..], &target, &Routes::default(), &HashSet::new(), None)
         };
         use tar::EntryType::{Link, Symlink};
         // Made: a link that only descends, a hard link to another entry.
@@ -1073,7 +1271,7 @@ mod tests {
             // Then a file through whatever the links made.
             raw_entry(&mut b, tar::EntryType::Regular, "a/a/a", "", b"data");
             let tar = b.into_inner().unwrap();
-            let _ = unpack(&tar[..], &target, &Routes::default(), &HashSet::new());
+            let _ = unpack(&tar[..], &target, &Routes::default(), &HashSet::new(), None);
             let beside: Vec<_> = std::fs::read_dir(root.path())
                 .unwrap()
                 .map(|e| e.unwrap().file_name())

@@ -1,4 +1,5 @@
-//! `walkeeper backup-fetch <PGDATA> LATEST|<name>`.
+//! `walkeeper backup-fetch [--delta] <PGDATA> LATEST|<name>`: a full or delta backup (walking
+//! its chain), into a new directory or, with `--delta`, over an existing data directory.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,13 @@ pub struct Args {
     /// system restored to).
     #[arg(long)]
     pub no_sync: bool,
+    /// pgBackRest's `--delta`: restore into an existing data directory (PostgreSQL stopped),
+    /// keeping the files that already match the backup (size and modification time as the
+    /// backup recorded them), rewriting the rest and removing what the backup does not have;
+    /// the member's configuration files stay. An interrupted run leaves a directory that does
+    /// not start (no pg_control) and that the next run completes.
+    #[arg(long)]
+    pub delta: bool,
 }
 
 /// WAL-G's backup-fetch options that walkeeper refuses, with what it does instead.
@@ -78,6 +86,7 @@ impl Args {
             restore_spec: self.restore_spec.clone(),
             blind_restore: self.blind_restore,
             no_sync: self.no_sync,
+            delta: self.delta,
             concurrency: self
                 .pool_size
                 .or_else(|| {

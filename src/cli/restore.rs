@@ -58,6 +58,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             blind_restore: args.fetch.blind_restore,
             no_sync: false,
             concurrency: 2,
+            delta: false,
         };
         let opts = RestoreOptions {
             target,
