@@ -54,6 +54,15 @@ const COMMANDS: &[(&str, &str)] = &[
         "walkeeper takes no disk-snapshot backups; backup-fetch restores a base backup",
     ),
     (
+        "flags",
+        "`walkeeper --help` and each command's `--help` list walkeeper's options; WAL-G's \
+         settings are variables here (environment, --envdir or the config file)",
+    ),
+    (
+        "completion",
+        "walkeeper generates no shell completion script",
+    ),
+    (
         "wal-purge",
         "`delete garbage ARCHIVES` deletes the WAL older than the oldest backup",
     ),
@@ -115,6 +124,11 @@ const OPTIONS: &[(&str, &str, &str)] = &[
         "delete",
         "--format",
         "the dry run prints one `would delete KEY` line per object",
+    ),
+    (
+        "backup-fetch",
+        "--reverse-unpack",
+        "walkeeper restores whole, full backups: there are no deltas to unpack in reverse",
     ),
     (
         "backup-push",
