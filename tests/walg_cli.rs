@@ -505,6 +505,13 @@ fn wal_g_commands_and_options_walkeeper_lacks_are_refused_by_name_with_what_it_d
             2,
             &["-r", "rating composer"],
         ),
+        (
+            &["backup-fetch", "/restored", "LATEST", "--reverse-unpack"],
+            2,
+            &["--reverse-unpack", "full backups"],
+        ),
+        (&["flags"], 2, &["flags", "--help"]),
+        (&["completion", "bash"], 2, &["completion"]),
     ];
     for (args, code, says) in cases {
         let out = run(args, &vars, scratch.path());
