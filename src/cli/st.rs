@@ -290,3 +290,41 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     .await;
     super::exit("st", result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ls_lays_out_rows_and_times_as_wal_g_go_tabwriter_and_time_string() {
+        let t = |nanos| {
+            chrono::Utc
+                .with_ymd_and_hms(2024, 1, 2, 3, 4, 5)
+                .unwrap()
+                .with_nanosecond(nanos)
+                .unwrap()
+        };
+        use chrono::Timelike;
+        assert_eq!(go_time(&t(0)), "2024-01-02 03:04:05 +0000 UTC");
+        assert_eq!(go_time(&t(100_000_000)), "2024-01-02 03:04:05.1 +0000 UTC");
+        assert_eq!(
+            go_time(&t(123_456_789)),
+            "2024-01-02 03:04:05.123456789 +0000 UTC"
+        );
+        let row = |a: &str, b: &str, c: &str, d: &str| {
+            [a.to_string(), b.to_string(), c.to_string(), d.to_string()]
+        };
+        let table = tabwriter(&[
+            row("type", "size", "last modified", "name"),
+            row("dir", "0", "0001-01-01 00:00:00 +0000 UTC", "wal_005/"),
+            row("obj", "16777216", &go_time(&t(0)), "x.lz4"),
+        ]);
+        assert_eq!(
+            table,
+            "type size     last modified                 name\n\
+             dir  0        0001-01-01 00:00:00 +0000 UTC wal_005/\n\
+             obj  16777216 2024-01-02 03:04:05 +0000 UTC x.lz4\n"
+        );
+    }
+}
