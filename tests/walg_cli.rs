@@ -435,14 +435,14 @@ fn wal_g_commands_and_options_walkeeper_lacks_are_refused_by_name_with_what_it_d
         (
             &["catchup-push", "/data", "--from-lsn", "0/3000000"],
             2,
-            &["catchup-push", "full backup"],
+            &["catchup-push", "no catchup backups"],
         ),
         (
             &["catchup-fetch", "/data", "base_x"],
             2,
             &["catchup-fetch", "create-replica"],
         ),
-        (&["catchup-list"], 2, &["catchup-list", "incremental"]),
+        (&["catchup-list"], 2, &["catchup-list", "create-replica"]),
         (
             &["copy", "--from=a.json", "--to=b.json"],
             2,
@@ -508,7 +508,7 @@ fn wal_g_commands_and_options_walkeeper_lacks_are_refused_by_name_with_what_it_d
         (
             &["backup-fetch", "/restored", "LATEST", "--reverse-unpack"],
             2,
-            &["--reverse-unpack", "full backups"],
+            &["--reverse-unpack", "chain"],
         ),
         (&["flags"], 2, &["flags", "--help"]),
         (&["completion", "bash"], 2, &["completion"]),

@@ -5,8 +5,9 @@
 
 use std::ffi::OsString;
 
-const NO_INCREMENTAL: &str = "walkeeper takes no incremental (catchup) backups; rebuild the \
-     replica from a full backup (`create-replica`, or `backup-fetch` and the archive)";
+const NO_INCREMENTAL: &str = "walkeeper takes no catchup backups (from a replica's LSN); \
+     rebuild a lagging replica from the archive (`create-replica`, or `backup-fetch` and WAL \
+     replay)";
 
 /// WAL-G's commands (of `wal-g` for PostgreSQL) with what walkeeper does instead.
 const COMMANDS: &[(&str, &str)] = &[
@@ -43,7 +44,8 @@ const COMMANDS: &[(&str, &str)] = &[
     ),
     (
         "backup-merge",
-        "walkeeper takes full backups only: there are no deltas to merge",
+        "walkeeper does not merge delta backups; take a full one (`backup-push --full`) and \
+         let retention delete the old chain",
     ),
     (
         "snapshot-push",
@@ -128,7 +130,8 @@ const OPTIONS: &[(&str, &str, &str)] = &[
     (
         "backup-fetch",
         "--reverse-unpack",
-        "walkeeper restores whole, full backups: there are no deltas to unpack in reverse",
+        "backup-fetch restores a delta backup's chain by itself; there is no unpack order to \
+         choose",
     ),
     (
         "backup-push",
