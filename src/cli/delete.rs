@@ -35,8 +35,8 @@ pub enum What {
         #[arg(num_args = 1..=2, required = true, value_name = "[FULL|FIND_FULL] N")]
         words: Vec<String>,
         /// Also keep every backup that finished at or after TIME (with a zone), or NAME and
-        /// the newer ones.
-        #[arg(long, value_name = "TIME|NAME")]
+        /// the newer ones (WAL-G's `--after`/`-a`).
+        #[arg(short = 'a', long, value_name = "TIME|NAME")]
         after: Option<String>,
     },
     /// Delete the non-permanent backups older than NAME (or that finished before TIME) and

@@ -8,6 +8,7 @@ mod backup_push;
 mod create_replica;
 mod delete;
 mod recovery_done;
+mod refused;
 mod restore;
 mod st;
 mod version;
@@ -80,7 +81,14 @@ pub struct WalEGlobals {
     /// AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN are then ignored.
     #[arg(long, global = true)]
     pub aws_instance_profile: bool,
+    /// WAL-G's `--turbo`: ignore the throttling the configuration sets (WALG_DISK_RATE_LIMIT,
+    /// WALG_NETWORK_RATE_LIMIT); an option on the command line still applies.
+    #[arg(long, global = true)]
+    pub turbo: bool,
 }
+
+/// The throttling `--turbo` ignores.
+const TURBO_IGNORES: [&str; 2] = ["WALG_DISK_RATE_LIMIT", "WALG_NETWORK_RATE_LIMIT"];
 
 /// The credentials an instance profile replaces.
 const INSTANCE_PROFILE_IGNORES: [&str; 4] = [
@@ -131,6 +139,11 @@ impl WalEGlobals {
                 out.push((v.into(), None));
             }
         }
+        if self.turbo {
+            for v in TURBO_IGNORES {
+                out.push((v.into(), None));
+            }
+        }
         Ok(out)
     }
 
@@ -150,6 +163,9 @@ impl WalEGlobals {
         }
         if self.aws_instance_profile {
             v.push("--aws-instance-profile".into());
+        }
+        if self.turbo {
+            v.push("--turbo".into());
         }
         v
     }
@@ -280,6 +296,9 @@ const GLOBAL_VALUE_OPTIONS: &[&str] = &[
     "--aws-access-key-id",
 ];
 
+/// Global options without a value.
+const GLOBAL_FLAGS: &[&str] = &["--terse", "--aws-instance-profile", "--turbo"];
+
 /// The exit code for a command line clap refused. For wal-fetch it is
 /// [`crate::error::EXIT_FETCH_FATAL`]: PostgreSQL reads 1 to 125 as "not available", so a typo
 /// in restore_command would end recovery early or leave a standby silently without archive.
@@ -289,24 +308,7 @@ fn parse_error_code(e: &clap::Error, args: impl Iterator<Item = OsString>) -> i3
         return e.exit_code();
     }
     // The first word that is neither a global option nor its value names the command.
-    let mut args = args;
-    let mut command = None;
-    while let Some(a) = args.next() {
-        let Some(s) = a.to_str() else { break };
-        match s {
-            s if GLOBAL_VALUE_OPTIONS.contains(&s) => {
-                args.next();
-            }
-            s if GLOBAL_VALUE_OPTIONS
-                .iter()
-                .any(|o| o.starts_with("--") && s.starts_with(&format!("{o}="))) => {}
-            "--terse" | "--aws-instance-profile" => {}
-            s => {
-                command = Some(s.to_string());
-                break;
-            }
-        }
-    }
+    let (command, _) = refused::command_words(&args.collect::<Vec<_>>());
     match command.as_deref() {
         Some("wal-fetch") => crate::error::EXIT_FETCH_FATAL,
         _ => e.exit_code(),
@@ -348,7 +350,13 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             let code = parse_error_code(&e, std::env::args_os().skip(1));
-            let _ = e.print();
+            let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+            match refused::refusal(&args) {
+                Some(msg) if code != 0 => eprintln!("walkeeper: {msg}"),
+                _ => {
+                    let _ = e.print();
+                }
+            }
             return code;
         }
     };

@@ -1,7 +1,9 @@
 //! `walkeeper st ls|cat|get|put|rm` (WAL-G's storage tools), on paths relative to the archive
 //! prefix (`wal_005/…`, `basebackups_005/…`).
 //!
-//! - `st ls [PATH]`: the folders and objects directly in PATH (`dir`/`obj`, size, time, name);
+//! - `st ls [-r] [PATH]`: WAL-G's table (`type size last modified name`, columns aligned as Go's
+//!   tabwriter does, times as Go prints them): the folders (`dir`, 0, the zero time, `name/`)
+//!   then the objects directly in PATH, or with `-r` every object under it by its relative path;
 //! - `st cat PATH [--decompress]`: the object's bytes on stdout;
 //! - `st get PATH DEST [--no-decompress] [--no-decrypt]`: download, decoded by its extension;
 //! - `st put SRC DEST [--no-compress] [--no-encrypt]`: upload, compressed with the configured
@@ -18,6 +20,9 @@ use crate::error::{Error, Result};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// WAL-G's failover storage to act on: only `default` (the one prefix) exists here.
+    #[arg(short = 't', long, global = true, value_name = "STORAGE")]
+    pub target: Option<String>,
     #[command(subcommand)]
     pub what: What,
 }
@@ -25,7 +30,12 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum What {
     /// List a folder.
-    Ls { path: Option<String> },
+    Ls {
+        path: Option<String>,
+        /// Every object under the folder, by its path relative to it.
+        #[arg(short, long)]
+        recursive: bool,
+    },
     /// Print an object.
     Cat {
         path: String,
@@ -91,11 +101,43 @@ fn decode(archive: &Archive, path: &str, bytes: &[u8], decrypt: bool) -> Result<
     Ok(out)
 }
 
+/// A time as Go's `time.Time.String()` prints a UTC one: `2006-01-02 15:04:05.5 +0000 UTC`,
+/// fractional seconds without trailing zeros.
+fn go_time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    let nanos = t.timestamp_subsec_nanos();
+    let frac = if nanos == 0 {
+        String::new()
+    } else {
+        format!(".{nanos:09}").trim_end_matches('0').to_string()
+    };
+    format!("{}{frac} +0000 UTC", t.format("%Y-%m-%d %H:%M:%S"))
+}
+
+/// Rows laid out as Go's `tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)` lays out tab-terminated
+/// cells: every column but the last padded to its widest cell plus one space.
+fn tabwriter(rows: &[[String; 4]]) -> String {
+    let mut widths = [0usize; 3];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        for (w, cell) in widths.iter().zip(row) {
+            out.push_str(&format!("{cell:<width$}", width = w + 1));
+        }
+        out.push_str(&row[3]);
+        out.push('\n');
+    }
+    out
+}
+
 async fn run_st(archive: &Archive, what: &What) -> Result<()> {
     let mut stdout = std::io::stdout();
     let out_err = |e| Error::io("stdout", e);
     match what {
-        What::Ls { path } => {
+        What::Ls { path, recursive } => {
             let p = clean(path.as_deref().unwrap_or(""))?;
             let prefix = if p.is_empty() {
                 String::new()
@@ -103,31 +145,42 @@ async fn run_st(archive: &Archive, what: &What) -> Result<()> {
                 format!("{p}/")
             };
             let mut dirs = std::collections::BTreeSet::new();
-            let mut objs = Vec::new();
+            let mut rows: Vec<[String; 4]> = Vec::new();
             for (key, meta) in archive.store.list(&p).await? {
                 let Some(rest) = key.strip_prefix(&prefix) else {
                     continue;
                 };
                 match rest.split_once('/') {
-                    Some((d, _)) => {
-                        dirs.insert(d.to_string());
+                    Some((d, _)) if !recursive => {
+                        dirs.insert(format!("{d}/"));
                     }
-                    None => objs.push((rest.to_string(), meta)),
+                    _ => rows.push([
+                        "obj".into(),
+                        meta.size.to_string(),
+                        go_time(&meta.last_modified),
+                        rest.to_string(),
+                    ]),
                 }
             }
-            for d in dirs {
-                writeln!(stdout, "dir\t0\t\t{d}").map_err(out_err)?;
-            }
-            for (name, m) in objs {
-                writeln!(
-                    stdout,
-                    "obj\t{}\t{}\t{name}",
-                    m.size,
-                    m.last_modified
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                )
+            let dirs = dirs.into_iter().map(|d| {
+                [
+                    "dir".to_string(),
+                    "0".into(),
+                    "0001-01-01 00:00:00 +0000 UTC".into(),
+                    d,
+                ]
+            });
+            let mut table = vec![[
+                "type".to_string(),
+                "size".into(),
+                "last modified".into(),
+                "name".into(),
+            ]];
+            table.extend(dirs);
+            table.extend(rows);
+            stdout
+                .write_all(tabwriter(&table).as_bytes())
                 .map_err(out_err)?;
-            }
         }
         What::Cat { path, decompress } => {
             let p = clean(path)?;
@@ -223,6 +276,12 @@ async fn run_st(archive: &Archive, what: &What) -> Result<()> {
 
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
+        if let Some(t) = args.target.as_deref().filter(|t| *t != "default") {
+            return Err(Error::BadInput(format!(
+                "st --target {t}: walkeeper has no failover storages; it acts on the one archive \
+                 prefix (`--target default`), drop the option"
+            )));
+        }
         let settings = cli.settings()?;
         settings.refuse_unimplemented_encryption()?;
         let archive = Archive::open(settings)?;
@@ -230,4 +289,42 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     }
     .await;
     super::exit("st", result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ls_lays_out_rows_and_times_as_wal_g_go_tabwriter_and_time_string() {
+        let t = |nanos| {
+            chrono::Utc
+                .with_ymd_and_hms(2024, 1, 2, 3, 4, 5)
+                .unwrap()
+                .with_nanosecond(nanos)
+                .unwrap()
+        };
+        use chrono::Timelike;
+        assert_eq!(go_time(&t(0)), "2024-01-02 03:04:05 +0000 UTC");
+        assert_eq!(go_time(&t(100_000_000)), "2024-01-02 03:04:05.1 +0000 UTC");
+        assert_eq!(
+            go_time(&t(123_456_789)),
+            "2024-01-02 03:04:05.123456789 +0000 UTC"
+        );
+        let row = |a: &str, b: &str, c: &str, d: &str| {
+            [a.to_string(), b.to_string(), c.to_string(), d.to_string()]
+        };
+        let table = tabwriter(&[
+            row("type", "size", "last modified", "name"),
+            row("dir", "0", "0001-01-01 00:00:00 +0000 UTC", "wal_005/"),
+            row("obj", "16777216", &go_time(&t(0)), "x.lz4"),
+        ]);
+        assert_eq!(
+            table,
+            "type size     last modified                 name\n\
+             dir  0        0001-01-01 00:00:00 +0000 UTC wal_005/\n\
+             obj  16777216 2024-01-02 03:04:05 +0000 UTC x.lz4\n"
+        );
+    }
 }

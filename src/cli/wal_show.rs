@@ -1,8 +1,8 @@
-//! `walkeeper wal-show [--detailed-json]` (WAL-G): the archive's timelines, one row each: its
-//! parent and switch point (from its `.history` file), the first and last archived segment,
-//! how many segments the range spans and holds, and `OK` or `LOST_SEGMENTS`; with
-//! `--detailed-json`, WAL-G's JSON with the missing segment names and the backups on each
-//! timeline. Exit 0 whatever it finds (as WAL-G); `wal-verify` is the check that fails.
+//! `walkeeper wal-show [--detailed-json] [--without-backups]` (WAL-G): the archive's timelines,
+//! one row each: its parent and switch point (from its `.history` file), the first and last
+//! archived segment, how many segments the range spans and holds, and `OK` or `LOST_SEGMENTS`;
+//! with `--detailed-json`, WAL-G's JSON with the missing segment names and the backups on each
+//! timeline. `--without-backups` leaves the backups (column and field) out, as WAL-G. Exit 0 whatever it finds (as WAL-G); `wal-verify` is the check that fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,6 +16,9 @@ pub struct Args {
     /// WAL-G's JSON, with missing segments and backups per timeline.
     #[arg(long)]
     pub detailed_json: bool,
+    /// Leave the backups of each timeline out.
+    #[arg(long)]
+    pub without_backups: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -28,7 +31,8 @@ struct Timeline {
     segment_range_size: u64,
     segments_count: u64,
     missing_segments: Vec<String>,
-    backups: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backups: Option<Vec<serde_json::Value>>,
     status: &'static str,
 }
 
@@ -86,7 +90,7 @@ async fn timelines(archive: &Archive) -> crate::Result<Vec<Timeline>> {
                 "LOST_SEGMENTS"
             },
             missing_segments: missing,
-            backups: backups
+            backups: Some(backups
                 .iter()
                 .filter(|b| b.timeline == *tli)
                 .map(|b| {
@@ -99,7 +103,7 @@ async fn timelines(archive: &Archive) -> crate::Result<Vec<Timeline>> {
                         "is_permanent": b.is_permanent,
                     })
                 })
-                .collect(),
+                .collect()),
         });
     }
     Ok(out)
@@ -117,6 +121,12 @@ fn table(rows: &[Timeline]) -> String {
         "STATUS",
         "BACKUPS COUNT",
     ];
+    let columns = if rows.iter().any(|t| t.backups.is_none()) {
+        head.len() - 1
+    } else {
+        head.len()
+    };
+    let head = &head[..columns];
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|t| {
@@ -129,8 +139,11 @@ fn table(rows: &[Timeline]) -> String {
                 t.segment_range_size.to_string(),
                 t.segments_count.to_string(),
                 t.status.to_string(),
-                t.backups.len().to_string(),
+                t.backups.as_ref().map_or(0, Vec::len).to_string(),
             ]
+            .into_iter()
+            .take(columns)
+            .collect()
         })
         .collect();
     let widths: Vec<usize> = (0..head.len())
@@ -160,7 +173,9 @@ fn table(rows: &[Timeline]) -> String {
         format!("|{}|\n", r.join("|"))
     };
     let mut out = rule.clone();
-    out.push_str(&line(&head.map(String::from)));
+    out.push_str(&line(
+        &head.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    ));
     out.push_str(&rule);
     for r in &cells {
         out.push_str(&line(r));
@@ -172,7 +187,13 @@ fn table(rows: &[Timeline]) -> String {
 pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
     let result = async {
         let archive = Archive::open(cli.settings()?)?;
-        timelines(&archive).await
+        let mut rows = timelines(&archive).await?;
+        if args.without_backups {
+            for t in &mut rows {
+                t.backups = None;
+            }
+        }
+        Ok::<_, crate::Error>(rows)
     }
     .await;
     match result {
