@@ -187,6 +187,54 @@ def backup(recs, out):
         out.append("")
 
 
+def delta(recs, out):
+    ds = [r for r in recs if r.get("part") == "delta"]
+    if not ds:
+        return
+    sc, upd = ds[0]["scale"], ds[0].get("update", "range")
+    mb = ds[0]["bytes"] / 1e6
+    size = lambda label: next((r["stored"] for r in reversed(ds) if r.get("label") == label), None)
+    out.append(f"### Delta backups (pgbench scale {sc}, {mb:.0f} MB; 1% of pgbench_accounts updated: {upd})\n")
+    out.append("| step | wall s | CPU s | peak RSS MiB | stored MB | cache |")
+    out.append("|---|---|---|---|---|---|")
+    rows = [
+        ("walkeeper backup-push --full", "wk-full-push", "wk-full-size"),
+        ("walkeeper backup-push (delta)", "wk-delta-push", "wk-delta-size"),
+        ("pgBackRest 2.45 backup --type=full", "pgbr-full", "pgbr-full-size"),
+        ("pgBackRest backup --type=incr", "pgbr-incr", "pgbr-incr-size"),
+        ("walkeeper backup-fetch of the full backup", "wk-fetch-full", None),
+        ("walkeeper backup-fetch of the delta (chain of 2)", "wk-fetch-delta", None),
+        ("pgBackRest restore of the incremental", "pgbr-restore-incr", None),
+        ("walkeeper backup-fetch --delta over the data directory", "wk-fetch-delta-inplace", None),
+        ("pgBackRest restore --delta over the data directory", "pgbr-restore-delta-inplace", None),
+    ]
+    got = {}
+    for name, label, size_label in rows:
+        r = best(ds, label=label)
+        if not r:
+            continue
+        got[label] = r
+        s = size(size_label) if size_label else None
+        out.append(f"| {name} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['max_rss_kib'] / 1024:.1f} | "
+                   f"{fmt(s / 1e6, 1) if s else '–'} | {r.get('cache', '–')} |")
+    out.append("")
+    t = []
+    fs, ds_ = size("wk-full-size"), size("wk-delta-size")
+    if fs and ds_:
+        t.append(f"| delta stores < 5 % of the full's bytes | {ds_ / 1e6:.1f} MB vs {fs / 1e6:.1f} MB = {100 * ds_ / fs:.1f} % | {verdict(ds_ < 0.05 * fs)} |")
+    fp, dp = got.get("wk-full-push"), got.get("wk-delta-push")
+    if fp and dp:
+        t.append(f"| delta backup-push < 20 % of the full's time | {dp['wall_s']:.2f} s vs {fp['wall_s']:.2f} s = {100 * dp['wall_s'] / fp['wall_s']:.0f} % | {verdict(dp['wall_s'] < 0.2 * fp['wall_s'])} |")
+    ff, fi = got.get("wk-fetch-full"), got.get("wk-fetch-delta-inplace")
+    if ff and fi:
+        t.append(f"| delta restore in place < 30 % of a full restore (stands in for the PITR restart, which does not use it yet) | {fi['wall_s']:.2f} s vs {ff['wall_s']:.2f} s = {100 * fi['wall_s'] / ff['wall_s']:.0f} % | {verdict(fi['wall_s'] < 0.3 * ff['wall_s'])} |")
+    if t:
+        out.append("| delta target | measured | |")
+        out.append("|---|---|---|")
+        out.extend(t)
+        out.append("")
+
+
 def main():
     recs = load(sys.argv[1])
     out = []
@@ -196,6 +244,7 @@ def main():
                    f"{m['date']}; load at start {m['load']}; walkeeper {m['walkeeper']}.\n")
     wal(recs, out)
     backup(recs, out)
+    delta(recs, out)
     tot = next((r for r in recs if r.get("label") == "total"), None)
     if tot:
         out.append(f"Benchmark wall time: {tot['wall_s'] // 60} min {tot['wall_s'] % 60} s.")

@@ -1,0 +1,127 @@
+# Part D: delta backups on a pgbench cluster (issue 16): walkeeper's full and delta backup-push
+# (WALG_DELTA_MAX_STEPS), pgBackRest's full and incremental backups of the same data, restores of
+# the chain against the full backup, and delta restores (walkeeper backup-fetch --delta,
+# pgBackRest restore --delta) over the stopped server's own data directory.
+# Between the full and the delta backups 1% of pgbench_accounts changes: a contiguous range of
+# aids (BENCH_DELTA_UPDATE=range, the default) or rows spread over the whole table (=spread,
+# aid % 100 = 0, which touches most pages). Sourced by bench/run.
+
+bench_delta() {
+  local scale=${BENCH_DELTA_SCALE:-100} spread=${BENCH_DELTA_UPDATE:-range}
+  local d=$TMP/pgD port
+  rm -rf "$d"; mkdir -p "$d"
+  chown postgres: "$d"
+  port=$(free_port)
+  local data=$d/data
+  as_pg mkdir -p "$d/wkenv" "$d/wk-archive" "$d/pgbr-repo" "$d/pgbr-log" "$d/pgbr-lock" "$d/pgbr-spool"
+  echo "file://$d/wk-archive" | as_pg tee "$d/wkenv/WALG_FILE_PREFIX" >/dev/null
+  echo 6 | as_pg tee "$d/wkenv/WALG_DELTA_MAX_STEPS" >/dev/null
+  as_pg initdb -D "$data" --auth=trust >/dev/null
+  cat >>"$data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$d'
+wal_level = replica
+archive_mode = on
+archive_command = '$BIN --envdir $d/wkenv wal-push %p'
+max_wal_size = 4GB
+shared_buffers = 256MB
+CONF
+  as_pg tee "$d/pgbr.conf" >/dev/null <<CONF
+[global]
+log-level-console=warn
+log-level-file=off
+log-path=$d/pgbr-log
+lock-path=$d/pgbr-lock
+spool-path=$d/pgbr-spool
+repo1-path=$d/pgbr-repo
+compress-type=lz4
+process-max=2
+start-fast=y
+archive-check=n
+[bench]
+pg1-path=$data
+pg1-port=$port
+pg1-socket-path=$d
+CONF
+  pg_start "$data" "$OUT/logs/delta-pg.log"
+  local psql=(as_pg psql -h "$d" -p "$port" -d postgres -qAt)
+  local WK=("${AS_PG[@]}" env WALKEEPER_LOG=info "$BIN" --envdir "$d/wkenv")
+  local conn="host=$d port=$port user=postgres dbname=postgres"
+  local pgbr=(pgbackrest --config="$d/pgbr.conf" --stanza=bench)
+  log "D: pgbench -i -s $scale"
+  as_pg pgbench -h "$d" -p "$port" -i -s "$scale" -q postgres >/dev/null 2>&1
+  "${psql[@]}" -c "CHECKPOINT" >/dev/null
+  local bytes
+  bytes=$(( $(du -sb "$data" | cut -f1) - $(du -sb "$data/pg_wal" | cut -f1) ))
+  local x="\"part\":\"delta\",\"scale\":$scale,\"bytes\":$bytes,\"update\":\"$spread\""
+  stored_of() { du -sb "$d/wk-archive/basebackups_005/$1" | cut -f1; }
+  newest() { ls -t "$d/wk-archive/basebackups_005/" | grep _backup_stop_sentinel.json | head -n1 | sed 's/_backup_stop_sentinel.json//'; }
+  cold() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null && echo cold || echo warm; }
+
+  log "D1: walkeeper full backup-push"
+  sync
+  drive once --label wk-full-push --log "$OUT/logs/delta-wk.log" --extra "{$x}" -- \
+    "${WK[@]}" backup-push "$data" --full --connstring "$conn"
+  local full; full=$(newest)
+  echo "{\"label\":\"wk-full-size\",$x,\"stored\":$(stored_of "$full")}" >>"$RESULTS"
+  log "D2: pgBackRest full backup"
+  as_pg "${pgbr[@]}" stanza-create >>"$OUT/logs/delta-pgbr.log" 2>&1
+  sync
+  drive once --label pgbr-full --log "$OUT/logs/delta-pgbr.log" --extra "{$x}" -- \
+    "${AS_PG[@]}" "${pgbr[@]}" --type=full backup
+  local pgbr_full; pgbr_full=$(ls -td "$d/pgbr-repo/backup/bench/"*F | head -n1)
+  echo "{\"label\":\"pgbr-full-size\",$x,\"stored\":$(du -sb "$pgbr_full" | cut -f1)}" >>"$RESULTS"
+
+  log "D3: 1% of pgbench_accounts changes ($spread)"
+  local rows=$(( scale * 1000 ))
+  if [ "$spread" = spread ]; then
+    "${psql[@]}" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0" >/dev/null
+  else
+    "${psql[@]}" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $rows" >/dev/null
+  fi
+  "${psql[@]}" -c "CHECKPOINT" >/dev/null
+
+  log "D4: walkeeper delta backup-push"
+  sync
+  drive once --label wk-delta-push --log "$OUT/logs/delta-wk.log" --extra "{$x}" -- \
+    "${WK[@]}" backup-push "$data" --connstring "$conn"
+  local delta; delta=$(newest)
+  case $delta in *_D_*) ;; *) echo "the second backup is not a delta: $delta" >&2; exit 1 ;; esac
+  echo "{\"label\":\"wk-delta-size\",$x,\"stored\":$(stored_of "$delta")}" >>"$RESULTS"
+  log "D5: pgBackRest incremental backup"
+  sync
+  drive once --label pgbr-incr --log "$OUT/logs/delta-pgbr.log" --extra "{$x}" -- \
+    "${AS_PG[@]}" "${pgbr[@]}" --type=incr backup
+  local pgbr_incr; pgbr_incr=$(ls -td "$d/pgbr-repo/backup/bench/"*I | head -n1)
+  echo "{\"label\":\"pgbr-incr-size\",$x,\"stored\":$(du -sb "$pgbr_incr" | cut -f1)}" >>"$RESULTS"
+
+  log "D6: restores into an empty directory: the full backup, the chain (full + delta)"
+  local which label cache
+  for which in full delta; do
+    label=wk-fetch-$which
+    [ $which = full ] && name=$full || name=$delta
+    rm -rf "$d/restore"
+    cache=$(cold)
+    drive once --label "$label" --log "$OUT/logs/delta-wk.log" --extra "{$x,\"cache\":\"$cache\"}" -- \
+      "${WK[@]}" backup-fetch "$d/restore" "$name"
+  done
+  rm -rf "$d/restore"
+  as_pg mkdir -m 700 "$d/restore"
+  cache=$(cold)
+  drive once --label pgbr-restore-incr --log "$OUT/logs/delta-pgbr.log" --extra "{$x,\"cache\":\"$cache\"}" -- \
+    "${AS_PG[@]}" "${pgbr[@]}" --pg1-path="$d/restore" restore
+  rm -rf "$d/restore"
+
+  log "D7: delta restores over the stopped server's own data directory (after more changes)"
+  "${psql[@]}" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $rows" >/dev/null
+  pg_stop "$data"
+  cache=$(cold)
+  drive once --label wk-fetch-delta-inplace --log "$OUT/logs/delta-wk.log" --extra "{$x,\"cache\":\"$cache\"}" -- \
+    "${WK[@]}" backup-fetch --delta "$data" "$delta"
+  cache=$(cold)
+  drive once --label pgbr-restore-delta-inplace --log "$OUT/logs/delta-pgbr.log" --extra "{$x,\"cache\":\"$cache\"}" -- \
+    "${AS_PG[@]}" "${pgbr[@]}" --delta restore
+  unset -f stored_of newest cold
+  rm -rf "$d"
+}
