@@ -421,6 +421,7 @@ mod tests {
             tar_partitions: None,
             is_permanent: permanent,
             corrupt_pages: None,
+            data_catalog_size: None,
             delta_from: None,
             delta_lsn: None,
             delta_full_name: None,

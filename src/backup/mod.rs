@@ -143,6 +143,14 @@ pub struct Sentinel {
     pub uncompressed_size: i64,
     #[serde(rename = "CompressedSize", default)]
     pub compressed_size: i64,
+    /// WAL-G's `DataCatalogSize`: the bytes of the data directory the backup walked (for a
+    /// delta, the whole database, not what it stored).
+    #[serde(
+        rename = "DataCatalogSize",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_catalog_size: Option<i64>,
     #[serde(rename = "Spec", default)]
     pub spec: Option<TablespaceSpec>,
     #[serde(rename = "UserData", default, skip_serializing_if = "Option::is_none")]
@@ -287,6 +295,9 @@ pub struct BackupInfo {
     /// Pages whose checksum failed while the backup read them (None: not verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrupt_pages: Option<u64>,
+    /// The size of the data directory the backup was taken of (WAL-G's `DataCatalogSize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_catalog_size: Option<i64>,
     /// A delta backup: the backup it was taken from, and the start LSN of that backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_from: Option<String>,
@@ -303,6 +314,12 @@ impl BackupInfo {
     /// When the backup became consistent: its finish time, or the sentinel's upload time.
     pub fn end_time(&self) -> DateTime<Utc> {
         self.finish_time.unwrap_or(self.last_modified)
+    }
+
+    /// The size of the database the backup restores: the data directory it walked, else what
+    /// it stored (for a full backup, the same).
+    pub fn database_size(&self) -> Option<i64> {
+        self.data_catalog_size.or(self.expanded_size_bytes)
     }
 
     /// Whether this is a delta backup (restored on top of the backups it was taken from).
@@ -432,6 +449,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     tar_partitions: s.tar_partitions,
                     is_permanent: s.is_permanent,
                     corrupt_pages: s.page_checksums.as_ref().map(|c| c.corrupt_pages),
+                    data_catalog_size: s.data_catalog_size,
                     delta_from: s.delta_from,
                     delta_lsn: s.delta_lsn,
                     delta_full_name: s.delta_full_name,
@@ -475,6 +493,7 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
                     tar_partitions: None,
                     is_permanent: false,
                     corrupt_pages: None,
+                    data_catalog_size: None,
                     delta_from: None,
                     delta_lsn: None,
                     delta_full_name: None,

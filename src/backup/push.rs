@@ -716,6 +716,7 @@ pub async fn backup_push(archive: Arc<Archive>, opts: PushOptions) -> Result<Sen
         pg_version: info.version_num,
         uncompressed_size: uncompressed as i64,
         compressed_size: body.compressed as i64,
+        data_catalog_size: Some(body.data_catalog as i64),
         spec: Some(spec),
         user_data: opts.user_data.clone(),
         version: 2,
@@ -809,6 +810,8 @@ pub(super) struct Body {
     pub(super) files: FilesMetadata,
     /// What page verification found (empty when it was off).
     pub(super) checksums: ChecksumReport,
+    /// The bytes of the regular files walked (WAL-G's `DataCatalogSize`).
+    pub(super) data_catalog: u64,
 }
 
 /// Uploads the data directory (all partitions, then pg_control).
@@ -853,6 +856,7 @@ pub(super) async fn upload_body(
         _ => e.size,
     };
     let weights: Vec<u64> = entries.iter().map(weigh).collect();
+    let data_catalog: u64 = entries.iter().map(|e| e.size).sum();
     let total: u64 = weights.iter().sum();
     let part_size = effective_part_size(total, opts.part_size, opts.concurrency);
     let parts = partition(entries, &weights, part_size);
@@ -975,6 +979,7 @@ pub(super) async fn upload_body(
         partitions,
         files,
         checksums,
+        data_catalog,
     })
 }
 

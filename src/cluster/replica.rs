@@ -381,7 +381,7 @@ pub async fn plan(
         ))
     })?;
     let wal_bytes = leader.lsn.0 - b.start_lsn.0;
-    let restore = thresholds.allow(wal_bytes, b.expanded_size_bytes);
+    let restore = thresholds.allow(wal_bytes, b.database_size());
     let mib = |n: f64| n / 1048576.0;
     let reason = format!(
         "backup {} starts at {}, the leader is at {} on timeline {}: {} bytes ({:.1} MiB) of WAL to replay; \
@@ -392,10 +392,10 @@ pub async fn plan(
         leader.timeline,
         wal_bytes,
         mib(wal_bytes as f64),
-        b.expanded_size_bytes.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
+        b.database_size().map(|s| s.to_string()).unwrap_or_else(|| "unknown".into()),
         thresholds.megabytes,
         thresholds.percentage,
-        mib(b.expanded_size_bytes.unwrap_or(0) as f64 * thresholds.percentage / 100.0),
+        mib(b.database_size().unwrap_or(0) as f64 * thresholds.percentage / 100.0),
         thresholds.source,
         if restore {
             "restoring from the archive"
