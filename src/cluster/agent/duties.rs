@@ -11,8 +11,8 @@ use crate::backup::list_backups;
 
 impl Agent {
     /// Duties: on the leader, gap healing on gaining the key (and a backup when a gap stays
-    /// open),  scheduled backups, retention and the
-    /// backup list.
+    /// open), scheduled backups, retention and the backup list; on every member, healing from
+    /// what it holds.
     pub(super) async fn duties(self: Arc<Self>) {
         let mut view = self.view.clone();
         let mut was_leader = false;
