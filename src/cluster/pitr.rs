@@ -16,6 +16,9 @@
 //! reads it at its next start and finishes the job (the server was promoted, or is still
 //! recovering) or rolls it back (the old data directory is put back), and always resumes
 //! Patroni or says loudly why it cannot.
+//!
+//! A job reaches the agent only through [`Restarts`]: the local server, the archive, etcd,
+//! Patroni, the cluster view, the metrics and the job list, handed over when the agent starts.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
