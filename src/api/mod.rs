@@ -39,13 +39,13 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::cluster::agent::Agent;
+use crate::cluster::agent::ApiHandle;
 use crate::cluster::pitr::{self, Refusal, RestartRequest};
 use crate::error::Error;
 use crate::wal::names::WalName;
 use crate::wal::{fetch, push};
 
-type Shared = State<Arc<Agent>>;
+type Shared = State<ApiHandle>;
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(json!({ "error": msg.into() }))).into_response()
@@ -77,7 +77,7 @@ pub const CONCURRENCY: usize = 32;
 /// Connections open at once; more wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 128;
 
-pub fn router(agent: Arc<Agent>) -> Router {
+pub fn router(agent: ApiHandle) -> Router {
     let quick = TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, QUICK_TIMEOUT);
     let mutating = Router::new()
         // A base backup runs in its own task, as long as it takes: no request timeout.
@@ -110,7 +110,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
 }
 
 /// Serves the agent's API on `listener` until the task is dropped.
-pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
+pub async fn serve(agent: ApiHandle, listener: TcpListener) {
     tokio::spawn(keep_token_file(agent.clone()));
     serve_app(router(agent), listener).await
 }
@@ -157,8 +157,9 @@ pub(crate) async fn serve_app(app: Router, listener: TcpListener) {
 
 /// Keeps the agent's own token in `<state dir>/api-token` for walkeeper's commands: written once
 /// the state directory can exist (a new member has no pg_wal yet), and again if it is removed.
-async fn keep_token_file(agent: Arc<Agent>) {
-    let (Some(token), Some(path)) = (agent.cfg.token.clone(), agent.cfg.token_file.clone()) else {
+async fn keep_token_file(agent: ApiHandle) {
+    let access = agent.access();
+    let (Some(token), Some(path)) = (access.token.clone(), access.token_file.clone()) else {
         return;
     };
     let mut written = false;
@@ -214,7 +215,7 @@ async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    match authorize(agent.cfg.token.as_deref(), &headers) {
+    match authorize(agent.access().token.as_deref(), &headers) {
         Ok(()) => next.run(req).await,
         Err(why) => {
             let code = if why.contains("JSON") {
@@ -260,24 +261,15 @@ async fn check_host(State(agent): Shared, req: Request, next: Next) -> Response 
         .and_then(|v| v.to_str().ok())
         .map(String::from)
         .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    let extra: Vec<&str> = agent
-        .settings
-        .vars
-        .get("WALKEEPER_API_HOSTS")
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
+    let access = agent.access();
+    let extra: Vec<&str> = access.hosts.iter().map(String::as_str).collect();
     match host {
-        Some(h) if host_allowed(&h, agent.cfg.listen, &extra) => next.run(req).await,
+        Some(h) if host_allowed(&h, access.listen, &extra) => next.run(req).await,
         _ => error(
             StatusCode::MISDIRECTED_REQUEST,
             format!(
                 "the Host header must name this agent ({}, localhost, or a name in WALKEEPER_API_HOSTS)",
-                agent.cfg.listen
+                access.listen
             ),
         ),
     }
@@ -295,12 +287,11 @@ fn health_problem(ready: bool, down: &[String]) -> Option<String> {
 }
 
 async fn health(State(agent): Shared) -> Response {
-    let ready = *agent.ready.borrow();
-    match health_problem(ready, &agent.supervisor.down()) {
+    match health_problem(agent.is_ready(), &agent.duties_down()) {
         Some(why) => error(StatusCode::SERVICE_UNAVAILABLE, why),
         None => (
             StatusCode::OK,
-            Json(json!({ "status": "ok", "member": agent.me() })),
+            Json(json!({ "status": "ok", "member": agent.member() })),
         )
             .into_response(),
     }
@@ -318,7 +309,7 @@ struct ProofQuery {
 /// Who leads. With `?nonce=N`, the answer carries the proof that this agent knows the API token
 /// (`x-walkeeper-proof`), which wal-push checks before it believes the answer.
 async fn leadership(State(agent): Shared, Query(q): Query<ProofQuery>) -> Response {
-    let status = match agent.etcd.leader_status().await {
+    let status = match agent.leader_status().await {
         Ok(s) => s,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
@@ -334,7 +325,7 @@ async fn leadership(State(agent): Shared, Query(q): Query<ProofQuery>) -> Respon
         body.clone(),
     )
         .into_response();
-    if let (Some(nonce), Some(token)) = (q.nonce.as_deref(), agent.cfg.token.as_deref()) {
+    if let (Some(nonce), Some(token)) = (q.nonce.as_deref(), agent.access().token.as_deref()) {
         if nonce.len() <= 256 {
             let proof = crate::security::leadership_proof(token, nonce, &body);
             if let Ok(v) = HeaderValue::from_str(&proof) {
@@ -346,7 +337,7 @@ async fn leadership(State(agent): Shared, Query(q): Query<ProofQuery>) -> Respon
 }
 
 async fn backups(State(agent): Shared) -> Response {
-    match crate::backup::list_backups(&agent.archive.store).await {
+    match agent.list_backups().await {
         Ok(list) => Json(list).into_response(),
         Err(e) => error(status_of(&e), e.to_string()),
     }
@@ -358,7 +349,7 @@ async fn metrics(State(agent): Shared) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        agent.metrics.render(),
+        agent.metrics().render(),
     )
         .into_response()
 }
@@ -390,7 +381,7 @@ fn wal_file(path: &str) -> Result<WalName, Box<Response>> {
 }
 
 async fn wal_push(State(agent): Shared, Path(file): Path<String>) -> Response {
-    agent.metrics.wal_push_requests.inc();
+    agent.metrics().wal_push_requests.inc();
     let name = match wal_file(&file) {
         Ok(n) => n,
         Err(r) => return *r,
@@ -412,7 +403,7 @@ async fn wal_push(State(agent): Shared, Path(file): Path<String>) -> Response {
 }
 
 async fn wal_fetch(State(agent): Shared, Path(file): Path<String>) -> Response {
-    agent.metrics.wal_fetch_requests.inc();
+    agent.metrics().wal_fetch_requests.inc();
     let name = match wal_file(&file) {
         Ok(n) => n,
         Err(r) => return *r,
@@ -439,7 +430,7 @@ async fn restart(State(agent): Shared, body: axum::body::Bytes) -> Response {
             )
         }
     };
-    match pitr::start(&agent, req).await {
+    match pitr::start(agent.restarts(), req).await {
         Ok(job) => (
             StatusCode::ACCEPTED,
             Json(json!({ "id": job.id, "status_url": format!("/restart/{}", job.id), "job": job.state() })),
@@ -454,7 +445,7 @@ async fn restart(State(agent): Shared, body: axum::body::Bytes) -> Response {
 }
 
 async fn restart_status(State(agent): Shared, Path(id): Path<String>) -> Response {
-    let job = agent.jobs.lock().ok().and_then(|j| j.get(&id).cloned());
+    let job = agent.restarts().jobs().get(&id);
     match job {
         Some(j) => Json(j.state()).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no restart {id:?}")),

@@ -77,8 +77,8 @@ async fn require_access(State(s): Shared, req: Request, next: Next) -> Response 
     match sidecar_authorize(
         req.method(),
         peer,
-        &s.cfg.tokenless_networks,
-        &s.cfg.token,
+        &s.config().tokenless_networks,
+        &s.config().token,
         req.headers(),
     ) {
         Ok(()) => next.run(req).await,
@@ -111,14 +111,14 @@ async fn check_host(State(s): Shared, req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(String::from)
         .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    let extra: Vec<&str> = s.cfg.api_hosts.iter().map(String::as_str).collect();
+    let extra: Vec<&str> = s.config().api_hosts.iter().map(String::as_str).collect();
     match host {
-        Some(h) if host_allowed(&h, s.cfg.listen, &extra) => next.run(req).await,
+        Some(h) if host_allowed(&h, s.config().listen, &extra) => next.run(req).await,
         _ => error(
             StatusCode::MISDIRECTED_REQUEST,
             format!(
                 "the Host header must name this agent ({}, localhost, or a name in WALKEEPER_API_HOSTS)",
-                s.cfg.listen
+                s.config().listen
             ),
         ),
     }
@@ -162,9 +162,9 @@ pub async fn serve(s: Arc<Standalone>, listener: TcpListener) {
 async fn keep_token_file(s: Arc<Standalone>) {
     let mut written = false;
     loop {
-        match crate::security::persist_token(&s.cfg.token_file, &s.cfg.token) {
+        match crate::security::persist_token(&s.config().token_file, &s.config().token) {
             Ok(true) if !written => {
-                tracing::info!(file = %s.cfg.token_file.display(), "the API token is in this file (mode 0600)");
+                tracing::info!(file = %s.config().token_file.display(), "the API token is in this file (mode 0600)");
                 written = true;
             }
             Ok(_) => {}
@@ -175,7 +175,8 @@ async fn keep_token_file(s: Arc<Standalone>) {
 }
 
 async fn health(State(s): Shared) -> Response {
-    Json(json!({ "status": "ok", "mode": "standalone", "pgdata": s.cfg.pgdata })).into_response()
+    Json(json!({ "status": "ok", "mode": "standalone", "pgdata": s.config().pgdata }))
+        .into_response()
 }
 
 async fn wal_push(State(s): Shared, Path(file): Path<String>) -> Response {

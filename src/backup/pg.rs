@@ -12,6 +12,15 @@ use crate::error::{Error, Result};
 use crate::wal::names::WalSegSize;
 use crate::wal::Lsn;
 
+/// The server's WAL segment size in bytes, as a subquery, whatever unit `pg_settings` reports
+/// `wal_segment_size` in.
+macro_rules! wal_segment_size_sql {
+    () => {
+        "(SELECT setting::bigint * CASE unit WHEN '8kB' THEN 8192 WHEN 'MB' THEN 1048576 ELSE 1 END \
+           FROM pg_settings WHERE name = 'wal_segment_size')"
+    };
+}
+
 fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     move |e| Error::Postgres(format!("PostgreSQL {what}: {}", with_causes(&e)))
 }
@@ -418,13 +427,14 @@ pub struct ServerInfo {
 pub async fn server_info(client: &Client) -> Result<ServerInfo> {
     let row = client
         .query_one(
-            "SELECT current_setting('server_version_num')::bigint, \
-                    (SELECT system_identifier::text FROM pg_control_system()), \
-                    (SELECT setting::bigint * CASE unit WHEN '8kB' THEN 8192 WHEN 'MB' THEN 1048576 ELSE 1 END \
-                       FROM pg_settings WHERE name = 'wal_segment_size'), \
-                    current_setting('data_directory'), \
-                    current_setting('data_checksums') = 'on', \
-                    current_setting('block_size')::bigint",
+            concat!(
+                "SELECT current_setting('server_version_num')::bigint, \
+                        (SELECT system_identifier::text FROM pg_control_system()), ",
+                wal_segment_size_sql!(),
+                ", current_setting('data_directory'), \
+                   current_setting('data_checksums') = 'on', \
+                   current_setting('block_size')::bigint"
+            ),
             &[],
         )
         .await
@@ -523,6 +533,113 @@ pub async fn wal_position(client: &Client) -> Result<(Lsn, u32)> {
     let timeline = u32::from_str_radix(file.get(0..8).unwrap_or(""), 16)
         .map_err(|_| Error::Cluster(format!("timeline of WAL file {file:?}")))?;
     Ok((lsn, timeline))
+}
+
+/// `pg_is_in_recovery()`: does the server recover (a standby, or not yet promoted)?
+pub async fn in_recovery(client: &Client) -> Result<bool> {
+    client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .and_then(|r| r.try_get::<_, bool>(0))
+        .map_err(|e| Error::Cluster(format!("pg_is_in_recovery(): {e}")))
+}
+
+/// Ends the current WAL segment (`pg_switch_wal()`) and returns its file name.
+pub async fn switch_wal(client: &Client) -> Result<String> {
+    let row = client
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .map_err(|e| Error::Cluster(format!("pg_switch_wal: {e}")))?;
+    row.try_get(0)
+        .map_err(|e| Error::Cluster(format!("pg_switch_wal's answer: {e}")))
+}
+
+/// The server's archiver (`pg_stat_archiver`) and its WAL position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiverStatus {
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<String>,
+    pub failed_count: i64,
+    pub last_failed_wal: Option<String>,
+    pub in_recovery: bool,
+    /// `pg_current_wal_lsn()`, on a primary.
+    pub current_lsn: Option<String>,
+    /// The server's WAL segment size (the default when it cannot be read).
+    pub seg_size: WalSegSize,
+}
+
+impl ArchiverStatus {
+    /// How many bytes of WAL the primary wrote past the end of the last archived segment, when
+    /// both are known.
+    pub fn lag_bytes(&self) -> Option<u64> {
+        let seg = crate::wal::names::WalName::parse(self.last_archived_wal.as_deref()?)
+            .ok()?
+            .segment()?;
+        let cur = Lsn::parse(self.current_lsn.as_deref()?).ok()?;
+        Some(
+            cur.0
+                .saturating_sub(seg.start_lsn(self.seg_size) + self.seg_size.get()),
+        )
+    }
+}
+
+/// Reads the archiver's state: last archived and failed segments, whether the server recovers,
+/// and its current WAL position.
+pub async fn archiver_status(client: &Client) -> Result<ArchiverStatus> {
+    let row = client
+        .query_one(
+            concat!(
+                "SELECT last_archived_wal, last_archived_time::text, failed_count, last_failed_wal, \
+                        pg_is_in_recovery(), \
+                        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, ",
+                wal_segment_size_sql!(),
+                " FROM pg_stat_archiver"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::Cluster(format!("pg_stat_archiver: {e}")))?;
+    let col = |what: &'static str| {
+        move |e: tokio_postgres::Error| Error::Postgres(format!("pg_stat_archiver: {what}: {e}"))
+    };
+    Ok(ArchiverStatus {
+        last_archived_wal: row.try_get(0).map_err(col("last_archived_wal"))?,
+        last_archived_time: row.try_get(1).map_err(col("last_archived_time"))?,
+        failed_count: row.try_get(2).map_err(col("failed_count"))?,
+        last_failed_wal: row.try_get(3).map_err(col("last_failed_wal"))?,
+        in_recovery: row.try_get(4).map_err(col("pg_is_in_recovery"))?,
+        current_lsn: row.try_get(5).map_err(col("pg_current_wal_lsn"))?,
+        seg_size: row
+            .try_get::<_, Option<i64>>(6)
+            .ok()
+            .flatten()
+            .and_then(|v| u64::try_from(v).ok())
+            .and_then(|v| WalSegSize::new(v).ok())
+            .unwrap_or_default(),
+    })
+}
+
+/// Which instant the wall-clock time `local` (`YYYY-MM-DD HH:MM:SS[.f]`) is in the server's own
+/// TimeZone, as PostgreSQL reads `recovery_target_time`: the session's zone is reset to the
+/// server's first. Returns the instant as RFC 3339 text in UTC, and the zone's name.
+pub async fn instant_in_server_zone(client: &Client, local: &str) -> Result<(String, String)> {
+    let unavailable = |e: tokio_postgres::Error| Error::Postgres(format!("PostgreSQL: {e}"));
+    client
+        .batch_execute("RESET TimeZone")
+        .await
+        .map_err(unavailable)?;
+    let row = client
+        .query_one(
+            "SELECT to_char(($1::text)::timestamptz AT TIME ZONE 'UTC', \
+             'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), current_setting('TimeZone')",
+            &[&local],
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok((
+        row.try_get(0).map_err(unavailable)?,
+        row.try_get(1).map_err(unavailable)?,
+    ))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub async fn run(cli: &super::Cli, _args: &Args) -> i32 {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| Error::Config(format!("API listen {listen}: {e}")))?;
-        let api = tokio::spawn(crate::api::serve(agent.clone(), listener));
+        let api = tokio::spawn(crate::api::serve(agent.api(), listener));
         let result = agent.run().await;
         api.abort();
         result
@@ -38,14 +38,14 @@ pub async fn run(cli: &super::Cli, _args: &Args) -> i32 {
 /// No cluster settings: a single server, always the leader, served until SIGTERM or SIGINT.
 async fn run_standalone(settings: Settings) -> crate::Result<()> {
     let s = Standalone::new(settings)?;
-    let listener = tokio::net::TcpListener::bind(s.cfg.listen)
+    let listener = tokio::net::TcpListener::bind(s.config().listen)
         .await
-        .map_err(|e| Error::Config(format!("API listen {}: {e}", s.cfg.listen)))?;
+        .map_err(|e| Error::Config(format!("API listen {}: {e}", s.config().listen)))?;
     tracing::info!(
-        api = %s.cfg.listen,
-        pgdata = %s.cfg.pgdata.display(),
-        archive = s.archive.store.description,
-        tokenless_networks = ?s.cfg.tokenless_networks,
+        api = %s.config().listen,
+        pgdata = %s.config().pgdata.display(),
+        archive = s.archive_description(),
+        tokenless_networks = ?s.config().tokenless_networks,
         "standalone agent starting (no cluster settings: this server is always the leader)"
     );
     let api = tokio::spawn(crate::api::sidecar::serve(s, listener));

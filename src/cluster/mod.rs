@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod etcd;
 pub mod heal;
+pub mod local;
 pub mod metrics;
 pub mod patroni;
 pub mod pitr;

@@ -16,6 +16,9 @@
 //! reads it at its next start and finishes the job (the server was promoted, or is still
 //! recovering) or rolls it back (the old data directory is put back), and always resumes
 //! Patroni or says loudly why it cannot.
+//!
+//! A job reaches the agent only through [`Restarts`]: the local server, the archive, etcd,
+//! Patroni, the cluster view, the metrics and the job list, handed over when the agent starts.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -29,14 +32,22 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::agent::Agent;
+use tokio::sync::{watch, Notify};
+
+use super::etcd::{ClusterView, Etcd, LeaderStatus};
 use super::heal::local_history;
+use super::local::LocalServer;
+use super::metrics::Metrics;
 use super::patroni::base_url;
+use super::patroni::Patroni;
+use crate::archive::Archive;
 use crate::backup::fetch::{backup_fetch, FetchOptions};
 use crate::backup::restore::{choose, pg_time, Target};
 use crate::backup::{list_backups, pg, BackupInfo};
 use crate::error::{Error, Result};
+use crate::selfexec::SelfExec;
 use crate::storage::local::write_atomic_with;
+use crate::wal::history::History;
 
 /// Config files that belong to this member, not to the backup (which another member may have
 /// taken): they are carried over from the data directory that was moved aside.
@@ -260,50 +271,129 @@ impl Job {
     }
 }
 
-/// Validates a request and starts the job.
-pub async fn start(
-    agent: &Arc<Agent>,
-    req: RestartRequest,
-) -> std::result::Result<Arc<Job>, Refusal> {
-    // A time without a zone is read in the server's TimeZone, as PostgreSQL reads it.
-    let (target, target_note) = super::target_time::resolve(agent, &req.recovery_target_time)
-        .await
-        .map_err(|e| match e {
-            crate::error::Error::BadInput(m) => Refusal::BadRequest(m),
-            other => Refusal::Unavailable(other.to_string()),
-        })?;
-    let running = agent
-        .jobs
-        .lock()
-        .map(|j| j.values().find(|j| j.is_running()).map(|j| j.id.clone()))
-        .unwrap_or(None);
-    if let Some(id) = running {
-        return Err(Refusal::Conflict {
-            reason: format!("restart {id} is still running"),
-            leader: None,
-        });
+/// The restarts the agent knows, by id.
+#[derive(Debug, Default)]
+pub struct Jobs(Mutex<BTreeMap<String, Arc<Job>>>);
+
+impl Jobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Job>>> {
+        match self.0.lock() {
+            Ok(j) => j,
+            Err(p) => p.into_inner(),
+        }
     }
-    let status = agent
+
+    fn insert(&self, job: Arc<Job>) {
+        self.lock().insert(job.id.clone(), job);
+    }
+
+    /// The restart `id`, if the agent knows it.
+    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
+        self.lock().get(id).cloned()
+    }
+
+    /// The id of a restart that runs, if one does.
+    pub fn running(&self) -> Option<String> {
+        self.lock()
+            .values()
+            .find(|j| j.is_running())
+            .map(|j| j.id.clone())
+    }
+
+    /// Each running restart and its step (`<id> at step <step>`), for the log.
+    pub fn running_steps(&self) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|j| j.is_running())
+            .map(|j| format!("{} at step {}", j.id, j.state().step))
+            .collect()
+    }
+}
+
+/// The parts of the agent a restart acts with, handed over once when the agent starts.
+pub struct RestartParts {
+    /// This member's name.
+    pub member: String,
+    pub local: LocalServer,
+    pub archive: Arc<Archive>,
+    pub etcd: Etcd,
+    pub patroni: Patroni,
+    /// The agent's view of the cluster (who leads, the members).
+    pub view: watch::Receiver<ClusterView>,
+    pub metrics: Arc<Metrics>,
+    /// Wakes the agent's duties when a job ends.
+    pub wake: Arc<Notify>,
+    /// This binary with the agent's global options (for restore_command).
+    pub self_exec: SelfExec,
+    /// Tests only: see [`Job`]'s `hold_after`.
+    pub hold_after: Option<String>,
+}
+
+/// Point-in-time restarts: the jobs, and the narrow handle on the agent they act with.
+#[derive(Clone)]
+pub struct Restarts {
+    member: String,
+    local: LocalServer,
+    archive: Arc<Archive>,
+    etcd: Etcd,
+    patroni: Patroni,
+    view: watch::Receiver<ClusterView>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    self_exec: SelfExec,
+    hold_after: Option<String>,
+    jobs: Arc<Jobs>,
+}
+
+impl std::fmt::Debug for Restarts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restarts")
+            .field("member", &self.member)
+            .field("local", &self.local)
+            .field("jobs", &self.jobs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Restarts {
+    pub fn new(p: RestartParts) -> Restarts {
+        Restarts {
+            member: p.member,
+            local: p.local,
+            archive: p.archive,
+            etcd: p.etcd,
+            patroni: p.patroni,
+            view: p.view,
+            metrics: p.metrics,
+            wake: p.wake,
+            self_exec: p.self_exec,
+            hold_after: p.hold_after,
+            jobs: Arc::new(Jobs::default()),
+        }
+    }
+
+    /// The restarts this agent knows.
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+}
+
+/// Validates a request and starts the job.
+pub async fn start(ctx: &Restarts, req: RestartRequest) -> std::result::Result<Arc<Job>, Refusal> {
+    // A time without a zone is read in the server's TimeZone, as PostgreSQL reads it.
+    let (target, target_note) = super::target_time::resolve(&ctx.local, &req.recovery_target_time)
+        .await
+        .map_err(target_refusal)?;
+    refuse_if_running(ctx.jobs.running())?;
+    let status = ctx
         .etcd
         .leader_status()
         .await
         .map_err(|e| Refusal::Unavailable(e.to_string()))?;
-    if !status.is_leader {
-        return Err(Refusal::Conflict {
-            reason: format!(
-                "{} is not the leader; send the restart to {}",
-                agent.me(),
-                status
-                    .leader
-                    .as_deref()
-                    .unwrap_or("the leader (none right now)")
-            ),
-            leader: status.leader,
-        });
-    }
-    let local = local_history(&agent.cfg.pgdata.join("pg_wal"))
+    refuse_unless_leader(&ctx.member, status)?;
+    let local = local_history(&ctx.local.pgdata.join("pg_wal"))
         .map_err(|e| Refusal::Unavailable(e.to_string()))?;
-    let branches = crate::backup::branches::load(&agent.archive)
+    let branches = crate::backup::branches::load(&ctx.archive)
         .await
         .map_err(|e| Refusal::Unavailable(e.to_string()))?;
     let lineage = match req.timeline {
@@ -314,37 +404,12 @@ pub async fn start(
     };
     crate::backup::branches::check_target(&branches, &lineage, target)
         .map_err(|e| Refusal::BadRequest(e.to_string()))?;
-    let backups: Vec<BackupInfo> = list_backups(&agent.archive.store)
+    let backups = list_backups(&ctx.archive.store)
         .await
-        .map_err(|e| Refusal::Unavailable(e.to_string()))?
-        .into_iter()
-        .filter(|b| lineage.contains(b.timeline, b.finish_lsn.0))
-        .collect();
-    let chosen = match &req.backup {
-        Some(name) => {
-            let b = backups.iter().find(|b| &b.name == name).ok_or_else(|| {
-                Refusal::BadRequest(format!(
-                    "backup {name:?} is not a complete backup on timeline {}'s history",
-                    lineage.timeline
-                ))
-            })?;
-            if b.end_time() > target {
-                return Err(Refusal::BadRequest(format!(
-                    "backup {name} finished at {}, after the target {}",
-                    b.end_time().to_rfc3339(),
-                    target.to_rfc3339()
-                )));
-            }
-            b.clone()
-        }
-        None => choose(&backups, &Target::Time(target))
-            .map_err(|e| {
-                Refusal::BadRequest(format!("recovery_target_time {}: {e}", target.to_rfc3339()))
-            })?
-            .clone(),
-    };
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    let chosen = choose_backup(backups, &lineage, req.backup.as_deref(), target)?;
     let id = Utc::now().format("%Y%m%dT%H%M%S%3f").to_string();
-    let pgdata = agent.cfg.pgdata.clone();
+    let pgdata = ctx.local.pgdata.clone();
     let job = Arc::new(Job {
         id: id.clone(),
         state: Mutex::new(JobState {
@@ -368,7 +433,7 @@ pub async fn start(
             reinit: req.reinitialize_replicas,
         },
         journal: journal_path(&pgdata),
-        hold_after: hold_setting(agent),
+        hold_after: ctx.hold_after.clone(),
     });
     // Nothing happens unless the journal can be written: a job that could not be recovered
     // after an interruption must not start.
@@ -377,33 +442,97 @@ pub async fn start(
     if let Some(note) = target_note {
         job.step("target", note);
     }
-    if let Ok(mut jobs) = agent.jobs.lock() {
-        jobs.insert(id, job.clone());
-    }
-    agent.metrics.restarts.inc();
-    let (agent2, job2) = (agent.clone(), job.clone());
-    spawn_job(agent, &job, async move {
-        run(&agent2, &job2, target, &chosen).await
+    ctx.jobs.insert(job.clone());
+    ctx.metrics.restarts.inc();
+    let (ctx2, job2) = (ctx.clone(), job.clone());
+    spawn_job(ctx, &job, async move {
+        run(&ctx2, &job2, target, &chosen).await
     });
     Ok(job)
 }
 
-fn hold_setting(agent: &Agent) -> Option<String> {
-    agent
-        .settings
-        .vars
-        .get("WALKEEPER_TEST_HOLD_RESTART_AT")
-        .map(|s| s.trim().to_string())
+/// A target time that cannot be read refuses the request: a bad request when the time is
+/// wrong (zone, future), unavailable when the server could not be asked.
+fn target_refusal(e: Error) -> Refusal {
+    match e {
+        Error::BadInput(m) => Refusal::BadRequest(m),
+        other => Refusal::Unavailable(other.to_string()),
+    }
+}
+
+/// One restart at a time: a running one (its id) refuses another.
+fn refuse_if_running(running: Option<String>) -> std::result::Result<(), Refusal> {
+    match running {
+        Some(id) => Err(Refusal::Conflict {
+            reason: format!("restart {id} is still running"),
+            leader: None,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Only the leader restarts the cluster; the refusal names who leads.
+fn refuse_unless_leader(member: &str, status: LeaderStatus) -> std::result::Result<(), Refusal> {
+    if status.is_leader {
+        return Ok(());
+    }
+    Err(Refusal::Conflict {
+        reason: format!(
+            "{member} is not the leader; send the restart to {}",
+            status
+                .leader
+                .as_deref()
+                .unwrap_or("the leader (none right now)")
+        ),
+        leader: status.leader,
+    })
+}
+
+/// The backup to restore, of those on `lineage`: the one named, which must have finished
+/// before the target, or else the newest that finished before it.
+fn choose_backup(
+    backups: Vec<BackupInfo>,
+    lineage: &History,
+    named: Option<&str>,
+    target: DateTime<Utc>,
+) -> std::result::Result<BackupInfo, Refusal> {
+    let backups: Vec<BackupInfo> = backups
+        .into_iter()
+        .filter(|b| lineage.contains(b.timeline, b.finish_lsn.0))
+        .collect();
+    match named {
+        Some(name) => {
+            let b = backups.iter().find(|b| b.name == name).ok_or_else(|| {
+                Refusal::BadRequest(format!(
+                    "backup {name:?} is not a complete backup on timeline {}'s history",
+                    lineage.timeline
+                ))
+            })?;
+            if b.end_time() > target {
+                return Err(Refusal::BadRequest(format!(
+                    "backup {name} finished at {}, after the target {}",
+                    b.end_time().to_rfc3339(),
+                    target.to_rfc3339()
+                )));
+            }
+            Ok(b.clone())
+        }
+        None => choose(&backups, &Target::Time(target))
+            .cloned()
+            .map_err(|e| {
+                Refusal::BadRequest(format!("recovery_target_time {}: {e}", target.to_rfc3339()))
+            }),
+    }
 }
 
 /// Runs a job's work to its end: records the outcome (in memory, the journal and the metrics)
 /// and wakes the agent's duties.
 fn spawn_job(
-    agent: &Arc<Agent>,
+    ctx: &Restarts,
     job: &Arc<Job>,
     work: impl std::future::Future<Output = Result<(u32, Option<String>)>> + Send + 'static,
 ) {
-    let (agent2, job2) = (agent.clone(), job.clone());
+    let (ctx2, job2) = (ctx.clone(), job.clone());
     tokio::spawn(async move {
         let res = work.await;
         job2.update(|s| {
@@ -432,19 +561,19 @@ fn spawn_job(
         let st = job2.state();
         match (st.status.as_str(), &st.error) {
             ("succeeded", _) => {
-                agent2.metrics.restarts_succeeded.inc();
+                ctx2.metrics.restarts_succeeded.inc();
                 tracing::info!(job = st.id, timeline = st.new_timeline, "restart succeeded")
             }
             ("degraded", e) => {
-                agent2.metrics.restarts_degraded.inc();
+                ctx2.metrics.restarts_degraded.inc();
                 tracing::error!(job = st.id, timeline = st.new_timeline, error = ?e, replicas = ?st.replicas, "restart degraded: the leader was restored, but not every member follows it")
             }
             (_, e) => {
-                agent2.metrics.restarts_failed.inc();
+                ctx2.metrics.restarts_failed.inc();
                 tracing::error!(job = st.id, error = ?e, "restart failed")
             }
         }
-        agent2.wake.notify_one();
+        ctx2.wake.notify_one();
     });
 }
 
@@ -457,7 +586,7 @@ fn aside_path(pgdata: &Path, id: &str) -> PathBuf {
 }
 
 async fn run(
-    agent: &Arc<Agent>,
+    ctx: &Restarts,
     job: &Job,
     target: DateTime<Utc>,
     backup: &BackupInfo,
@@ -469,14 +598,11 @@ async fn run(
     let moved = async {
         job.enter(Phase::Pausing)?;
         job.step("pause", "pausing Patroni (maintenance mode)");
-        agent
-            .patroni
-            .set_pause(true, Duration::from_secs(60))
-            .await?;
+        ctx.patroni.set_pause(true, Duration::from_secs(60)).await?;
         job.hold("pause").await;
         job.enter(Phase::Stopping)?;
         job.step("stop", "stopping PostgreSQL");
-        pg_ctl_stop(agent, pgdata, "fast").await?;
+        pg_ctl_stop(ctx, pgdata, "fast").await?;
         job.hold("stop").await;
         job.enter(Phase::MovingAside)?;
         job.step(
@@ -487,12 +613,12 @@ async fn run(
     }
     .await;
     if let Err(e) = moved {
-        resume_after_failure(agent).await;
+        resume_after_failure(ctx).await;
         return Err(e);
     }
     job.hold("move-aside").await;
     let mut child = None;
-    let promoted = restore_and_promote(agent, job, target, backup, &mut child).await;
+    let promoted = restore_and_promote(ctx, job, target, backup, &mut child).await;
     let new_tli = match promoted {
         Ok(t) => t,
         Err(e) => {
@@ -500,8 +626,8 @@ async fn run(
                 "rollback",
                 format!("{e}; putting the old data directory back"),
             );
-            rollback(agent, pgdata, aside, child).await;
-            resume_after_failure(agent).await;
+            rollback(ctx, pgdata, aside, child).await;
+            resume_after_failure(ctx).await;
             return Err(e);
         }
     };
@@ -511,13 +637,13 @@ async fn run(
         tokio::task::spawn_blocking(move || c.wait());
     }
     job.hold("promoted").await;
-    finish(agent, job, new_tli).await
+    finish(ctx, job, new_tli).await
 }
 
 /// The part of a restart after the promotion, also what an interrupted job that got that far
 /// runs at the next agent start: Patroni takes the leader key and is resumed, the old data
 /// directory goes, the replicas are rebuilt onto the new timeline.
-async fn finish(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Result<(u32, Option<String>)> {
+async fn finish(ctx: &Restarts, job: &Job, new_tli: u32) -> Result<(u32, Option<String>)> {
     let aside = job.plan.aside.clone();
     job.update(|s| s.new_timeline = Some(new_tli));
     job.step(
@@ -526,7 +652,7 @@ async fn finish(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Result<(u32, Opt
     );
     let deadline = Instant::now() + LEADER_KEY_TIMEOUT;
     loop {
-        if agent
+        if ctx
             .etcd
             .leader_status()
             .await
@@ -545,8 +671,7 @@ async fn finish(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Result<(u32, Opt
     }
     job.enter(Phase::Resumed)?;
     job.step("resume", "resuming Patroni");
-    agent
-        .patroni
+    ctx.patroni
         .set_pause(false, Duration::from_secs(60))
         .await?;
     job.hold("resume").await;
@@ -568,12 +693,12 @@ async fn finish(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Result<(u32, Opt
     // branch: with no `<new>.history` they never hear of the new timeline, and with no copy of
     // the switch segment on the new timeline they replay the old timeline's copy past the
     // switch point. So both must be archived first.
-    if let Err(e) = archive_new_timeline(agent, job, new_tli).await {
+    if let Err(e) = archive_new_timeline(ctx, job, new_tli).await {
         let why = format!("replicas not reinitialized: {e}");
         job.step("archive-timeline", why.clone());
         return Ok((new_tli, Some(why)));
     }
-    Ok((new_tli, reinitialize_replicas(agent, job, new_tli).await))
+    Ok((new_tli, reinitialize_replicas(ctx, job, new_tli).await))
 }
 
 /// What the agent found of an interrupted job at its start.
@@ -656,8 +781,8 @@ fn read_journal(path: &Path) -> Result<Option<Journal>> {
 /// At agent start: loads the last restart's journal. A finished job is only shown again by
 /// `GET /restart/{id}`; an interrupted one is finished or rolled back in the background (its
 /// status is `running` until then, which holds the leader duties).
-pub fn recover_interrupted(agent: &Arc<Agent>) -> Option<Arc<Job>> {
-    let path = journal_path(&agent.cfg.pgdata);
+pub fn recover_interrupted(ctx: &Restarts) -> Option<Arc<Job>> {
+    let path = journal_path(&ctx.local.pgdata);
     let journal = match read_journal(&path) {
         Ok(Some(j)) => j,
         Ok(None) => return None,
@@ -680,9 +805,7 @@ pub fn recover_interrupted(agent: &Arc<Agent>) -> Option<Arc<Job>> {
         journal: path,
         hold_after: None,
     });
-    if let Ok(mut jobs) = agent.jobs.lock() {
-        jobs.insert(job.id.clone(), job.clone());
-    }
+    ctx.jobs.insert(job.clone());
     if interrupted {
         tracing::warn!(
             job = job.id,
@@ -690,19 +813,21 @@ pub fn recover_interrupted(agent: &Arc<Agent>) -> Option<Arc<Job>> {
             phase = ?journal.phase,
             "a point-in-time restart was interrupted (the agent stopped); finishing or rolling it back"
         );
-        let (agent2, job2) = (agent.clone(), job.clone());
-        spawn_job(agent, &job, async move {
-            resume_interrupted(&agent2, &job2).await
-        });
+        let (ctx2, job2) = (ctx.clone(), job.clone());
+        spawn_job(
+            ctx,
+            &job,
+            async move { resume_interrupted(&ctx2, &job2).await },
+        );
     }
     Some(job)
 }
 
 /// Looks at the data directories and the server of an interrupted job.
-async fn look(agent: &Agent, plan: &Plan) -> Found {
+async fn look(ctx: &Restarts, plan: &Plan) -> Found {
     let running = postmaster_running(&plan.pgdata);
     let in_recovery = if running {
-        in_recovery(agent).await.ok()
+        in_recovery(ctx).await.ok()
     } else {
         None
     };
@@ -716,11 +841,11 @@ async fn look(agent: &Agent, plan: &Plan) -> Found {
 }
 
 /// Ends a job the agent was stopped in, by [`decide`].
-async fn resume_interrupted(agent: &Arc<Agent>, job: &Job) -> Result<(u32, Option<String>)> {
+async fn resume_interrupted(ctx: &Restarts, job: &Job) -> Result<(u32, Option<String>)> {
     let plan = job.plan.clone();
     let phase = job.phase();
     let at = job.state().step;
-    let found = look(agent, &plan).await;
+    let found = look(ctx, &plan).await;
     let action = decide(phase, &found);
     job.step(
         "interrupted",
@@ -729,15 +854,15 @@ async fn resume_interrupted(agent: &Arc<Agent>, job: &Job) -> Result<(u32, Optio
     let log = log_path(&plan.aside);
     let promoted_tli = match action {
         Recovery::Resume => {
-            resume_after_failure(agent).await;
+            resume_after_failure(ctx).await;
             return Err(Error::Cluster(format!(
                 "interrupted at step {at}, before the data directory was replaced: nothing was restored; Patroni was resumed"
             )));
         }
         Recovery::RollBack => {
             job.step("rollback", "putting the old data directory back");
-            rollback(agent, &plan.pgdata, &plan.aside, None).await;
-            resume_after_failure(agent).await;
+            rollback(ctx, &plan.pgdata, &plan.aside, None).await;
+            resume_after_failure(ctx).await;
             return Err(Error::Cluster(format!(
                 "interrupted at step {at}; rolled back: the data directory is the one from before the restart"
             )));
@@ -749,48 +874,44 @@ async fn resume_interrupted(agent: &Arc<Agent>, job: &Job) -> Result<(u32, Optio
             )));
         }
         Recovery::AwaitPromotion => {
-            match wait_promotion(agent, job, &plan.pgdata, &log, &mut None).await {
+            match wait_promotion(ctx, job, &plan.pgdata, &log, &mut None).await {
                 Ok(t) => t,
                 Err(e) => {
                     job.step(
                         "rollback",
                         format!("{e}; putting the old data directory back"),
                     );
-                    rollback(agent, &plan.pgdata, &plan.aside, None).await;
-                    resume_after_failure(agent).await;
+                    rollback(ctx, &plan.pgdata, &plan.aside, None).await;
+                    resume_after_failure(ctx).await;
                     return Err(e);
                 }
             }
         }
         Recovery::StartAndFinish => {
             job.step("start", "starting the promoted server (nothing runs on it)");
-            let mut child = Some(spawn_postmaster(agent, &plan.pgdata, &[], &log)?);
-            let t = wait_promotion(agent, job, &plan.pgdata, &log, &mut child).await?;
+            let mut child = Some(spawn_postmaster(ctx, &plan.pgdata, &[], &log)?);
+            let t = wait_promotion(ctx, job, &plan.pgdata, &log, &mut child).await?;
             if let Some(mut c) = child {
                 tokio::task::spawn_blocking(move || c.wait());
             }
             t
         }
-        Recovery::Finish => server_timeline(agent).await?,
+        Recovery::Finish => server_timeline(ctx).await?,
     };
     if phase < Phase::Promoted {
         job.enter(Phase::Promoted)?;
     }
-    finish(agent, job, promoted_tli).await
+    finish(ctx, job, promoted_tli).await
 }
 
 /// `pg_is_in_recovery()` of the local server.
-async fn in_recovery(agent: &Agent) -> Result<bool> {
-    let client = pg::connect(&agent.pg_config()?).await?;
-    client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .and_then(|r| r.try_get::<_, bool>(0))
-        .map_err(|e| Error::Cluster(format!("pg_is_in_recovery(): {e}")))
+async fn in_recovery(ctx: &Restarts) -> Result<bool> {
+    let client = pg::connect(&ctx.local.pg_config()?).await?;
+    pg::in_recovery(&client).await
 }
 
-async fn server_timeline(agent: &Agent) -> Result<u32> {
-    let cfg = agent.pg_config()?;
+async fn server_timeline(ctx: &Restarts) -> Result<u32> {
+    let cfg = ctx.local.pg_config()?;
     let client = pg::connect(&cfg).await?;
     Ok(pg::wal_position(&client).await?.1)
 }
@@ -822,17 +943,13 @@ const REJOIN_STABLE: Duration = Duration::from_secs(5);
 
 /// Ends the new timeline's first segment on the promoted server and waits until the archive
 /// holds `<new_tli>.history` and that segment.
-async fn archive_new_timeline(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Result<()> {
+async fn archive_new_timeline(ctx: &Restarts, job: &Job, new_tli: u32) -> Result<()> {
     let history = format!("{new_tli:08X}.history");
-    let cfg = agent.pg_config()?;
+    let cfg = ctx.local.pg_config()?;
     let client = pg::connect(&cfg).await?;
-    let row = client
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+    let segment = pg::switch_wal(&client)
         .await
-        .map_err(|e| Error::Cluster(format!("pg_switch_wal on the promoted server: {e}")))?;
-    let segment: String = row
-        .try_get(0)
-        .map_err(|e| Error::Cluster(format!("pg_switch_wal's answer: {e}")))?;
+        .map_err(|e| Error::Cluster(format!("on the promoted server: {e}")))?;
     job.step(
         "archive-timeline",
         format!("waiting for {history} and {segment} to be archived before rebuilding replicas"),
@@ -847,13 +964,7 @@ async fn archive_new_timeline(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Re
         let mut missing = Vec::new();
         for name in [&history, &segment] {
             let stem = format!("{}/{name}", crate::wal::names::WAL_FOLDER);
-            if agent
-                .archive
-                .store
-                .find_stem(&stem, &exts)
-                .await?
-                .is_empty()
-            {
+            if ctx.archive.store.find_stem(&stem, &exts).await?.is_empty() {
                 missing.push(name.as_str());
             }
         }
@@ -874,7 +985,7 @@ async fn archive_new_timeline(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Re
 /// Fetches the backup into a new data directory, keeps the member's own configuration, and
 /// recovers to the target. Returns the new timeline once the server is promoted.
 async fn restore_and_promote(
-    agent: &Arc<Agent>,
+    ctx: &Restarts,
     job: &Job,
     target: DateTime<Utc>,
     backup: &BackupInfo,
@@ -887,7 +998,7 @@ async fn restore_and_promote(
         concurrency: 2,
         ..Default::default()
     };
-    backup_fetch(agent.archive.clone(), pgdata, &backup.name, opts).await?;
+    backup_fetch(ctx.archive.clone(), pgdata, &backup.name, opts).await?;
     for f in MEMBER_FILES {
         let from = aside.join(f);
         if from.exists() {
@@ -901,7 +1012,7 @@ async fn restore_and_promote(
     let signal = pgdata.join("recovery.signal");
     std::fs::write(&signal, b"").map_err(|e| Error::io(&signal, e))?;
     job.hold("fetch").await;
-    let restore_command = agent.self_command(&["wal-fetch", "%f", "%p"])?;
+    let restore_command = ctx.self_exec.shell_line(&["wal-fetch", "%f", "%p"])?;
     let log = log_path(aside);
     job.enter(Phase::Recovering)?;
     job.step(
@@ -918,13 +1029,13 @@ async fn restore_and_promote(
         "recovery_target_action=promote".to_string(),
         format!("recovery_target_timeline={timeline}"),
     ];
-    *child = Some(spawn_postmaster(agent, pgdata, &settings, &log)?);
+    *child = Some(spawn_postmaster(ctx, pgdata, &settings, &log)?);
     job.hold("start").await;
     job.step(
         "recover",
         "waiting for recovery to reach the target and promote",
     );
-    let tli = wait_promotion(agent, job, pgdata, &log, child).await?;
+    let tli = wait_promotion(ctx, job, pgdata, &log, child).await?;
     job.enter(Phase::Promoted)?;
     Ok(tli)
 }
@@ -937,7 +1048,7 @@ fn log_path(aside: &Path) -> PathBuf {
 /// Starts `postgres -D pgdata` with `-c` `settings`, in its own process group (a signal to the
 /// agent does not reach it), its output appended to `log`.
 fn spawn_postmaster(
-    agent: &Agent,
+    ctx: &Restarts,
     pgdata: &Path,
     settings: &[String],
     log: &Path,
@@ -949,7 +1060,7 @@ fn spawn_postmaster(
         .open(log)
         .map_err(|e| Error::io(log, e))?;
     let log_err = log_file.try_clone().map_err(|e| Error::io(log, e))?;
-    let bin = agent.cfg.pg_bin_dir.join("postgres");
+    let bin = ctx.local.pg_bin_dir.join("postgres");
     let mut cmd = Command::new(&bin);
     // No cloud keys, API token or passwords in the postmaster's (and its backends') environment.
     crate::security::scrub_env(&mut cmd);
@@ -968,13 +1079,13 @@ fn spawn_postmaster(
 /// Waits until the server on `pgdata` runs as a primary and returns its timeline. The server is
 /// `child` when this process started it, else the one `postmaster.pid` names.
 async fn wait_promotion(
-    agent: &Agent,
+    ctx: &Restarts,
     job: &Job,
     pgdata: &Path,
     log: &Path,
     child: &mut Option<Child>,
 ) -> Result<u32> {
-    let cfg = agent.pg_config()?;
+    let cfg = ctx.local.pg_config()?;
     let deadline = Instant::now() + PROMOTION_TIMEOUT;
     // A postmaster just started may not have written its pid file yet.
     let started = Instant::now();
@@ -993,12 +1104,7 @@ async fn wait_promotion(
             )));
         }
         if let Ok(client) = pg::connect(&cfg).await {
-            let promoted = client
-                .query_one("SELECT NOT pg_is_in_recovery()", &[])
-                .await
-                .ok()
-                .and_then(|r| r.try_get::<_, bool>(0).ok())
-                .unwrap_or(false);
+            let promoted = matches!(pg::in_recovery(&client).await, Ok(false));
             if promoted {
                 let (_, tli) = pg::wal_position(&client).await?;
                 job.step("promoted", format!("promoted on timeline {tli}"));
@@ -1067,12 +1173,8 @@ fn scrub_recovery_targets(path: &Path) -> Result<()> {
 
 /// Resumes Patroni after a failed restart. A failure to resume is logged loudly: a paused
 /// Patroni does no failover.
-async fn resume_after_failure(agent: &Agent) {
-    if let Err(e) = agent
-        .patroni
-        .set_pause(false, Duration::from_secs(60))
-        .await
-    {
+async fn resume_after_failure(ctx: &Restarts) {
+    if let Err(e) = ctx.patroni.set_pause(false, Duration::from_secs(60)).await {
         tracing::error!(error = %e, "the restart failed and Patroni could not be resumed: it stays paused (no automatic failover) until `PATCH /config {{\"pause\": false}}`");
     }
 }
@@ -1092,11 +1194,11 @@ fn log_tail(path: &Path) -> String {
         .join(" | ")
 }
 
-async fn pg_ctl_stop(agent: &Agent, pgdata: &Path, mode: &str) -> Result<()> {
+async fn pg_ctl_stop(ctx: &Restarts, pgdata: &Path, mode: &str) -> Result<()> {
     if !pgdata.join("postmaster.pid").exists() {
         return Ok(());
     }
-    let bin = agent.cfg.pg_bin_dir.join("pg_ctl");
+    let bin = ctx.local.pg_bin_dir.join("pg_ctl");
     let out = tokio::process::Command::new(&bin)
         .arg("-D")
         .arg(pgdata)
@@ -1116,13 +1218,13 @@ async fn pg_ctl_stop(agent: &Agent, pgdata: &Path, mode: &str) -> Result<()> {
 
 /// Puts the data directory moved aside back in place of a failed restore. Never removes
 /// anything unless the old directory is there to take its place and no server runs on it.
-async fn rollback(agent: &Agent, pgdata: &Path, aside: &Path, child: Option<Child>) {
+async fn rollback(ctx: &Restarts, pgdata: &Path, aside: &Path, child: Option<Child>) {
     if !aside.exists() {
         tracing::error!(aside = %aside.display(), path = %pgdata.display(), "rollback: the old data directory is not there; leaving the data directory as it is");
         return;
     }
     if pgdata.exists() {
-        let _ = pg_ctl_stop(agent, pgdata, "immediate").await;
+        let _ = pg_ctl_stop(ctx, pgdata, "immediate").await;
     }
     if let Some(mut c) = child {
         if c.try_wait().ok().flatten().is_none() {
@@ -1147,9 +1249,9 @@ async fn rollback(agent: &Agent, pgdata: &Path, aside: &Path, child: Option<Chil
 
 /// Rebuilds every other member and waits until each streams on `new_tli`. Returns why not, when
 /// some member does not.
-async fn reinitialize_replicas(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> Option<String> {
-    let members = agent.view.borrow().members.clone();
-    let me = agent.me().to_string();
+async fn reinitialize_replicas(ctx: &Restarts, job: &Job, new_tli: u32) -> Option<String> {
+    let members = ctx.view.borrow().members.clone();
+    let me = ctx.member.clone();
     let replicas: Vec<(String, String)> = members
         .iter()
         .filter(|(n, _)| **n != me)
@@ -1163,7 +1265,7 @@ async fn reinitialize_replicas(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> O
         ),
     );
     for (name, url) in &replicas {
-        let r = agent
+        let r = ctx
             .patroni
             .at(url)
             .reinitialize(Duration::from_secs(120))
@@ -1178,7 +1280,7 @@ async fn reinitialize_replicas(agent: &Arc<Agent>, job: &Job, new_tli: u32) -> O
     }
     job.hold("reinitialize").await;
     let deadline = Instant::now() + REJOIN_TIMEOUT;
-    let mut view = agent.view.clone();
+    let mut view = ctx.view.clone();
     let mut since: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let members = view.borrow_and_update().members.clone();
@@ -1242,6 +1344,243 @@ fn follows(member: Option<&serde_json::Value>, tli: u32) -> (bool, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backup on `tli` that finished at LSN `finish` (`finish_h` hours before now).
+    fn backup(name: &str, tli: u32, finish: u64, finish_h: i64) -> BackupInfo {
+        let seg = crate::wal::names::WalSegSize::DEFAULT;
+        BackupInfo {
+            name: name.into(),
+            format: crate::backup::Format::WalG,
+            last_modified: Utc::now(),
+            timeline: tli,
+            start_lsn: crate::wal::Lsn(finish - 0x100),
+            finish_lsn: crate::wal::Lsn(finish),
+            start_segment: String::new(),
+            start_offset: 0,
+            stop_segment: String::new(),
+            stop_offset: 0,
+            expanded_size_bytes: None,
+            compressed_size: None,
+            seg_size: seg,
+            finish_time: Some(Utc::now() - chrono::Duration::hours(finish_h)),
+            system_identifier: None,
+            pg_version: None,
+            spec: None,
+            tar_partitions: None,
+            is_permanent: false,
+            corrupt_pages: None,
+        }
+    }
+
+    fn bad_request(r: std::result::Result<BackupInfo, Refusal>) -> String {
+        match r {
+            Err(Refusal::BadRequest(m)) => m,
+            other => panic!("not a bad request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_running_restart_refuses_another_naming_it() {
+        assert!(refuse_if_running(None).is_ok());
+        match refuse_if_running(Some("20261203T220000123".into())) {
+            Err(Refusal::Conflict { reason, leader }) => {
+                assert_eq!(reason, "restart 20261203T220000123 is still running");
+                assert_eq!(leader, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_jobs_report_a_running_restart_until_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgdata = dir.path().join("data");
+        let jobs = Jobs::default();
+        assert_eq!(jobs.running(), None);
+        let job = Arc::new(Job {
+            id: "j1".into(),
+            state: Mutex::new(JobState {
+                id: "j1".into(),
+                recovery_target_time: Utc::now(),
+                backup: "base_000000010000000000000002".into(),
+                status: "running".into(),
+                step: "fetch".into(),
+                steps: vec![],
+                error: None,
+                new_timeline: None,
+                replicas: BTreeMap::new(),
+                started_at: Utc::now(),
+                finished_at: None,
+            }),
+            phase: Mutex::new(Phase::Fetching),
+            plan: Plan {
+                aside: aside_path(&pgdata, "j1"),
+                pgdata: pgdata.clone(),
+                timeline: 1,
+                reinit: true,
+            },
+            journal: journal_path(&pgdata),
+            hold_after: None,
+        });
+        jobs.insert(job.clone());
+        assert_eq!(jobs.running().as_deref(), Some("j1"));
+        assert_eq!(jobs.running_steps(), vec!["j1 at step fetch".to_string()]);
+        assert!(refuse_if_running(jobs.running()).is_err());
+        job.update(|s| s.status = "failed".into());
+        assert_eq!(jobs.running(), None);
+        assert!(jobs.running_steps().is_empty());
+        assert!(jobs.get("j1").is_some(), "an ended job is still shown");
+        assert!(jobs.get("j2").is_none());
+    }
+
+    #[test]
+    fn only_the_leader_restarts_and_the_refusal_names_who_leads() {
+        let status = |leader: Option<&str>, is_leader| LeaderStatus {
+            member: "pg1".into(),
+            leader: leader.map(String::from),
+            is_leader,
+            valid_for_ms: 10_000,
+        };
+        assert!(refuse_unless_leader("pg1", status(Some("pg1"), true)).is_ok());
+        match refuse_unless_leader("pg1", status(Some("pg2"), false)) {
+            Err(Refusal::Conflict { reason, leader }) => {
+                assert_eq!(reason, "pg1 is not the leader; send the restart to pg2");
+                assert_eq!(leader.as_deref(), Some("pg2"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match refuse_unless_leader("pg1", status(None, false)) {
+            Err(Refusal::Conflict { reason, leader }) => {
+                assert!(reason.ends_with("the leader (none right now)"), "{reason}");
+                assert_eq!(leader, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_target_time_is_a_bad_request_and_an_unreachable_server_is_unavailable() {
+        assert!(matches!(
+            target_refusal(Error::BadInput("in the future".into())),
+            Refusal::BadRequest(m) if m == "in the future"
+        ));
+        assert!(matches!(
+            target_refusal(Error::Postgres("PostgreSQL: connection refused".into())),
+            Refusal::Unavailable(m) if m.contains("connection refused")
+        ));
+        assert!(matches!(
+            target_refusal(Error::Cluster("no TimeZone".into())),
+            Refusal::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn without_a_name_the_newest_backup_finished_before_the_target_on_the_lineage_is_chosen() {
+        // Timeline 2 branched from 1 at 0/5000000.
+        let lineage = History {
+            timeline: 2,
+            entries: vec![(1, 0x500_0000)],
+        };
+        let backups = vec![
+            backup("base_a", 1, 0x200_0100, 30),
+            backup("base_b", 1, 0x400_0100, 20),
+            // On timeline 1 after the switch: an abandoned branch.
+            backup("base_c", 1, 0x600_0100, 10),
+            backup("base_d", 2, 0x700_0100, 5),
+            backup("base_e", 2, 0x800_0100, 1),
+        ];
+        let at = |h: i64| Utc::now() - chrono::Duration::hours(h);
+        let pick = |h| {
+            choose_backup(backups.clone(), &lineage, None, at(h))
+                .unwrap()
+                .name
+        };
+        assert_eq!(pick(0), "base_e");
+        assert_eq!(pick(3), "base_d");
+        assert_eq!(pick(8), "base_b", "base_c is not on timeline 2's history");
+        assert_eq!(pick(25), "base_a");
+        let m = bad_request(choose_backup(backups.clone(), &lineage, None, at(40)));
+        assert!(m.contains("no backup finished before the target"), "{m}");
+        assert!(
+            m.contains("base_a"),
+            "names the earliest restorable point: {m}"
+        );
+        let m = bad_request(choose_backup(Vec::new(), &lineage, None, at(0)));
+        assert!(m.contains("holds no complete backup"), "{m}");
+    }
+
+    #[test]
+    fn a_named_backup_must_be_on_the_lineage_and_finish_before_the_target() {
+        let lineage = History {
+            timeline: 2,
+            entries: vec![(1, 0x500_0000)],
+        };
+        let backups = vec![
+            backup("base_b", 1, 0x400_0100, 20),
+            backup("base_c", 1, 0x600_0100, 10),
+            backup("base_d", 2, 0x700_0100, 5),
+        ];
+        let now = Utc::now();
+        let chosen = choose_backup(backups.clone(), &lineage, Some("base_b"), now).unwrap();
+        assert_eq!(
+            chosen.name, "base_b",
+            "an older backup than the newest may be named"
+        );
+        let m = bad_request(choose_backup(
+            backups.clone(),
+            &lineage,
+            Some("base_c"),
+            now,
+        ));
+        assert_eq!(
+            m,
+            "backup \"base_c\" is not a complete backup on timeline 2's history"
+        );
+        let m = bad_request(choose_backup(
+            backups.clone(),
+            &lineage,
+            Some("base_x"),
+            now,
+        ));
+        assert!(m.contains("\"base_x\""), "{m}");
+        let target = now - chrono::Duration::hours(7);
+        let m = bad_request(choose_backup(backups, &lineage, Some("base_d"), target));
+        assert!(m.starts_with("backup base_d finished at "), "{m}");
+        assert!(
+            m.contains(&format!("after the target {}", target.to_rfc3339())),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn the_old_data_directory_and_the_restart_log_sit_beside_the_data_directory() {
+        let pgdata = Path::new("/var/lib/postgresql/15/main");
+        let aside = aside_path(pgdata, "20261203T220000123");
+        assert_eq!(
+            aside,
+            Path::new("/var/lib/postgresql/15/main.walkeeper-restart-20261203T220000123")
+        );
+        assert_eq!(
+            log_path(&aside),
+            Path::new("/var/lib/postgresql/15/main.walkeeper-restart-20261203T220000123.log")
+        );
+        assert_eq!(
+            journal_path(pgdata),
+            Path::new("/var/lib/postgresql/15/main.walkeeper-restart.json")
+        );
+        // A trailing slash names the same directory; each job's aside path is its own.
+        assert_eq!(
+            aside_path(
+                Path::new("/var/lib/postgresql/15/main/"),
+                "20261203T220000123"
+            ),
+            aside
+        );
+        assert_ne!(aside_path(pgdata, "a"), aside_path(pgdata, "b"));
+        // Never inside the data directory, which is what is moved.
+        assert!(!aside.starts_with(pgdata));
+        assert!(!journal_path(pgdata).starts_with(pgdata));
+    }
 
     #[test]
     fn a_member_follows_only_when_running_streaming_on_the_new_timeline() {
@@ -1308,7 +1647,7 @@ mod tests {
 
     #[test]
     fn a_restart_interrupted_during_recovery_waits_finishes_or_rolls_back_by_what_runs() {
-        // The recovering postmaster outlived the agent.
+        // The recovering postmaster outlived the ctx.
         assert_eq!(
             decide(
                 Phase::Recovering,

@@ -192,9 +192,9 @@ impl StandaloneConfig {
 
 /// A single server's agent: every upload is the leader's.
 pub struct Standalone {
-    pub cfg: StandaloneConfig,
-    pub settings: Settings,
-    pub archive: Arc<Archive>,
+    cfg: StandaloneConfig,
+    settings: Settings,
+    archive: Arc<Archive>,
     /// One base backup at a time.
     backup_lock: tokio::sync::Mutex<()>,
 }
@@ -240,6 +240,16 @@ impl Standalone {
             archive,
             backup_lock: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Its settings: the data directory and the API's access rules.
+    pub fn config(&self) -> &StandaloneConfig {
+        &self.cfg
+    }
+
+    /// Where the archive is, for the log (no credentials).
+    pub fn archive_description(&self) -> &str {
+        &self.archive.store.description
     }
 
     /// A single server always leads.

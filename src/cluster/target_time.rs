@@ -9,18 +9,18 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use super::agent::Agent;
+use super::local::LocalServer;
 use crate::backup::pg;
 use crate::backup::restore::{check_past, parse_given_time, GivenTime};
 use crate::error::{Error, Result};
 
 /// The absolute target, and how it was read when it had no zone (for the job's steps).
-pub async fn resolve(agent: &Agent, given: &str) -> Result<(DateTime<Utc>, Option<String>)> {
+pub async fn resolve(local: &LocalServer, given: &str) -> Result<(DateTime<Utc>, Option<String>)> {
     match parse_given_time(given)? {
         GivenTime::Absolute(t) => Ok((check_past(t, given)?, None)),
         GivenTime::Local(naive) => {
             // The server cannot be asked: a 503 (try again), never a 400 for a good request.
-            let (t, zone) = in_server_zone(agent, naive).await.map_err(|e| {
+            let (t, zone) = in_server_zone(local, naive).await.map_err(|e| {
                 Error::Cluster(format!(
                     "cannot read {given:?} in the server's TimeZone: {e}"
                 ))
@@ -36,25 +36,13 @@ pub async fn resolve(agent: &Agent, given: &str) -> Result<(DateTime<Utc>, Optio
 }
 
 /// Asks the local server which instant `naive` is in its TimeZone.
-async fn in_server_zone(agent: &Agent, naive: NaiveDateTime) -> Result<(DateTime<Utc>, String)> {
-    let cfg = agent.pg_config()?;
-    let client = pg::connect(&cfg).await?;
-    let unavailable = |e: tokio_postgres::Error| Error::Postgres(format!("PostgreSQL: {e}"));
-    client
-        .batch_execute("RESET TimeZone")
-        .await
-        .map_err(unavailable)?;
+async fn in_server_zone(
+    local: &LocalServer,
+    naive: NaiveDateTime,
+) -> Result<(DateTime<Utc>, String)> {
+    let client = pg::connect(&local.pg_config()?).await?;
     let text = naive.format("%Y-%m-%d %H:%M:%S%.f").to_string();
-    let row = client
-        .query_one(
-            "SELECT to_char(($1::text)::timestamptz AT TIME ZONE 'UTC', \
-             'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), current_setting('TimeZone')",
-            &[&text],
-        )
-        .await
-        .map_err(unavailable)?;
-    let utc: String = row.get(0);
-    let zone: String = row.get(1);
+    let (utc, zone) = pg::instant_in_server_zone(&client, &text).await?;
     let t = DateTime::parse_from_rfc3339(&utc)
         .map_err(|e| Error::Cluster(format!("PostgreSQL answered {utc:?} for {text}: {e}")))?
         .with_timezone(&Utc);

@@ -983,4 +983,168 @@ mod tests {
         drop(ahead);
         assert!(!AheadLock::is_held(&ctx));
     }
+
+    /// A member that may not upload: it only verifies what the archive holds.
+    #[derive(Debug)]
+    struct NeverUpload;
+
+    impl UploadGate for NeverUpload {
+        fn decide<'a>(
+            &'a self,
+            _name: &'a WalName,
+            _seg_size: u64,
+            _archive: &'a crate::archive::Archive,
+        ) -> futures::future::BoxFuture<'a, Result<PushDecision>> {
+            Box::pin(async {
+                Ok(PushDecision::VerifyOnly {
+                    reason: "pg2 holds the leader key".into(),
+                })
+            })
+        }
+    }
+
+    #[test]
+    fn only_a_regular_wal_file_inside_pg_wal_is_taken_as_the_source() {
+        let env = Env::new();
+        let ctx = env.ctx();
+        let seg = "000000010000000000000001";
+        env.segment(seg, 1, 1, SYSID);
+        let (name, path) = validate_source(&ctx, Path::new(&format!("pg_wal/{seg}"))).unwrap();
+        assert_eq!(name.to_string(), seg);
+        assert_eq!(path.parent(), Some(ctx.pg_wal.as_path()));
+        let abs = ctx.pg_wal.join(seg);
+        assert_eq!(validate_source(&ctx, &abs).unwrap().1, path);
+
+        let wal = env.pgdata.join("pg_wal");
+        std::fs::write(wal.join("notes.txt"), b"x").unwrap();
+        std::fs::write(env.pgdata.join("000000010000000000000002"), b"x").unwrap();
+        std::fs::create_dir(wal.join("000000010000000000000003")).unwrap();
+        std::os::unix::fs::symlink(&abs, wal.join("000000010000000000000004")).unwrap();
+        let outside = env.archive.join("000000010000000000000005");
+        std::fs::write(&outside, b"x").unwrap();
+        for (arg, why) in [
+            ("pg_wal/notes.txt".to_string(), ""),
+            ("000000010000000000000002".to_string(), "is not in"),
+            (
+                "pg_wal/000000010000000000000003".to_string(),
+                "not a regular file",
+            ),
+            (
+                "pg_wal/000000010000000000000004".to_string(),
+                "symbolic link",
+            ),
+            (
+                "pg_wal/000000010000000000000006".to_string(),
+                "cannot archive",
+            ),
+            (outside.display().to_string(), "outside the data directory"),
+            (
+                "pg_wal/../../archive/000000010000000000000005".to_string(),
+                "outside the data directory",
+            ),
+        ] {
+            let e = validate_source(&ctx, Path::new(&arg)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{arg}: {e}");
+            assert!(e.to_string().contains(why), "{arg}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_member_that_may_not_upload_succeeds_only_for_an_identical_archived_copy() {
+        let env = Env::new();
+        let rt = rt();
+        let ctx = env.ctx();
+        let name = WalName::parse("000000010000000000000001").unwrap();
+        let path = env.segment(&name.to_string(), 1, 1, SYSID);
+        let e = rt
+            .block_on(push_locked(&ctx, &NeverUpload, &name, &path, false))
+            .unwrap_err();
+        assert!(matches!(e, Error::NotLeader(_)), "{e}");
+        assert_eq!(e.exit_code(), crate::error::EXIT_NOT_LEADER);
+        assert!(e.to_string().contains("pg2 holds the leader key"), "{e}");
+        assert!(objects(&env.archive).is_empty());
+
+        let up = rt
+            .block_on(push_locked(&ctx, &leadership(), &name, &path, false))
+            .unwrap();
+        assert!(matches!(up, PushOutcome::Uploaded { .. }), "{up:?}");
+        assert_eq!(
+            rt.block_on(push_locked(&ctx, &NeverUpload, &name, &path, false))
+                .unwrap(),
+            PushOutcome::AlreadyArchived
+        );
+    }
+
+    #[test]
+    fn an_archived_copy_with_other_bytes_is_a_conflict_and_stays_as_it_was() {
+        let env = Env::new();
+        let rt = rt();
+        let ctx = env.ctx();
+        let l = leadership();
+        let name = WalName::parse("000000010000000000000001").unwrap();
+        let path = env.segment(&name.to_string(), 1, 1, SYSID);
+        rt.block_on(push_locked(&ctx, &l, &name, &path, false))
+            .unwrap();
+        let key = env.archive.join(&objects(&env.archive)[0]);
+        let stored = std::fs::read(&key).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[SEG - 1] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = rt
+            .block_on(push_locked(&ctx, &l, &name, &path, false))
+            .unwrap_err();
+        match &e {
+            Error::Conflict {
+                name: n,
+                archived_size,
+                archived_sha256,
+                local_size,
+                local_sha256,
+            } => {
+                assert_eq!(n, &name.to_string());
+                assert_eq!((*archived_size, *local_size), (SEG as u64, SEG as u64));
+                assert_ne!(archived_sha256, local_sha256);
+                assert_eq!(local_sha256, &hex::encode(Sha256::digest(&bytes)));
+            }
+            other => panic!("not a conflict: {other}"),
+        }
+        assert_eq!(e.exit_code(), crate::error::EXIT_CONFLICT);
+        assert_eq!(
+            std::fs::read(&key).unwrap(),
+            stored,
+            "the archived copy is kept"
+        );
+    }
+
+    #[test]
+    fn look_ahead_takes_the_oldest_ready_files_not_current_recorded_or_being_pushed() {
+        let env = Env::new();
+        let rt = rt();
+        let ctx = env.ctx();
+        let status = ctx.archive_status_dir();
+        let seg = |n: u64| WalName::parse(&format!("0000000100000000{n:08X}")).unwrap();
+        for n in (1..=6).rev() {
+            std::fs::write(status.join(format!("{}.ready", seg(n))), b"").unwrap();
+        }
+        std::fs::write(status.join(format!("{}.done", seg(7))), b"").unwrap();
+        std::fs::write(status.join("garbage.ready"), b"").unwrap();
+        let rec = record_path(&ctx, &seg(2));
+        std::fs::create_dir_all(rec.parent().unwrap()).unwrap();
+        std::fs::write(&rec, b"").unwrap();
+        let held = rt.block_on(NameLock::acquire(&ctx, &seg(3))).unwrap();
+        assert_eq!(
+            lookahead_candidates(&ctx, Some(&seg(1)), None, 2),
+            vec![seg(4), seg(5)]
+        );
+        assert_eq!(
+            lookahead_candidates(&ctx, Some(&seg(1)), Some(&seg(4)), 10),
+            vec![seg(5), seg(6)]
+        );
+        drop(held);
+        assert_eq!(
+            lookahead_candidates(&ctx, None, None, 3),
+            vec![seg(1), seg(3), seg(4)]
+        );
+        assert!(lookahead_candidates(&ctx, None, Some(&seg(6)), 3).is_empty());
+    }
 }
