@@ -41,6 +41,7 @@ use super::metrics::Metrics;
 use super::patroni::base_url;
 use super::patroni::Patroni;
 use crate::archive::Archive;
+use crate::backup::fetch::MEMBER_FILES;
 use crate::backup::fetch::{backup_fetch, FetchOptions};
 use crate::backup::restore::{choose, pg_time, Target};
 use crate::backup::{list_backups, pg, BackupInfo};
@@ -49,16 +50,6 @@ use crate::selfexec::SelfExec;
 use crate::storage::local::write_atomic_with;
 use crate::wal::history::History;
 
-/// Config files that belong to this member, not to the backup (which another member may have
-/// taken): they are carried over from the data directory that was moved aside.
-const MEMBER_FILES: &[&str] = &[
-    "postgresql.conf",
-    "postgresql.base.conf",
-    "postgresql.auto.conf",
-    "pg_hba.conf",
-    "pg_ident.conf",
-    "patroni.dynamic.json",
-];
 const PROMOTION_TIMEOUT: Duration = Duration::from_secs(3600);
 const LEADER_KEY_TIMEOUT: Duration = Duration::from_secs(120);
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -1369,6 +1360,11 @@ mod tests {
             tar_partitions: None,
             is_permanent: false,
             corrupt_pages: None,
+            data_catalog_size: None,
+            delta_from: None,
+            delta_lsn: None,
+            delta_full_name: None,
+            delta_count: None,
         }
     }
 
