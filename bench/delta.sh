@@ -98,13 +98,15 @@ CONF
 
   log "D6: restores into an empty directory: the full backup, the chain (full + delta)"
   local which label cache
+  local warm
   for which in full delta; do
-    label=wk-fetch-$which
     [ $which = full ] && name=$full || name=$delta
-    rm -rf "$d/restore"
-    cache=$(cold)
-    drive once --label "$label" --log "$OUT/logs/delta-wk.log" --extra "{$x,\"cache\":\"$cache\"}" -- \
-      "${WK[@]}" backup-fetch "$d/restore" "$name"
+    for warm in "" -warm; do
+      rm -rf "$d/restore"
+      if [ -z "$warm" ]; then cache=$(cold); else cache=warm; fi
+      drive once --label "wk-fetch-$which$warm" --log "$OUT/logs/delta-wk.log" --extra "{$x,\"cache\":\"$cache\"}" -- \
+        "${WK[@]}" backup-fetch "$d/restore" "$name"
+    done
   done
   rm -rf "$d/restore"
   as_pg mkdir -m 700 "$d/restore"
