@@ -1549,3 +1549,50 @@ fn backup_fetch_delta_over_the_members_own_data_directory_keeps_matching_files_a
     );
     assert_eq!(c.primary.psql("SELECT count(*) FROM later"), "3000");
 }
+
+#[test]
+fn create_replica_with_patronis_keep_data_restores_over_the_kept_directory_and_follows_the_archive()
+{
+    use std::os::unix::fs::MetadataExt as _;
+    let mut c = Cluster::start(&[]);
+    c.primary
+        .psql("CREATE TABLE rows_kept AS SELECT g AS id FROM generate_series(1, 1000) g");
+    c.primary.pgbench(&["-i", "-s", "1", "-q"]);
+    let out = c.walkeeper(&["backup-push", c.primary.data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "backup-push: {}", stderr(&out));
+    c.primary
+        .psql("INSERT INTO rows_kept SELECT g FROM generate_series(1001, 1500) g");
+    c.primary.switch_and_wait_archived();
+    let sum = c.primary.psql("SELECT sum(id) FROM rows_kept");
+    c.primary.stop();
+    let data = c.primary.data.clone();
+    let pg_version = std::fs::metadata(data.join("PG_VERSION")).unwrap().ino();
+    let datadir = format!("--datadir={}", data.display());
+
+    // Without keep_data the directory must be empty (Patroni empties it first).
+    let out = c.walkeeper(&["create-replica", &datadir, "--no_leader=1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    // With Patroni's keep_data the backup is restored over it.
+    let out = c.walkeeper(&[
+        "create-replica",
+        &datadir,
+        "--no_leader=1",
+        "--keep_data=True",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::metadata(data.join("PG_VERSION")).unwrap().ino(),
+        pg_version,
+        "an unchanged file is kept"
+    );
+    assert!(data.join("standby.signal").exists());
+    chown_pg_recursive(&data);
+    c.primary.start();
+    wait_until(
+        "the standby to replay the archive",
+        Duration::from_secs(300),
+        || c.primary.psql("SELECT sum(id) FROM rows_kept") == sum,
+    );
+    assert_eq!(c.primary.psql("SELECT pg_is_in_recovery()"), "t");
+}

@@ -35,6 +35,9 @@ pub struct ReplicaArgs {
     pub retries: u32,
     /// `--no_leader=1` / `--no_master=1`: this method may run without a leader.
     pub no_leader: bool,
+    /// Patroni's `keep_data: true`: the data directory was not emptied, so the backup is
+    /// restored over it (`backup-fetch --delta`), keeping the files that already match.
+    pub keep_data: bool,
 }
 
 /// Shows the connection string without its password.
@@ -51,6 +54,7 @@ impl std::fmt::Debug for ReplicaArgs {
             .field("threshold_percentage", &self.threshold_percentage)
             .field("retries", &self.retries)
             .field("no_leader", &self.no_leader)
+            .field("keep_data", &self.keep_data)
             .finish()
     }
 }
@@ -98,6 +102,7 @@ impl ReplicaArgs {
                 "threshold_backup_size_percentage" => a.threshold_percentage = Some(num(k)?),
                 "retries" => a.retries = num(k)? as u32,
                 "no_leader" | "no_master" => a.no_leader |= truthy(v),
+                "keep_data" => a.keep_data = truthy(v),
                 _ => {}
             }
         }
@@ -426,6 +431,7 @@ pub async fn restore(
     for attempt in 1..=attempts {
         let opts = FetchOptions {
             concurrency: 2,
+            delta: args.keep_data,
             ..Default::default()
         };
         match backup_fetch(archive.clone(), datadir, &plan.backup.name, opts).await {
@@ -499,9 +505,12 @@ mod tests {
         assert_eq!(a.threshold_megabytes, Some(100));
         assert_eq!(a.threshold_percentage, Some(12.5));
         assert!(a.no_leader);
+        assert!(!a.keep_data);
         assert_eq!(a.retries, 3);
-        let a = ReplicaArgs::parse(&["--no_leader=True", "--connstring="]).unwrap();
+        let a =
+            ReplicaArgs::parse(&["--no_leader=True", "--connstring=", "--keep_data=True"]).unwrap();
         assert!(a.no_leader);
+        assert!(a.keep_data);
         assert_eq!(a.connstring, None);
         assert!(ReplicaArgs::parse(&["--threshold_megabytes=lots"]).is_err());
     }
