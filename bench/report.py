@@ -237,6 +237,35 @@ def delta(recs, out):
         out.append("")
 
 
+def restore(recs, out):
+    rs = [r for r in recs if r.get("part") == "restore"]
+    if not rs:
+        return
+    n = max(r["restored"] for r in rs)
+    out.append(f"### Recovery through restore_command ({n} pgbench segments of 16 MiB replayed, page cache dropped before each)\n")
+    out.append("| restore_command | recovery s | segments restored | vs cp + fsync |")
+    out.append("|---|---|---|---|")
+    names = {
+        "cp-fsync": "cp from a local directory + fsync (the limit)",
+        "cp-fsync-again": "cp + fsync, again at the end",
+        "wk-fetch": "walkeeper wal-fetch, no prefetch",
+        "wk-fetch-prefetch": "walkeeper wal-fetch, WALKEEPER_PREFETCH=8",
+        "pgbr-archive-get-async": "pgBackRest 2.45 archive-get, async, process-max=2",
+        "wal-e-fetch": "WAL-E 1.1.1 wal-fetch (prefetch 8)",
+    }
+    limit = min((r["seconds"] for r in rs if r["label"].startswith("cp-fsync")), default=None)
+    for r in rs:
+        q = f"{r['seconds'] / limit:.2f}×" if limit else "–"
+        out.append(f"| {names.get(r['label'], r['label'])} | {r['seconds']:.2f} | {r['restored']} | {q} |")
+    out.append("")
+    pf = next((r for r in rs if r["label"] == "wk-fetch-prefetch"), None)
+    if pf and limit:
+        out.append("| restore target | measured | |")
+        out.append("|---|---|---|")
+        out.append(f"| with prefetch, within 15 % of the cp limit | {pf['seconds']:.2f} s vs {limit:.2f} s = {100 * (pf['seconds'] / limit - 1):+.0f} % | {verdict(pf['seconds'] <= 1.15 * limit)} |")
+        out.append("")
+
+
 def main():
     recs = load(sys.argv[1])
     out = []
@@ -247,6 +276,7 @@ def main():
     wal(recs, out)
     backup(recs, out)
     delta(recs, out)
+    restore(recs, out)
     tot = next((r for r in recs if r.get("label") == "total"), None)
     if tot:
         out.append(f"Benchmark wall time: {tot['wall_s'] // 60} min {tot['wall_s'] % 60} s.")
