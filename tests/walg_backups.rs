@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -858,41 +858,6 @@ fn an_inconsistent_wal_g_delta_or_a_wal_g_backup_missing_a_listed_partition_or_f
     assert!(!target.join("global/pg_control").exists());
 }
 
-/// Extracts a backup the way WAL-G's backup-fetch does: every partition but pg_control's, then
-/// pg_control's; an entry goes to `path.Join(dir, name)`; a regular file only when `Files`
-/// lists it (or it is pg_control, backup_label or tablespace_map).
-fn extract_like_wal_g(tars: &[(String, Vec<u8>)], files: &WalgFiles, dir: &Path) {
-    let wanted: BTreeSet<&str> = files
-        .files
-        .keys()
-        .map(String::as_str)
-        .chain(["/global/pg_control", "backup_label", "tablespace_map"])
-        .collect();
-    let mut ordered: Vec<&(String, Vec<u8>)> = tars.iter().collect();
-    ordered.sort_by_key(|(n, _)| n.starts_with("pg_control.tar"));
-    for (_, plain) in ordered {
-        let mut ar = tar::Archive::new(&plain[..]);
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
-            let dest = dir.join(name.trim_start_matches('/'));
-            match e.header().entry_type() {
-                tar::EntryType::Directory => std::fs::create_dir_all(&dest).unwrap(),
-                tar::EntryType::Regular => {
-                    if !wanted.contains(name.as_str()) {
-                        continue;
-                    }
-                    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-                    let mut data = Vec::new();
-                    e.read_to_end(&mut data).unwrap();
-                    std::fs::write(&dest, data).unwrap();
-                }
-                other => panic!("{name}: unexpected entry type {other:?}"),
-            }
-        }
-    }
-}
-
 #[test]
 fn walkeepers_backup_has_the_metadata_wal_g_reads_and_restores_by_wal_gs_rules() {
     let c = Cluster::start(&[("WALG_TAR_SIZE_THRESHOLD", "1048576")]);
@@ -1045,17 +1010,7 @@ fn walkeepers_backup_has_the_metadata_wal_g_reads_and_restores_by_wal_gs_rules()
 
     // Restored by WAL-G's rules, PostgreSQL recovers and has every row.
     let target = c.scratch.mkdir("by_wal_g_rules");
-    extract_like_wal_g(&tars, &files, &target);
-    for d in [
-        "pg_wal/archive_status",
-        "pg_replslot",
-        "pg_stat_tmp",
-        "pg_subtrans",
-        "pg_notify",
-    ] {
-        std::fs::create_dir_all(target.join(d)).unwrap();
-    }
-    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    extract_chain_like_wal_g(&[(files, tars)], &target);
     std::fs::write(target.join("recovery.signal"), "").unwrap();
     let restored = c.start_restored("by_wal_g_rules", target, true);
     assert_eq!(restored.psql("SELECT sum(id) FROM rows_kept"), sum);

@@ -232,7 +232,7 @@ async fn load_chain(
     which: &str,
 ) -> Result<(BackupInfo, Vec<(BackupInfo, Option<FilesMetadata>)>)> {
     let all = super::list_backups(&archive.store).await?;
-    let info = resolve_in(&all, which, &archive.store.description)?;
+    let info = super::resolve_in(&all, which, &archive.store.description)?;
     let chain = super::delta_chain(&all, &info)?;
     let mut layers = Vec::with_capacity(chain.len());
     for b in chain {
@@ -332,23 +332,6 @@ fn delta_plan(
 
 /// In a delta restore's set of files to write: every file (the backup has no per-file records).
 const ALL: &str = "\0all";
-
-/// Finds `LATEST` or a named backup among `all` (oldest first).
-fn resolve_in(all: &[BackupInfo], which: &str, store: &str) -> Result<BackupInfo> {
-    if which.eq_ignore_ascii_case("LATEST") {
-        return all.last().cloned().ok_or_else(|| {
-            Error::BadInput(format!("{store}: the archive holds no complete backup"))
-        });
-    }
-    all.iter()
-        .find(|b| b.name == which)
-        .cloned()
-        .ok_or_else(|| {
-            Error::BadInput(format!(
-                "backup {which:?} not found in {store} (or it has no sentinel: incomplete)"
-            ))
-        })
-}
 
 /// Restores each backup of a chain in turn, the full backup first: a delta's files replace
 /// the base's, its increments are applied to the base's files, the files it records as

@@ -511,21 +511,25 @@ pub async fn list_backups(store: &Store) -> Result<Vec<BackupInfo>> {
 
 /// Finds `LATEST` or a named backup.
 pub async fn resolve(store: &Store, which: &str) -> Result<BackupInfo> {
-    let all = list_backups(store).await?;
+    resolve_in(&list_backups(store).await?, which, &store.description)
+}
+
+/// Finds `LATEST` or a named backup among `all` (oldest first, as listed) of the store
+/// described by `store`.
+pub fn resolve_in(all: &[BackupInfo], which: &str, store: &str) -> Result<BackupInfo> {
     if which.eq_ignore_ascii_case("LATEST") {
-        return all.into_iter().last().ok_or_else(|| {
-            Error::BadInput(format!(
-                "{}: the archive holds no complete backup",
-                store.description
-            ))
+        return all.last().cloned().ok_or_else(|| {
+            Error::BadInput(format!("{store}: the archive holds no complete backup"))
         });
     }
-    all.into_iter().find(|b| b.name == which).ok_or_else(|| {
-        Error::BadInput(format!(
-            "backup {which:?} not found in {} (or it has no sentinel: incomplete)",
-            store.description
-        ))
-    })
+    all.iter()
+        .find(|b| b.name == which)
+        .cloned()
+        .ok_or_else(|| {
+            Error::BadInput(format!(
+                "backup {which:?} not found in {store} (or it has no sentinel: incomplete)"
+            ))
+        })
 }
 
 #[cfg(test)]

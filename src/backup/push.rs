@@ -124,6 +124,13 @@ struct Entry {
     path: PathBuf,
     kind: Kind,
     size: u64,
+    /// A file's modification time as the walk saw it (None for directories).
+    mtime: Option<chrono::DateTime<Utc>>,
+}
+
+/// A file's modification time to the nanosecond, as WAL-G records it.
+fn mtime_of(m: &std::fs::Metadata) -> Option<chrono::DateTime<Utc>> {
+    chrono::DateTime::<Utc>::from_timestamp(m.mtime(), m.mtime_nsec().clamp(0, 999_999_999) as u32)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +172,7 @@ fn collect(pgdata: &Path) -> Result<(Vec<Entry>, TablespaceSpec)> {
                 path: target.clone(),
                 kind: Kind::Dir,
                 size: 0,
+                mtime: None,
             });
             walk(&target, &format!("pg_tblspc/{oid}/"), &mut entries, false)?;
         }
@@ -222,6 +230,7 @@ fn walk(root: &Path, prefix: &str, out: &mut Vec<Entry>, is_pgdata: bool) -> Res
                     path: e.path().to_path_buf(),
                     kind: Kind::Dir,
                     size: 0,
+                    mtime: None,
                 });
                 if ft.is_dir() {
                     it.skip_current_dir();
@@ -238,17 +247,16 @@ fn walk(root: &Path, prefix: &str, out: &mut Vec<Entry>, is_pgdata: bool) -> Res
                 path: e.path().to_path_buf(),
                 kind: Kind::Dir,
                 size: 0,
+                mtime: None,
             });
         } else if ft.is_file() {
-            let size = match e.metadata() {
-                Ok(m) => m.len(),
-                Err(_) => continue,
-            };
+            let Ok(m) = e.metadata() else { continue };
             out.push(Entry {
                 name,
                 path: e.path().to_path_buf(),
                 kind: Kind::File,
-                size,
+                size: m.len(),
+                mtime: mtime_of(&m),
             });
         }
     }
@@ -459,11 +467,7 @@ fn write_tar(
                     }
                 };
                 let meta = f.metadata()?;
-                let mtime = chrono::DateTime::<Utc>::from_timestamp(
-                    meta.mtime(),
-                    meta.mtime_nsec().clamp(0, 999_999_999) as u32,
-                )
-                .unwrap_or_default();
+                let mtime = mtime_of(&meta).unwrap_or_default();
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(meta.mode() & 0o7777);
                 h.set_mtime(meta.mtime().max(0) as u64);
@@ -840,19 +844,8 @@ pub(super) async fn upload_body(
         .map_err(|e| Error::io(pgdata, io::Error::other(e.to_string())))??;
     let delta = delta.map(|d| Arc::new(DeltaCtx::new(d)));
     // A delta leaves unchanged files out: they do not count towards a partition's size.
-    let weigh = |e: &Entry| match &delta {
-        Some(d) if e.kind == Kind::File => {
-            let unchanged = std::fs::metadata(&e.path).ok().and_then(|m| {
-                chrono::DateTime::<Utc>::from_timestamp(
-                    m.mtime(),
-                    m.mtime_nsec().clamp(0, 999_999_999) as u32,
-                )
-            });
-            match unchanged {
-                Some(t) if d.unchanged(&files::entry_name(&e.name), t) => 0,
-                _ => e.size,
-            }
-        }
+    let weigh = |e: &Entry| match (&delta, e.mtime) {
+        (Some(d), Some(t)) if d.unchanged(&files::entry_name(&e.name), t) => 0,
         _ => e.size,
     };
     let weights: Vec<u64> = entries.iter().map(weigh).collect();
@@ -957,6 +950,7 @@ pub(super) async fn upload_body(
         size: std::fs::metadata(pgdata.join("global/pg_control"))
             .map_err(|e| Error::io(pgdata.join("global/pg_control"), e))?
             .len(),
+        mtime: None,
     }]);
     uncompressed += control.iter().map(|e| e.size).sum::<u64>();
     let arch = archive.clone();
@@ -1046,6 +1040,7 @@ mod tests {
             path: n.into(),
             kind: Kind::File,
             size: s,
+            mtime: None,
         };
         let entries = vec![e("a", 60), e("b", 60), e("c", 10), e("d", 100), e("f", 1)];
         let weights: Vec<u64> = entries.iter().map(|e| e.size).collect();
@@ -1087,6 +1082,7 @@ mod tests {
             path: d.path().join(name),
             kind,
             size,
+            mtime: None,
         };
         let entries = vec![
             e("PG_VERSION", Kind::File, 3),
