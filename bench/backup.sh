@@ -12,33 +12,10 @@ bench_backup() {
   local data=$d/data
   as_pg mkdir -p "$d/wkenv" "$d/wk-archive" "$d/pgbr-repo" "$d/pgbr-log" "$d/pgbr-lock" "$d/pgbr-spool"
   echo "file://$d/wk-archive" | as_pg tee "$d/wkenv/WALG_FILE_PREFIX" >/dev/null
-  as_pg initdb -D "$data" --auth=trust >/dev/null
-  cat >>"$data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = ''
-unix_socket_directories = '$d'
-wal_level = replica
-archive_mode = on
-archive_command = '$BIN --envdir $d/wkenv wal-push %p'
-max_wal_size = 4GB
-shared_buffers = 256MB
-CONF
-  as_pg tee "$d/pgbr.conf" >/dev/null <<CONF
-[global]
-log-level-console=warn
-log-level-file=off
-log-path=$d/pgbr-log
-lock-path=$d/pgbr-lock
-spool-path=$d/pgbr-spool
-repo1-path=$d/pgbr-repo
-compress-type=lz4
-process-max=2
+  bench_initdb "$data" "$d" "$port" "$BIN --envdir $d/wkenv wal-push %p" </dev/null
+  bench_pgbr_conf "$d/pgbr.conf" "$d" "$data" "$port" <<CONF
 start-fast=y
 archive-async=n
-[bench]
-pg1-path=$data
-pg1-port=$port
-pg1-socket-path=$d
 CONF
   pg_start "$data" "$OUT/logs/backup-pg.log"
   local psql=(as_pg psql -h "$d" -p "$port" -d postgres -qAt)

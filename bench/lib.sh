@@ -45,6 +45,51 @@ pg_start() { # datadir logfile
   as_pg pg_ctl -D "$1" -l "$2" -w -t 120 start >/dev/null
 }
 
+# initdb a benchmark cluster in $1 listening only on the socket directory $2, port $3, archiving
+# with the command $4; further postgresql.conf lines come from stdin.
+bench_initdb() { # datadir socket-dir port archive_command
+  as_pg initdb -D "$1" --auth=trust >/dev/null
+  {
+    cat <<CONF
+port = $3
+listen_addresses = ''
+unix_socket_directories = '$2'
+wal_level = replica
+archive_mode = on
+archive_command = '$4'
+max_wal_size = 4GB
+shared_buffers = 256MB
+CONF
+    cat
+  } >>"$1/postgresql.conf"
+}
+
+# A pgBackRest configuration $1 for stanza "bench" (posix repository and its paths under $2,
+# lz4, process-max=2) for the cluster $3 on socket directory $2, port $4; further [global]
+# lines come from stdin.
+bench_pgbr_conf() { # file dir datadir port
+  {
+    cat <<CONF
+[global]
+log-level-console=warn
+log-level-file=off
+log-path=$2/pgbr-log
+lock-path=$2/pgbr-lock
+spool-path=$2/pgbr-spool
+repo1-path=$2/pgbr-repo
+compress-type=lz4
+process-max=2
+CONF
+    cat
+    cat <<CONF
+[bench]
+pg1-path=$3
+pg1-port=$4
+pg1-socket-path=$2
+CONF
+  } | as_pg tee "$1" >/dev/null
+}
+
 pg_stop() { # datadir
   as_pg pg_ctl -D "$1" -m fast -w stop >/dev/null 2>&1 || true
   local keep=() d

@@ -18,18 +18,9 @@ bench_restore() {
   as_pg mkdir -p "$d/src" "$d/wkenv" "$d/wk-archive" "$d/wale" "$d/pgbr-repo" "$d/pgbr-log" \
     "$d/pgbr-lock" "$d/pgbr-spool"
   echo "file://$d/wk-archive" | as_pg tee "$d/wkenv/WALG_FILE_PREFIX" >/dev/null
-  as_pg initdb -D "$data" --auth=trust >/dev/null
-  cat >>"$data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = ''
-unix_socket_directories = '$d'
-wal_level = replica
-archive_mode = on
-archive_command = 'test ! -f $d/src/%f && cp %p $d/src/%f'
-max_wal_size = 4GB
+  bench_initdb "$data" "$d" "$port" "test ! -f $d/src/%f && cp %p $d/src/%f" <<CONF
 checkpoint_timeout = 30s
 synchronous_commit = off
-shared_buffers = 256MB
 CONF
   pg_start "$data" "$OUT/logs/restore-pg.log"
   local psql=(as_pg psql -h "$d" -p "$port" -d postgres -qAt)
@@ -58,21 +49,8 @@ CONF
   as_pg cp "$data/global/pg_control" "$fake/global/"
   for s in $segs; do ln "$d/src/$s" "$fake/pg_wal/$s"; done
   for f in "$d"/src/*.history "$d"/src/*.backup; do [ -f "$f" ] && ln "$f" "$fake/pg_wal/" || true; done
-  as_pg tee "$d/pgbr.conf" >/dev/null <<CONF
-[global]
-log-level-console=warn
-log-level-file=off
-log-path=$d/pgbr-log
-lock-path=$d/pgbr-lock
-spool-path=$d/pgbr-spool
-repo1-path=$d/pgbr-repo
-compress-type=lz4
+  bench_pgbr_conf "$d/pgbr.conf" "$d" "$data" "$port" <<CONF
 archive-async=y
-process-max=2
-[bench]
-pg1-path=$data
-pg1-port=$port
-pg1-socket-path=$d
 CONF
   local pgbr=(pgbackrest --config="$d/pgbr.conf" --stanza=bench)
   as_pg "${pgbr[@]}" --no-online stanza-create >>"$OUT/logs/restore-pgbr.log" 2>&1
