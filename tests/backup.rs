@@ -1,5 +1,5 @@
 //! Base backups, retention, verification and point-in-time restore against a real PostgreSQL 15,
-//! on file://, on a real S3 server and on a real OpenStack Swift.
+//! on file://, on a real S3 server, on a real OpenStack Swift and on fake-gcs-server (gs://).
 
 mod support;
 
@@ -213,6 +213,11 @@ fn backup_under_load_restores_with_the_same_rows_from_swift_store() {
     backup_under_load_restores(|_| Backend::swift());
 }
 
+#[test]
+fn backup_under_load_restores_with_the_same_rows_from_gcs_store() {
+    backup_under_load_restores(|_| Backend::gcs());
+}
+
 fn now_after(pg: &Pg) -> String {
     // A target strictly between two commits: take the server's clock after the first.
     pg.psql(
@@ -292,6 +297,11 @@ fn point_in_time_restore_keeps_rows_before_the_target_and_drops_rows_after_on_s3
 #[test]
 fn point_in_time_restore_keeps_rows_before_the_target_and_drops_rows_after_on_swift_store() {
     pitr(|_| Backend::swift());
+}
+
+#[test]
+fn point_in_time_restore_keeps_rows_before_the_target_and_drops_rows_after_on_gcs_store() {
+    pitr(|_| Backend::gcs());
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! wal-push and wal-fetch against a real PostgreSQL 15, on file://, on a real S3 server and on a
-//! real OpenStack Swift.
+//! real OpenStack Swift and on fake-gcs-server (gs://).
 
 mod support;
 
@@ -183,6 +183,27 @@ fn different_content_under_an_archived_name_is_refused_on_swift_store() {
 #[test]
 fn absent_segment_and_history_exit_with_the_missing_code_on_swift_store() {
     missing_files(Backend::swift());
+}
+
+#[test]
+fn postgres_archives_and_recovers_through_gcs_store() {
+    let scratch = Scratch::new();
+    archive_and_recover(Backend::gcs(), &scratch);
+}
+
+#[test]
+fn concurrent_pushes_of_one_segment_upload_once_to_gcs_store() {
+    concurrent_push(Backend::gcs());
+}
+
+#[test]
+fn different_content_under_an_archived_name_is_refused_on_gcs_store() {
+    overwrite_refusal(Backend::gcs());
+}
+
+#[test]
+fn absent_segment_and_history_exit_with_the_missing_code_on_gcs_store() {
+    missing_files(Backend::gcs());
 }
 
 fn put_segment(pgdata: &Path, name: &str, bytes: &[u8]) {
@@ -448,7 +469,7 @@ fn zstd_objects_are_found_whatever_codec_is_configured() {
     // zstd's own CLI reads the object: the format is standard.
     let obj = match &backend {
         Backend::File(p) => p.join(format!("wal_005/{seg}.zst")),
-        Backend::S3(_) | Backend::Swift(_) => unreachable!(),
+        Backend::S3(_) | Backend::Swift(_) | Backend::Gcs(_) => unreachable!(),
     };
     let out = std::process::Command::new("zstd")
         .args(["-d", "-c"])
@@ -653,7 +674,7 @@ fn encrypted_archive_needs_the_identity_to_restore() {
     );
     let obj = match &backend {
         Backend::File(p) => std::fs::read(p.join(format!("wal_005/{n}.lz4"))).unwrap(),
-        Backend::S3(_) | Backend::Swift(_) => unreachable!(),
+        Backend::S3(_) | Backend::Swift(_) | Backend::Gcs(_) => unreachable!(),
     };
     assert!(obj.starts_with(b"age-encryption.org/v1"));
     let out = run(
@@ -688,7 +709,7 @@ fn wal_e_lzop_segments_are_restored() {
     std::fs::write(&raw, &bytes).unwrap();
     let store = match &backend {
         Backend::File(p) => p.clone(),
-        Backend::S3(_) | Backend::Swift(_) => unreachable!(),
+        Backend::S3(_) | Backend::Swift(_) | Backend::Gcs(_) => unreachable!(),
     };
     std::fs::create_dir_all(store.join("wal_005")).unwrap();
     let out = std::process::Command::new("lzop")

@@ -8,6 +8,7 @@
 //! or until `retry_timeout` passes without progress (large transfers); permanent ones fail at
 //! once.
 
+mod gcs;
 pub mod local;
 mod retry;
 mod swift;

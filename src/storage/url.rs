@@ -217,6 +217,52 @@ pub fn s3_upload(vars: &crate::config::Vars) -> Result<S3Upload> {
     })
 }
 
+/// The endpoint and the token provider for gs://: object_store's GCP credential chain (a service
+/// account file or key, application default credentials, the instance metadata server), from
+/// the `GOOGLE_*` settings. A service account's `gcs_base_url` names another endpoint, as in
+/// object_store.
+fn gcs_credentials(
+    vars: &crate::config::Vars,
+    bucket: &str,
+    settings: &Settings,
+) -> Result<(String, Option<object_store::gcp::GcpCredentialProvider>)> {
+    let mut b = GoogleCloudStorageBuilder::new();
+    for (k, v) in vars.iter() {
+        if k.starts_with("GOOGLE_") && !v.is_empty() {
+            if let Ok(key) = GoogleConfigKey::from_str(&k.to_ascii_lowercase()) {
+                b = b.with_config(key, v);
+            }
+        }
+    }
+    let account = b
+        .get_config_value(&GoogleConfigKey::ServiceAccountKey)
+        .map(|key| ("GOOGLE_SERVICE_ACCOUNT_KEY".to_string(), key))
+        .or_else(|| {
+            let path = b.get_config_value(&GoogleConfigKey::ServiceAccount)?;
+            std::fs::read_to_string(&path).ok().map(|text| (path, text))
+        });
+    let base = match account {
+        Some((what, text)) => {
+            #[derive(serde::Deserialize)]
+            struct Account {
+                gcs_base_url: Option<String>,
+            }
+            serde_json::from_str::<Account>(&text)
+                .map_err(|e| Error::Config(format!("gs://{bucket}: service account {what}: {e}")))?
+                .gcs_base_url
+        }
+        None => None,
+    }
+    .unwrap_or_else(|| super::gcs::DEFAULT_BASE_URL.to_string());
+    let gcs = b
+        .with_bucket_name(bucket)
+        .with_retry(retry_config(settings))
+        .with_client_options(client_options(settings, false))
+        .build()
+        .map_err(|e| Error::Config(format!("gs://{bucket}: {e}")))?;
+    Ok((base, Some(gcs.credentials().clone())))
+}
+
 /// Builds the store for a location.
 pub(super) fn build(location: &Location, settings: &Settings) -> Result<Built> {
     let vars = &settings.vars;
@@ -325,24 +371,23 @@ pub(super) fn build(location: &Location, settings: &Settings) -> Result<Built> {
             })
         }
         Location::Gcs { bucket, path } => {
-            let mut b = GoogleCloudStorageBuilder::new();
-            for (k, v) in vars.iter() {
-                if k.starts_with("GOOGLE_") && !v.is_empty() {
-                    if let Ok(key) = GoogleConfigKey::from_str(&k.to_ascii_lowercase()) {
-                        b = b.with_config(key, v);
-                    }
-                }
-            }
-            let gcs = b
-                .with_bucket_name(bucket)
-                .with_retry(retry_config(settings))
-                .with_client_options(client_options(settings, false))
-                .build()
+            let connect = settings
+                .retry_timeout
+                .clamp(Duration::from_secs(1), Duration::from_secs(10));
+            let (base, credentials) = match vars.get("STORAGE_EMULATOR_HOST") {
+                // Google's client libraries (and so WAL-G) send everything to the emulator,
+                // without a token.
+                Some(host) => (super::gcs::emulator_base(host), None),
+                None => gcs_credentials(vars, bucket, settings)?,
+            };
+            let gcs = super::gcs::Gcs::new(&base, bucket, credentials, connect)
                 .map_err(|e| Error::Config(format!("gs://{bucket}: {e}")))?;
             Ok(Built {
                 store: Arc::new(gcs),
                 root: path.clone(),
                 local_root: None,
+                // Single uploads and resumable sessions both carry `ifGenerationMatch=0`; the
+                // store still looks before finalizing a session (see DESIGN.md).
                 create_only_put: true,
                 create_only_multipart: false,
                 put_attributes: Default::default(),

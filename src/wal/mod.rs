@@ -160,6 +160,7 @@ pub fn archive_fingerprint(settings: &Settings) -> String {
         "AZURE_STORAGE_ACCOUNT",
         "AZURE_ENDPOINT",
         "GOOGLE_CLOUD_PROJECT",
+        "STORAGE_EMULATOR_HOST",
         "SWIFT_AUTHURL",
         "OS_AUTH_URL",
         "SWIFT_TENANT",

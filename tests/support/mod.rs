@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod containers;
+pub mod gcs;
 pub mod swift;
 
 use std::io::Write;
@@ -380,6 +381,8 @@ pub enum Backend {
     S3(S3),
     /// A real OpenStack Swift (tempauth), archive at `swift://walkeeper/cluster-a`.
     Swift(swift::Swift),
+    /// A real fake-gcs-server, archive at `gs://walkeeper/cluster-a`.
+    Gcs(gcs::FakeGcs),
 }
 
 impl Backend {
@@ -391,6 +394,9 @@ impl Backend {
     }
     pub fn swift() -> Backend {
         Backend::Swift(swift::Swift::start(3600))
+    }
+    pub fn gcs() -> Backend {
+        Backend::Gcs(gcs::FakeGcs::start())
     }
 
     pub fn vars(&self) -> Vec<(String, String)> {
@@ -407,6 +413,7 @@ impl Backend {
                 v("WALKEEPER_RETRY_TIMEOUT", "5"),
             ],
             Backend::Swift(sw) => sw.vars("cluster-a"),
+            Backend::Gcs(g) => g.vars("cluster-a"),
         }
     }
 
@@ -423,6 +430,11 @@ impl Backend {
                 .list(swift::SWIFT_CONTAINER)
                 .into_iter()
                 .filter_map(|(o, _)| o.strip_prefix("cluster-a/").map(String::from))
+                .collect(),
+            Backend::Gcs(g) => g
+                .objects()
+                .into_iter()
+                .filter_map(|o| o.strip_prefix("cluster-a/").map(String::from))
                 .collect(),
         }
     }
