@@ -2,6 +2,9 @@
 //! uploads in whole 256 KiB chunks, create-only writes, paged listings, the service-account
 //! credential chain, and a missing bucket.
 
+#[allow(dead_code)]
+#[path = "support/storage.rs"]
+mod faults;
 mod support;
 
 use std::collections::BTreeMap;
@@ -198,4 +201,57 @@ fn a_missing_bucket_fails_at_once_naming_it_and_wal_fetch_exits_128() {
     let out = run(&["wal-push", &format!("pg_wal/{name}")], &vars, &pgdata);
     assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("no-such-bucket"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_customer_supplied_key_goes_with_every_request_never_reaches_the_log_and_a_bad_one_is_refused()
+{
+    let gcs = FakeGcs::start();
+    // Through a recording proxy, to see what walkeeper sends.
+    let proxy = faults::Proxy::start(gcs.port);
+    let scratch = Scratch::new();
+    let pgdata = fake_pgdata(&scratch, "data");
+    let mut vars = gcs.vars("csek");
+    vars[1].1 = format!("127.0.0.1:{}", proxy.port);
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    vars.push(("GCS_ENCRYPTION_KEY".into(), key.into()));
+    vars.push(("WALKEEPER_LOG".into(), "debug".into()));
+    let name = "000000010000000000000007";
+    let seg = synthetic_segment(name, 7);
+    std::fs::write(pgdata.join("pg_wal").join(name), &seg).unwrap();
+    let out = run(&["wal-push", &format!("pg_wal/{name}")], &vars, &pgdata);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(key), "the key is in the log");
+    let out = run(&["wal-fetch", name, "pg_wal/RECOVERYXLOG"], &vars, &pgdata);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(key), "the key is in the log");
+    assert!(std::fs::read(pgdata.join("pg_wal/RECOVERYXLOG")).unwrap() == seg);
+    // Every upload and every read of an object carried the key and its hash; listings and
+    // deletes need none.
+    let object_requests: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|(m, p, _)| p.starts_with("/upload/") || (m == "GET" && p.contains("/o/")))
+        .collect();
+    assert!(object_requests.len() >= 2, "{object_requests:?}");
+    for (m, p, head) in &object_requests {
+        assert!(
+            head.contains("x-goog-encryption-algorithm: aes256")
+                && head.contains(&format!("x-goog-encryption-key: {}", key.to_lowercase()))
+                && head.contains("x-goog-encryption-key-sha256: "),
+            "{m} {p} without the key headers"
+        );
+    }
+
+    let last = vars.len() - 2;
+    vars[last].1 = "c2hvcnQ=".into();
+    let out = run(&["wal-push", &format!("pg_wal/{name}")], &vars, &pgdata);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("GCS_ENCRYPTION_KEY"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["wal-fetch", name, "pg_wal/RECOVERYXLOG"], &vars, &pgdata);
+    assert_eq!(out.status.code(), Some(128), "{}", stderr(&out));
 }

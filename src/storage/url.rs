@@ -380,7 +380,21 @@ pub(super) fn build(location: &Location, settings: &Settings) -> Result<Built> {
                 Some(host) => (super::gcs::emulator_base(host), None),
                 None => gcs_credentials(vars, bucket, settings)?,
             };
-            let gcs = super::gcs::Gcs::new(&base, bucket, credentials, connect)
+            let csek = vars
+                .get("GCS_ENCRYPTION_KEY")
+                .map(super::gcs::Csek::parse)
+                .transpose()
+                .map_err(|e| Error::Config(format!("gs://{bucket}: {e}")))?;
+            if vars
+                .get("GCS_NORMALIZE_PREFIX")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
+            {
+                return Err(Error::Config(format!(
+                    "gs://{bucket}: GCS_NORMALIZE_PREFIX=false (keys with double slashes) is not \
+                     supported: walkeeper always normalizes the prefix"
+                )));
+            }
+            let gcs = super::gcs::Gcs::new(&base, bucket, credentials, csek, connect)
                 .map_err(|e| Error::Config(format!("gs://{bucket}: {e}")))?;
             Ok(Built {
                 store: Arc::new(gcs),
