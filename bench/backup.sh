@@ -1,6 +1,6 @@
-# Part B: base backups of a pgbench cluster: walkeeper backup-push / backup-fetch, pgBackRest
-# full backup / restore (process-max=2, lz4), and the machine's limits on the same data.
-# Sourced by bench/run.
+# Part B: base backups of a pgbench cluster: walkeeper backup-push / backup-fetch to file:// and
+# (unless BENCH_S3=0) to S3 (s3s-fs on loopback), pgBackRest full backup / restore
+# (process-max=2, lz4), and the machine's limits on the same data. Sourced by bench/run.
 
 SCALES=${BENCH_SCALES:-25 50}
 
@@ -12,6 +12,18 @@ bench_backup() {
   local data=$d/data
   as_pg mkdir -p "$d/wkenv" "$d/wk-archive" "$d/pgbr-repo" "$d/pgbr-log" "$d/pgbr-lock" "$d/pgbr-spool"
   echo "file://$d/wk-archive" | as_pg tee "$d/wkenv/WALG_FILE_PREFIX" >/dev/null
+  local s3=0
+  if [ "${BENCH_S3:-1}" != 0 ]; then
+    s3=1
+    start_s3 "$d/s3"
+    as_pg mkdir -p "$d/wkenv-s3"
+    local kv
+    for kv in "WALE_S3_PREFIX=s3://$S3_BUCKET/backup" "AWS_ENDPOINT=http://127.0.0.1:$S3_PORT" \
+      "AWS_ACCESS_KEY_ID=$S3_KEY" "AWS_SECRET_ACCESS_KEY=$S3_SECRET" AWS_REGION=us-east-1 \
+      AWS_S3_FORCE_PATH_STYLE=true; do
+      echo "${kv#*=}" | as_pg sh -c "umask 077; cat >'$d/wkenv-s3/${kv%%=*}'"
+    done
+  fi
   bench_initdb "$data" "$d" "$port" "$BIN --envdir $d/wkenv wal-push %p" </dev/null
   bench_pgbr_conf "$d/pgbr.conf" "$d" "$data" "$port" <<CONF
 start-fast=y
@@ -61,6 +73,29 @@ CONF
       "${AS_PG[@]}" "${WK_ENV[@]}" "$BIN" --envdir "$d/wkenv" backup-fetch "$d/restore-wk" LATEST
     rm -rf "$d/restore-wk"
 
+    if [ $s3 = 1 ]; then
+      log "B2s: walkeeper backup-push and backup-fetch, S3 (s3s-fs on loopback) (scale $scale)"
+      set_archive "$BIN --envdir $d/wkenv-s3 wal-push %p"
+      "${psql[@]}" -c "CHECKPOINT" >/dev/null
+      sync
+      drive once --label wk-backup-push-s3 --log "$OUT/logs/backup-wk-push-s3-$scale.log" \
+        --extra "{$x,\"store\":\"s3\"}" -- \
+        "${AS_PG[@]}" "${WK_ENV[@]}" "$BIN" --envdir "$d/wkenv-s3" backup-push "$data" --connstring "$conn"
+      rm -rf "$d/restore-wk"
+      sync
+      drive once --label wk-backup-fetch-s3 --log "$OUT/logs/backup-wk-fetch-s3-$scale.log" \
+        --extra "{$x,\"store\":\"s3\"}" -- \
+        "${AS_PG[@]}" "${WK_ENV[@]}" "$BIN" --envdir "$d/wkenv-s3" backup-fetch "$d/restore-wk" LATEST
+      rm -rf "$d/restore-wk"
+      # backup-fetch's syncfs, measured: the same fetch without it.
+      sync
+      drive once --label wk-backup-fetch-nosync --log "$OUT/logs/backup-wk-fetch-$scale.log" \
+        --extra "{$x,\"store\":\"file\"}" -- \
+        "${AS_PG[@]}" "${WK_ENV[@]}" "$BIN" --envdir "$d/wkenv" backup-fetch "$d/restore-wk" LATEST --no-sync
+      rm -rf "$d/restore-wk"
+      set_archive "$BIN --envdir $d/wkenv wal-push %p"
+    fi
+
     if [ -n "${BASELINE:-}" ]; then
       log "B2b: baseline walkeeper ($BASELINE_DESC) backup-push and backup-fetch (scale $scale)"
       "${psql[@]}" -c "CHECKPOINT" >/dev/null
@@ -108,5 +143,6 @@ CONF
   done
   unset -f set_archive
   pg_stop "$data"
+  [ $s3 = 0 ] || stop_server "$S3_PID"
   rm -rf "$d"
 }

@@ -127,12 +127,15 @@ def backup(recs, out):
     if not bs:
         return
     scales = sorted({r["scale"] for r in bs})
-    out.append("### Base backups (file://; pgbench cluster, data directory without pg_wal, in page cache)\n")
+    out.append("### Base backups (file:// and S3 on loopback; pgbench cluster, data directory without pg_wal, in page cache)\n")
     out.append("| scale | data MB | what | wall s | MB/s | CPU s | peak RSS MiB (one process) | stored MB |")
     out.append("|---|---|---|---|---|---|---|---|")
     base = next((r["rev"] for r in recs if r.get("label") == "baseline"), "?")
     names = [("wk-backup-push", "walkeeper backup-push", "wk-backup-size"),
              ("wk-backup-fetch", "walkeeper backup-fetch", None),
+             ("wk-backup-fetch-nosync", "walkeeper backup-fetch --no-sync (no syncfs)", None),
+             ("wk-backup-push-s3", "walkeeper backup-push, S3 (s3s-fs)", None),
+             ("wk-backup-fetch-s3", "walkeeper backup-fetch, S3 (s3s-fs)", None),
              ("wk-backup-push-baseline", f"walkeeper backup-push, baseline {base}", None),
              ("wk-backup-fetch-baseline", f"walkeeper backup-fetch, baseline {base}", None),
              ("pgbr-backup", "pgBackRest backup (full, process-max=2, lz4)", "pgbr-backup-size"),
@@ -173,6 +176,23 @@ def backup(recs, out):
             targets.append(f"| scale {sc}: backup-fetch faster than pgBackRest restore | {f['wall_s']:.2f} s vs {pr['wall_s']:.2f} s = {q:.1f}× | {verdict(q > 1)} |")
         if push:
             rss_by_scale[sc] = (push["max_rss_kib"] / 1024, got.get("wk-backup-fetch", {}).get("max_rss_kib", 0) / 1024)
+        ns = got.get("wk-backup-fetch-nosync")
+        if f and ns:
+            targets.append(f"| (context) scale {sc}: what backup-fetch's syncfs costs | {f['wall_s']:.2f} s vs {ns['wall_s']:.2f} s with `--no-sync` = +{100 * (f['wall_s'] / ns['wall_s'] - 1):.0f} % | – |")
+        fs = got.get("wk-backup-fetch-s3")
+        if f and fs:
+            q = fs["wall_s"] / f["wall_s"]
+            targets.append(f"| scale {sc}: backup-fetch from S3 within 10 % of file:// | {fs['wall_s']:.2f} s vs {f['wall_s']:.2f} s = {100 * q:.0f} % | {verdict(q <= 1.10)} |")
+        rows = [(k, got[k]) for k in ("wk-backup-push", "wk-backup-push-s3") if k in got]
+        if rows:
+            desc = ", ".join(f"{'S3' if k.endswith('s3') else 'file'} {r['max_rss_kib'] / 1024:.1f}" for k, r in rows)
+            worst = max(r["max_rss_kib"] / 1024 for _, r in rows)
+            targets.append(f"| scale {sc}: backup-push peak RSS ≤ 32 MiB on every store | {desc} MiB | {verdict(worst <= 32)} |")
+        rows = [(k, got[k]) for k in ("wk-backup-fetch", "wk-backup-fetch-s3") if k in got]
+        if rows:
+            desc = ", ".join(f"{'S3' if k.endswith('s3') else 'file'} {r['max_rss_kib'] / 1024:.1f}" for k, r in rows)
+            worst = max(r["max_rss_kib"] / 1024 for _, r in rows)
+            targets.append(f"| scale {sc}: backup-fetch peak RSS ≤ 16 MiB on every store | {desc} MiB | {verdict(worst <= 16)} |")
     out.append("")
     if rss_by_scale:
         worst = max(max(v) for v in rss_by_scale.values())

@@ -376,6 +376,27 @@ fn st_lists_reads_writes_and_removes_objects() {
     );
     let raw = a.run(&["st", "cat", "extra/note.txt.lz4"]);
     assert_ne!(raw.stdout, b"hello storage");
+    // A missing object: exit 74, and no file left where it would have gone.
+    let gone = a.scratch.path().join("gone.txt");
+    let out = a.run(&["st", "get", "extra/none.lz4", gone.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(74), "{}", stderr(&out));
+    assert!(!gone.exists());
+    // A large object goes up and comes back byte-identical, streamed both ways.
+    let big: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let big_src = a.scratch.path().join("big.bin");
+    std::fs::write(&big_src, &big).unwrap();
+    a.ok(&["st", "put", big_src.to_str().unwrap(), "extra/big"]);
+    let big_back = a.scratch.path().join("big.back");
+    a.ok(&["st", "get", "extra/big.lz4", big_back.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&big_back).unwrap() == big,
+        "st get of a large object differs"
+    );
+    let cat = a.run(&["st", "cat", "--decompress", "extra/big.lz4"]);
+    assert!(cat.stdout == big, "st cat of a large object differs");
+    a.ok(&["st", "rm", "extra/big.lz4"]);
     a.ok(&[
         "st",
         "put",

@@ -13,6 +13,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::archive::Archive;
 use crate::codec::{self, Compression};
@@ -75,30 +76,63 @@ fn clean(path: &str) -> Result<String> {
     Ok(p.to_string())
 }
 
-async fn fetch(archive: &Archive, path: &str) -> Result<bytes::Bytes> {
-    archive.store.get_bytes(path).await
+/// How `st cat`/`st get` hand an object over.
+#[derive(Clone, Copy)]
+enum Decode {
+    /// The stored bytes.
+    Raw,
+    /// Decompressed (by the name's codec extension), and decrypted when `decrypt`.
+    Plain { decrypt: bool },
 }
 
-fn decode(archive: &Archive, path: &str, bytes: &[u8], decrypt: bool) -> Result<Vec<u8>> {
-    let c = path
-        .rsplit_once('.')
-        .and_then(|(_, e)| Compression::from_ext(e))
-        .ok_or_else(|| {
-            Error::BadInput(format!(
-                "{path}: no codec extension to decode it by (use --no-decompress)"
-            ))
-        })?;
-    let mut out = Vec::new();
-    let dec = if decrypt {
-        archive.decryption.as_ref()
-    } else {
-        None
+/// Streams the object at `path` (decoded as asked) into `dst`, a blocking writer, and returns
+/// it. Nothing is held whole: the download, the decoder and the writer run as one pipeline.
+async fn stream_out<W: Write + Send + 'static>(
+    archive: &Arc<Archive>,
+    path: &str,
+    how: Decode,
+    dst: W,
+) -> Result<W> {
+    let codec = match how {
+        Decode::Raw => None,
+        Decode::Plain { decrypt } => {
+            let c = path
+                .rsplit_once('.')
+                .and_then(|(_, e)| Compression::from_ext(e))
+                .ok_or_else(|| {
+                    Error::BadInput(format!(
+                        "{path}: no codec extension to decode it by (use --no-decompress)"
+                    ))
+                })?;
+            Some((c, decrypt))
+        }
     };
-    codec::decode(bytes, &mut out, c, dec).map_err(|e| Error::Corrupt {
-        key: path.into(),
-        msg: e.to_string(),
-    })?;
-    Ok(out)
+    let reader = archive
+        .store
+        .open_read(path)
+        .await?
+        .ok_or_else(|| Error::NotFound { key: path.into() })?;
+    let (archive, key) = (archive.clone(), path.to_string());
+    tokio::task::spawn_blocking(move || -> Result<W> {
+        let mut dst = dst;
+        let corrupt = |e: std::io::Error| Error::Corrupt {
+            key: key.clone(),
+            msg: e.to_string(),
+        };
+        match codec {
+            None => {
+                let mut r = reader;
+                std::io::copy(&mut r, &mut dst).map_err(corrupt)?;
+            }
+            Some((c, decrypt)) => {
+                let dec = archive.decryption.as_ref().filter(|_| decrypt);
+                codec::decode(reader, &mut dst, c, dec).map_err(corrupt)?;
+            }
+        }
+        Ok(dst)
+    })
+    .await
+    .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?
 }
 
 /// A time as Go's `time.Time.String()` prints a UTC one: `2006-01-02 15:04:05.5 +0000 UTC`,
@@ -133,7 +167,7 @@ fn tabwriter(rows: &[[String; 4]]) -> String {
     out
 }
 
-async fn run_st(archive: &Archive, what: &What) -> Result<()> {
+async fn run_st(archive: &Arc<Archive>, what: &What) -> Result<()> {
     let mut stdout = std::io::stdout();
     let out_err = |e| Error::io("stdout", e);
     match what {
@@ -184,13 +218,17 @@ async fn run_st(archive: &Archive, what: &What) -> Result<()> {
         }
         What::Cat { path, decompress } => {
             let p = clean(path)?;
-            let bytes = fetch(archive, &p).await?;
-            let body = if *decompress {
-                decode(archive, &p, &bytes, true)?
+            let how = if *decompress {
+                Decode::Plain { decrypt: true }
             } else {
-                bytes.to_vec()
+                Decode::Raw
             };
-            stdout.write_all(&body).map_err(out_err)?;
+            let out =
+                stream_out(archive, &p, how, std::io::BufWriter::new(std::io::stdout())).await?;
+            out.into_inner()
+                .map_err(|e| out_err(e.into_error()))?
+                .flush()
+                .map_err(out_err)?;
         }
         What::Get {
             path,
@@ -199,13 +237,27 @@ async fn run_st(archive: &Archive, what: &What) -> Result<()> {
             no_decrypt,
         } => {
             let p = clean(path)?;
-            let bytes = fetch(archive, &p).await?;
-            let body = if *no_decompress {
-                bytes.to_vec()
+            let how = if *no_decompress {
+                Decode::Raw
             } else {
-                decode(archive, &p, &bytes, !no_decrypt)?
+                Decode::Plain {
+                    decrypt: !no_decrypt,
+                }
             };
-            std::fs::write(dest, body).map_err(|e| Error::io(dest, e))?;
+            let file = std::fs::File::create(dest).map_err(|e| Error::io(dest, e))?;
+            match stream_out(archive, &p, how, std::io::BufWriter::new(file)).await {
+                Ok(w) => {
+                    let file = w
+                        .into_inner()
+                        .map_err(|e| Error::io(dest, e.into_error()))?;
+                    file.sync_all().map_err(|e| Error::io(dest, e))?;
+                }
+                Err(e) => {
+                    // No partial file is left looking like the object.
+                    let _ = std::fs::remove_file(dest);
+                    return Err(e);
+                }
+            }
         }
         What::Put {
             src,
@@ -214,34 +266,40 @@ async fn run_st(archive: &Archive, what: &What) -> Result<()> {
             no_encrypt,
         } => {
             let p = clean(dest)?;
-            let body = std::fs::read(src).map_err(|e| Error::io(src, e))?;
+            if *no_compress && !*no_encrypt {
+                return Err(Error::BadInput(
+                    "st put --no-compress needs --no-encrypt: an encrypted object is stored \
+                     compressed"
+                        .into(),
+                ));
+            }
+            // Readable now, so a wrong path fails before anything is sent.
+            std::fs::File::open(src).map_err(|e| Error::io(src, e))?;
             let compression = archive.settings.compression;
-            let (key, data) = if *no_compress && *no_encrypt {
-                (p, body)
+            let key = if *no_compress {
+                p
             } else {
-                let enc = if *no_encrypt {
-                    None
-                } else {
-                    archive.encryption.as_ref()
-                };
-                let mut out = Vec::new();
-                if *no_compress {
-                    return Err(Error::BadInput(
-                        "st put --no-compress needs --no-encrypt: an encrypted object is stored \
-                         compressed"
-                            .into(),
-                    ));
-                }
-                codec::encode(&body[..], &mut out, compression, enc)
-                    .map_err(|e| Error::io(src, e))?;
-                (format!("{p}.{}", compression.ext()), out)
+                format!("{p}.{}", compression.ext())
             };
             if archive.store.head(&key).await?.is_some() {
                 return Err(Error::BadInput(format!(
                     "{key} exists; walkeeper never overwrites (st rm it first)"
                 )));
             }
-            archive.store.put_bytes(&key, data.into()).await?;
+            let (a, src2, raw, plain) = (archive.clone(), src.clone(), *no_compress, *no_encrypt);
+            // Streamed from the file through the codec into the store (create-only).
+            archive
+                .store
+                .put_stream(&key, move |w| {
+                    let file = std::fs::File::open(&src2)?;
+                    if raw {
+                        std::io::copy(&mut std::io::BufReader::new(file), w).map(|_| ())
+                    } else {
+                        let enc = a.encryption.as_ref().filter(|_| !plain);
+                        codec::encode(file, w, compression, enc).map(|_| ())
+                    }
+                })
+                .await?;
             writeln!(stdout, "{key}").map_err(out_err)?;
         }
         What::Rm { path } => {
@@ -284,7 +342,7 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
         }
         let settings = cli.settings()?;
         settings.refuse_unimplemented_encryption()?;
-        let archive = Archive::open(settings)?;
+        let archive = Arc::new(Archive::open(settings)?);
         run_st(&archive, &args.what).await
     }
     .await;

@@ -41,8 +41,39 @@ pub use url::{parse_prefix, Location};
 const UPLOAD_BUFFER: usize = 5 * 1024 * 1024;
 /// The most time spent aborting a failed multipart upload.
 const ABORT_BUDGET: Duration = Duration::from_secs(3);
-/// Parts of one upload sent at once.
+/// Parts of one upload sent at once, when it is the process's only upload. Uploads running
+/// side by side (backup partitions) each send a part and wait for it before filling the next:
+/// they keep the connections busy between them, and every part held costs [`UPLOAD_BUFFER`]
+/// bytes of memory, so a process holds about one part per upload.
 const PARTS_IN_FLIGHT: usize = 2;
+
+/// Remote uploads running in this process.
+static ACTIVE_UPLOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts one remote upload while it lives.
+struct Active;
+
+impl Active {
+    fn new() -> Active {
+        ACTIVE_UPLOADS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        ACTIVE_UPLOADS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// How many parts one upload may have in flight while it fills the next one.
+fn parts_in_flight() -> usize {
+    if ACTIVE_UPLOADS.load(std::sync::atomic::Ordering::SeqCst) > 1 {
+        0
+    } else {
+        PARTS_IN_FLIGHT
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -540,6 +571,7 @@ impl Store {
     where
         F: Fn(&mut dyn io::Write) -> io::Result<()> + Send + Sync + 'static,
     {
+        let _active = Active::new();
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
         let producer = tokio::task::spawn_blocking(move || {
             let mut w = ChannelWriter::new(tx);
@@ -658,7 +690,7 @@ impl Upload<'_> {
         Ok(())
     }
 
-    /// Sends one part; at most [`PARTS_IN_FLIGHT`] are in flight.
+    /// Sends one part; at most [`parts_in_flight`] are in flight.
     async fn send_part(&mut self, payload: PutPayload) -> Result<(), PutError> {
         if self.open_upload().is_none() {
             let opened = self
@@ -675,7 +707,7 @@ impl Upload<'_> {
                 .await?;
             *self.open_upload() = Some(opened);
         }
-        while self.parts.len() >= PARTS_IN_FLIGHT {
+        while self.parts.len() >= parts_in_flight().max(1) {
             self.join_oldest().await?;
         }
         let Some(upload) = self.open_upload().as_mut() else {
@@ -689,6 +721,9 @@ impl Upload<'_> {
                 Err(_) => Err(retry::stalled("upload part", idle)),
             }
         }));
+        if parts_in_flight() == 0 {
+            self.join_oldest().await?;
+        }
         Ok(())
     }
 
