@@ -1586,72 +1586,6 @@ fn tree_digest(dir: &Path) -> BTreeMap<String, (u64, i64, i64, u64)> {
     out
 }
 
-/// An XFS file system with reflink, in an image on a loop device, mounted for one test and
-/// unmounted (its image removed) when dropped, on failure too. Needs root and xfsprogs
-/// (`.ci/setup` installs it).
-struct XfsMount {
-    dir: PathBuf,
-    image: PathBuf,
-}
-
-impl XfsMount {
-    fn new(under: &Path) -> XfsMount {
-        let (dir, image) = (under.join("xfs"), under.join("xfs.img"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(2 << 30)
-            .unwrap();
-        let out = Command::new("mkfs.xfs")
-            .args(["-q", "-m", "reflink=1"])
-            .arg(&image)
-            .output()
-            .expect("mkfs.xfs (Debian's xfsprogs; .ci/setup installs it)");
-        assert!(out.status.success(), "mkfs.xfs: {}", stderr(&out));
-        let out = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount -o loop (needs root and loop devices): {}",
-            stderr(&out)
-        );
-        let m = XfsMount { dir, image };
-        chown_pg(&m.dir);
-        m
-    }
-
-    /// Bytes in use on the file system.
-    fn used(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["-B1", "--output=used"])
-            .arg(&self.dir)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap()
-    }
-}
-
-impl Drop for XfsMount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
-
 #[test]
 fn backup_fetch_seeded_from_an_old_data_directory_on_xfs_clones_its_unchanged_files_and_never_changes_it(
 ) {
@@ -1672,7 +1606,7 @@ fn backup_fetch_seeded_from_an_old_data_directory_on_xfs_clones_its_unchanged_fi
         .psql("SELECT sum(abalance), count(*) FROM pgbench_accounts");
     c.primary.stop();
 
-    let xfs = XfsMount::new(c.scratch.path());
+    let xfs = XfsMount::new(&c.scratch.path().join("xfs"));
     let (old, new) = (xfs.dir.join("old"), xfs.dir.join("new"));
     let out = Command::new("cp")
         .arg("-a")
