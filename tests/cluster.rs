@@ -1221,6 +1221,7 @@ fn a_restart_interrupted_by_sigterm_or_sigkill_at_any_step_is_finished_or_rolled
         ("pause", term, false),
         ("stop", kill, false),
         ("move-aside", term, false),
+        ("seed", kill, false),
         ("fetch", kill, false),
         ("start", term, true),
         ("promoted", kill, true),

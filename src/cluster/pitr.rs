@@ -988,6 +988,7 @@ async fn restore_and_promote(
     let (pgdata, aside, timeline) = (&job.plan.pgdata, &job.plan.aside, job.plan.timeline);
     job.enter(Phase::Fetching)?;
     let delta = seed_from_aside(ctx, job, backup).await?;
+    job.hold("seed").await;
     job.step(
         "fetch",
         if delta {
