@@ -1,7 +1,10 @@
 # Part D: delta backups on a pgbench cluster (issue 16): walkeeper's full and delta backup-push
 # (WALG_DELTA_MAX_STEPS), pgBackRest's full and incremental backups of the same data, restores of
 # the chain against the full backup, and delta restores (walkeeper backup-fetch --delta,
-# pgBackRest restore --delta) over the stopped server's own data directory.
+# pgBackRest restore --delta) over the stopped server's own data directory, and PITR-style
+# restores (the data directory moved aside; the chain fetched whole into a new directory, or
+# into one seeded from the aside copy) on the bench's file system and, where a loop mount
+# works, on XFS with reflink.
 # Between the full and the delta backups 1% of pgbench_accounts changes: a contiguous range of
 # aids (BENCH_DELTA_UPDATE=range, the default) or rows spread over the whole table (=spread,
 # aid % 100 = 0, which touches most pages). Sourced by bench/run.
@@ -35,6 +38,24 @@ CONF
   stored_of() { du -sb "$d/wk-archive/basebackups_005/$1" | cut -f1; }
   newest() { ls -t "$d/wk-archive/basebackups_005/" | grep _backup_stop_sentinel.json | head -n1 | sed 's/_backup_stop_sentinel.json//'; }
   cold() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null && echo cold || echo warm; }
+  # The delta backup restored into $1/new, the way the PITR restart does with the old data
+  # directory $2 moved aside: whole (a full fetch), and seeded from $2 (--seed-from: clones on
+  # a file system that reflinks, else a local copy; then a delta restore); cold, then warm.
+  pitr_pair() { # dir aside fs changes
+    local warm kind cache
+    for warm in "" -warm; do
+      for kind in full seeded; do
+        rm -rf "$1/new"
+        if [ -z "$warm" ]; then cache=$(cold); else cache=warm; fi
+        local seed=()
+        [ $kind = seeded ] && seed=(--seed-from "$2")
+        drive once --label "wk-pitr-$kind$warm" --log "$OUT/logs/delta-wk.log" \
+          --extra "{$x,\"cache\":\"$cache\",\"fs\":\"$3\",\"changes\":\"$4\"}" -- \
+          "${WK[@]}" backup-fetch "${seed[@]}" "$1/new" "$delta"
+      done
+    done
+    rm -rf "$1/new"
+  }
 
   log "D1: walkeeper full backup-push"
   sync
@@ -92,15 +113,40 @@ CONF
     "${AS_PG[@]}" "${pgbr[@]}" --pg1-path="$d/restore" restore
   rm -rf "$d/restore"
 
-  log "D7: delta restores over the stopped server's own data directory (after more changes)"
-  "${psql[@]}" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $rows" >/dev/null
-  pg_stop "$data"
+  log "D7: PITR-style restores: the server stopped after changes since the delta, its data directory moved aside, the chain restored into a new one"
+  # small: only pgbench's small tables change (the mistake a PITR undoes is often there);
+  # accounts: the 1% of pgbench_accounts again (new row versions: both of its files and its
+  # index change).
+  local changes
+  for changes in small accounts; do
+    if [ $changes = small ]; then
+      "${psql[@]}" -c "UPDATE pgbench_tellers SET tbalance = tbalance + 1; UPDATE pgbench_branches SET bbalance = bbalance + 1; INSERT INTO pgbench_history SELECT 1, 1, g, 1, now() FROM generate_series(1, 1000) g" >/dev/null
+    else
+      pg_start "$data" "$OUT/logs/delta-pg.log"
+      "${psql[@]}" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $rows" >/dev/null
+    fi
+    pg_stop "$data"
+    mv "$data" "$d/aside"
+    pitr_pair "$d" "$d/aside" "$(findmnt -no FSTYPE -T "$d")" $changes
+    if command -v mkfs.xfs >/dev/null && xfs_mount "$d/xfs.img" "$d/xfs"; then
+      cp -a "$d/aside" "$d/xfs/aside"
+      find "$d/xfs/aside/pg_wal" -type f -delete
+      pitr_pair "$d/xfs" "$d/xfs/aside" xfs $changes
+      xfs_umount "$d/xfs"
+      rm -f "$d/xfs.img"
+    else
+      log "D7: no XFS loop mount here (needs root, loop devices, xfsprogs): no reflink rows"
+    fi
+    mv "$d/aside" "$data"
+  done
+
+  log "D8: delta restores over the stopped server's own data directory"
   cache=$(cold)
   drive once --label wk-fetch-delta-inplace --log "$OUT/logs/delta-wk.log" --extra "{$x,\"cache\":\"$cache\"}" -- \
     "${WK[@]}" backup-fetch --delta "$data" "$delta"
   cache=$(cold)
   drive once --label pgbr-restore-delta-inplace --log "$OUT/logs/delta-pgbr.log" --extra "{$x,\"cache\":\"$cache\"}" -- \
     "${AS_PG[@]}" "${pgbr[@]}" --delta restore
-  unset -f stored_of newest cold
+  unset -f stored_of newest cold pitr_pair
   rm -rf "$d"
 }

@@ -8,6 +8,7 @@ S3_SECRET=walkeeper-bench-secret-key
 S3_BUCKET=bench
 
 SERVER_PIDS=()   # s3s-fs and stunnel, started here
+MOUNTS=()        # loop mounts made here, unmounted on exit
 PG_DIRS=()       # data directories of PostgreSQL servers started here
 ROUTE_SAVED=""   # the loopback route as found, when quickack was changed
 
@@ -90,6 +91,24 @@ CONF
   } | as_pg tee "$1" >/dev/null
 }
 
+# An XFS file system with reflink in the sparse image $1 (10 GiB), loop-mounted on $2 and
+# owned by postgres; false when that cannot be done here.
+xfs_mount() { # image dir
+  rm -f "$1"; truncate -s 10G "$1"
+  mkfs.xfs -q -m reflink=1 "$1" >/dev/null 2>&1 || return 1
+  mkdir -p "$2"
+  mount -o loop "$1" "$2" 2>/dev/null || return 1
+  MOUNTS+=("$2")
+  chown postgres: "$2"
+}
+
+xfs_umount() { # dir
+  umount "$1" || umount -l "$1"
+  local keep=() m
+  for m in "${MOUNTS[@]}"; do [ "$m" = "$1" ] || keep+=("$m"); done
+  MOUNTS=("${keep[@]}")
+}
+
 pg_stop() { # datadir
   as_pg pg_ctl -D "$1" -m fast -w stop >/dev/null 2>&1 || true
   local keep=() d
@@ -168,6 +187,9 @@ cleanup() {
   for p in "${SERVER_PIDS[@]}"; do
     kill "$p" 2>/dev/null
     wait "$p" 2>/dev/null
+  done
+  for d in "${MOUNTS[@]}"; do
+    umount "$d" 2>/dev/null || umount -l "$d" 2>/dev/null
   done
   if [ -n "$ROUTE_SAVED" ]; then
     # shellcheck disable=SC2086

@@ -249,7 +249,28 @@ def delta(recs, out):
         t.append(f"| delta backup-push < 20 % of the full's time | {dp['wall_s']:.2f} s vs {fp['wall_s']:.2f} s = {100 * dp['wall_s'] / fp['wall_s']:.0f} % | {verdict(dp['wall_s'] < 0.2 * fp['wall_s'])} |")
     ff, fi = got.get("wk-fetch-full"), got.get("wk-fetch-delta-inplace")
     if ff and fi:
-        t.append(f"| delta restore in place < 30 % of a full restore (stands in for the PITR restart, which does not use it yet) | {fi['wall_s']:.2f} s vs {ff['wall_s']:.2f} s = {100 * fi['wall_s'] / ff['wall_s']:.0f} % | {verdict(fi['wall_s'] < 0.3 * ff['wall_s'])} |")
+        t.append(f"| delta restore in place < 30 % of a full restore | {fi['wall_s']:.2f} s vs {ff['wall_s']:.2f} s = {100 * fi['wall_s'] / ff['wall_s']:.0f} % | {verdict(fi['wall_s'] < 0.3 * ff['wall_s'])} |")
+    pitr = [r for r in ds if r["label"].startswith("wk-pitr-")]
+    if pitr:
+        out.append("PITR-style restore of the delta: the data directory moved aside, the chain restored into a new one, "
+                   "whole or seeded from the aside copy (`backup-fetch --seed-from`, what the PITR restart runs when it chooses the delta restore):\n")
+        out.append("| changes since the backup | file system | restore | wall s | CPU s | peak RSS MiB | cache |")
+        out.append("|---|---|---|---|---|---|---|")
+        groups = sorted({(r.get("changes", "accounts"), r["fs"]) for r in pitr}, reverse=True)
+        for ch, fs in groups:
+            for warm in ("", "-warm"):
+                for kind, name in (("full", "full fetch into an empty directory"),
+                                   ("seeded", "seeded (clone on XFS, copy elsewhere) + delta restore")):
+                    r = best(pitr, label=f"wk-pitr-{kind}{warm}", fs=fs, changes=ch)
+                    if r:
+                        out.append(f"| {ch} | {fs} | {name} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['max_rss_kib'] / 1024:.1f} | {r.get('cache', '–')} |")
+            for warm in ("", "-warm"):
+                f = best(pitr, label=f"wk-pitr-full{warm}", fs=fs, changes=ch)
+                sd = best(pitr, label=f"wk-pitr-seeded{warm}", fs=fs, changes=ch)
+                if f and sd:
+                    cache = sd.get("cache", "–")
+                    t.append(f"| PITR-style delta restore < 30 % of a full one ({ch} changed, {fs}, {cache}) | {sd['wall_s']:.2f} s vs {f['wall_s']:.2f} s = {100 * sd['wall_s'] / f['wall_s']:.0f} % | {verdict(sd['wall_s'] < 0.3 * f['wall_s'])} |")
+        out.append("")
     if t:
         out.append("| delta target | measured | |")
         out.append("|---|---|---|")

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::cluster::*;
-use support::{chown_pg_recursive, parse_lsn, stderr, timeline_1_past, Pg};
+use support::{chown_pg_recursive, parse_lsn, stderr, timeline_1_past, Pg, XfsMount};
 
 /// Starts member 0, waits until it leads and its agent has taken the first backup, then starts
 /// the others and waits until they stream.
@@ -581,6 +581,8 @@ fn a_restart_to_a_marker_time_keeps_rows_before_drops_rows_after_and_replicas_re
 
     let job = restart_and_wait(&c, l, &target, None);
     assert_eq!(job["status"], "succeeded", "{job:#}\n{}", c.logs());
+    // The job says how it restored (a full fetch or a seeded delta restore) and why.
+    assert!(!seed_steps(&job).is_empty(), "{job:#}");
     let new_tli = job["new_timeline"].as_u64().unwrap();
     assert!(new_tli >= 2, "{job:#}");
     let leader = c.wait_leader(Duration::from_secs(60));
@@ -601,6 +603,68 @@ fn a_restart_to_a_marker_time_keeps_rows_before_drops_rows_after_and_replicas_re
         "before",
         &job,
     );
+}
+
+/// The details of a restart job's `seed` steps.
+fn seed_steps(job: &serde_json::Value) -> Vec<String> {
+    job["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["step"] == "seed")
+        .filter_map(|s| s["detail"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A cluster whose first member lives on an XFS loop mount: the cluster stops before the file
+/// system is unmounted (fields drop in order).
+struct OnXfs {
+    c: Cluster,
+    _xfs: XfsMount,
+}
+
+#[test]
+fn a_restart_on_xfs_clones_the_old_data_directory_into_the_new_one_and_keeps_the_old_one_until_success(
+) {
+    let c = Cluster::new("pitrxfs");
+    let xfs = XfsMount::new(&c.scratch.path().join("pg1"));
+    let mut t = OnXfs { c, _xfs: xfs };
+    let c = &mut t.c;
+    c.add(MemberOpts::default());
+    c.start(0);
+    let l = c.wait_leader(Duration::from_secs(90));
+    wait_for_backups(c, 1);
+    c.psql(l, "CREATE TABLE marks (id int, note text)");
+    c.psql(l, "INSERT INTO marks VALUES (1, 'before')");
+    std::thread::sleep(Duration::from_millis(50));
+    let target = server_now(c, l);
+    std::thread::sleep(Duration::from_millis(50));
+    c.psql(l, "INSERT INTO marks VALUES (2, 'after')");
+    c.switch_and_wait_archived(l);
+
+    let job = restart_and_wait(c, l, &target, None);
+    assert_eq!(job["status"], "succeeded", "{job:#}\n{}", c.logs());
+    let seeds = seed_steps(&job);
+    assert!(
+        seeds
+            .iter()
+            .any(|s| s.starts_with("delta restore:") && s.contains("reflink")),
+        "{job:#}"
+    );
+    assert!(seeds.iter().any(|s| s.starts_with("cloned ")), "{job:#}");
+    c.wait_leader(Duration::from_secs(60));
+    assert_eq!(
+        c.psql(l, "SELECT string_agg(note, ',' ORDER BY id) FROM marks"),
+        "before"
+    );
+    // The old directory was kept until success, then removed.
+    let parent = c.members[l].data.parent().unwrap().to_path_buf();
+    let left: Vec<String> = std::fs::read_dir(&parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("data.walkeeper-restart-") && !n.ends_with(".log"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
@@ -1157,6 +1221,7 @@ fn a_restart_interrupted_by_sigterm_or_sigkill_at_any_step_is_finished_or_rolled
         ("pause", term, false),
         ("stop", kill, false),
         ("move-aside", term, false),
+        ("seed", kill, false),
         ("fetch", kill, false),
         ("start", term, true),
         ("promoted", kill, true),

@@ -1551,3 +1551,218 @@ fn create_replica_with_patronis_keep_data_restores_over_the_kept_directory_and_f
     );
     assert_eq!(c.primary.psql("SELECT pg_is_in_recovery()"), "t");
 }
+
+/// The newest backup's name, from backup-list.
+fn latest_backup(c: &Cluster) -> String {
+    let out = c.walkeeper(&["backup-list", "LATEST"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a backup")
+        .to_string()
+}
+
+/// Every file under `dir`: relative path → size, modification time (ns) and a hash of the
+/// content.
+fn tree_digest(dir: &Path) -> BTreeMap<String, (u64, i64, i64, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(e.path()).unwrap().hash(&mut h);
+                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, (m.len(), m.mtime(), m.mtime_nsec(), h.finish()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn backup_fetch_seeded_from_an_old_data_directory_on_xfs_clones_its_unchanged_files_and_never_changes_it(
+) {
+    let mut c = Cluster::start(&[]);
+    c.primary
+        .psql("CREATE TABLE rows_kept AS SELECT g AS id FROM generate_series(1, 1000) g");
+    c.primary.pgbench(&["-i", "-s", "4", "-q"]);
+    c.primary.psql("CHECKPOINT");
+    let out = c.walkeeper(&["backup-push", c.primary.data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "backup-push: {}", stderr(&out));
+    let name = latest_backup(&c);
+    c.primary
+        .psql("INSERT INTO rows_kept SELECT g FROM generate_series(1001, 1500) g");
+    c.primary.switch_and_wait_archived();
+    let sum = c.primary.psql("SELECT sum(id) FROM rows_kept");
+    let accounts = c
+        .primary
+        .psql("SELECT sum(abalance), count(*) FROM pgbench_accounts");
+    c.primary.stop();
+
+    let xfs = XfsMount::new(&c.scratch.path().join("xfs"));
+    let (old, new) = (xfs.dir.join("old"), xfs.dir.join("new"));
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(&c.primary.data)
+        .arg(&old)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cp -a: {}", stderr(&out));
+    let before = tree_digest(&old);
+    let old_bytes: u64 = before.values().map(|v| v.0).sum();
+    let used = xfs.used();
+
+    // Refused: a target that is not empty.
+    let out = c.walkeeper(&[
+        "backup-fetch",
+        "--seed-from",
+        old.to_str().unwrap(),
+        old.to_str().unwrap(),
+        &name,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    let out = c.walkeeper(&[
+        "backup-fetch",
+        "--seed-from",
+        old.to_str().unwrap(),
+        new.to_str().unwrap(),
+        &name,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("how=\"reflink\"") || log.contains("how=reflink"),
+        "{log}"
+    );
+    // The unchanged files are clones: the restore took far less room than the data.
+    let grew = xfs.used().saturating_sub(used);
+    assert!(
+        grew < old_bytes / 3,
+        "the seeded restore used {grew} bytes for {old_bytes} bytes of data: {log}"
+    );
+    assert_eq!(
+        tree_digest(&old),
+        before,
+        "seeding only reads the old directory"
+    );
+
+    // A clone is a file of its own: recovery writing to it never reaches the old directory.
+    {
+        std::fs::write(new.join("recovery.signal"), "").unwrap();
+        let pg = c.start_restored("seeded", new.clone(), true);
+        assert_eq!(pg.psql("SELECT sum(id) FROM rows_kept"), sum);
+        assert_eq!(
+            pg.psql("SELECT sum(abalance), count(*) FROM pgbench_accounts"),
+            accounts
+        );
+        pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1");
+        pg.psql("CHECKPOINT");
+    }
+    assert_eq!(tree_digest(&old), before, "the old directory is as it was");
+}
+
+#[test]
+fn a_delta_restore_never_reads_a_partition_whose_files_are_all_kept() {
+    let mut c = Cluster::start(&[("WALG_TAR_SIZE_THRESHOLD", "1048576")]);
+    c.primary.pgbench(&["-i", "-s", "2", "-q"]);
+    c.primary
+        .psql("CREATE TABLE later_rows AS SELECT g AS id FROM generate_series(1, 10) g");
+    c.primary.psql("CHECKPOINT");
+    let out = c.walkeeper(&["backup-push", c.primary.data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "backup-push: {}", stderr(&out));
+    let name = latest_backup(&c);
+    c.primary
+        .psql("INSERT INTO later_rows SELECT g FROM generate_series(11, 20) g");
+    c.primary.switch_and_wait_archived();
+    let accounts = c
+        .primary
+        .psql("SELECT sum(abalance), count(*) FROM pgbench_accounts");
+    c.primary.stop();
+    let data = c.primary.data.clone();
+
+    // The partitions whose every file the data directory still has as the backup read it.
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            c.archive
+                .join(format!("basebackups_005/{name}/files_metadata.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let kept = |f: &str| {
+        let d = &meta["Files"][f];
+        let Ok(m) = std::fs::metadata(data.join(f.trim_start_matches('/'))) else {
+            return false;
+        };
+        let t = chrono::DateTime::parse_from_rfc3339(d["MTime"].as_str().unwrap()).unwrap();
+        d["Size"].as_u64() == Some(m.len())
+            && m.mtime() == t.timestamp()
+            && m.mtime_nsec() == t.timestamp_subsec_nanos() as i64
+    };
+    let parts = c
+        .archive
+        .join(format!("basebackups_005/{name}/tar_partitions"));
+    let all_kept: Vec<String> = meta["TarFileSets"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, files)| {
+            let files = files.as_array().unwrap();
+            !files.is_empty() && files.iter().all(|f| kept(f.as_str().unwrap()))
+        })
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert!(
+        all_kept.len() >= 2,
+        "the test needs partitions holding only unchanged files: {all_kept:?}"
+    );
+    // Gone from the archive: a restore that read one would fail.
+    let moved = c.dir("moved-partitions");
+    std::fs::create_dir_all(&moved).unwrap();
+    for p in &all_kept {
+        std::fs::rename(parts.join(p), moved.join(p)).unwrap();
+    }
+    let out = c.walkeeper(&["backup-fetch", "--delta", data.to_str().unwrap(), &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("skipped={}", all_kept.len())),
+        "{}",
+        stderr(&out)
+    );
+    // A full restore does need them: the archive really lacks them.
+    let full = c.dir("full");
+    let out = c.walkeeper(&["backup-fetch", full.to_str().unwrap(), &name]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    chown_pg_recursive(&data);
+    let mut auto = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.auto.conf"))
+        .unwrap();
+    writeln!(
+        auto,
+        "restore_command = '{} --envdir {} wal-fetch %f %p'",
+        walkeeper(),
+        c.env.display()
+    )
+    .unwrap();
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    c.primary.start();
+    wait_until("recovery to finish", Duration::from_secs(300), || {
+        c.primary.psql("SELECT pg_is_in_recovery()") == "f"
+    });
+    assert_eq!(
+        c.primary
+            .psql("SELECT sum(abalance), count(*) FROM pgbench_accounts"),
+        accounts
+    );
+    assert_eq!(c.primary.psql("SELECT count(*) FROM later_rows"), "20");
+}

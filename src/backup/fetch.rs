@@ -227,7 +227,7 @@ pub async fn backup_fetch(
 
 /// A backup (LATEST or a name) and the chain it is restored from, oldest first, each with its
 /// per-file records: refused when a delta's records are missing or inconsistent.
-async fn load_chain(
+pub(crate) async fn load_chain(
     archive: &Archive,
     which: &str,
 ) -> Result<(BackupInfo, Vec<(BackupInfo, Option<FilesMetadata>)>)> {
@@ -301,17 +301,7 @@ fn delta_plan(
                 key: files_metadata_key(&newest.name),
                 msg: e.to_string(),
             })?;
-        let same = match (std::fs::symlink_metadata(&path), d.mtime) {
-            (Ok(m), Some(t)) if m.is_file() => {
-                use std::os::unix::fs::MetadataExt;
-                let size_ok = d.size.is_none_or(|s| s >= 0 && m.len() == s as u64);
-                size_ok
-                    && m.mtime() == t.timestamp()
-                    && m.mtime_nsec() == t.timestamp_subsec_nanos() as i64
-            }
-            _ => false,
-        };
-        if same {
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| matches_record(&m, d)) {
             kept += 1;
         } else {
             rewritten += 1;
@@ -330,6 +320,17 @@ fn delta_plan(
     Ok(only)
 }
 
+/// Is a local file the one the backup read: a regular file with the size and modification
+/// time, to the nanosecond, the backup recorded (the rule WAL-G's deltas rely on)?
+pub(crate) fn matches_record(m: &std::fs::Metadata, d: &super::files::FileDescription) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(t) = d.mtime else { return false };
+    m.is_file()
+        && d.size.is_none_or(|s| s >= 0 && m.len() == s as u64)
+        && m.mtime() == t.timestamp()
+        && m.mtime_nsec() == t.timestamp_subsec_nanos() as i64
+}
+
 /// In a delta restore's set of files to write: every file (the backup has no per-file records).
 const ALL: &str = "\0all";
 
@@ -346,6 +347,7 @@ async fn extract_chain(
     only: Option<Arc<HashSet<String>>>,
 ) -> Result<()> {
     let mut last_extracted = HashSet::new();
+    let mut prune_dirs = true;
     for (i, (b, files_meta)) in layers.iter().enumerate() {
         let last = i + 1 == layers.len();
         let increments: HashSet<String> = files_meta
@@ -354,7 +356,7 @@ async fn extract_chain(
             .filter(|(_, d)| d.is_incremented && !d.is_skipped)
             .filter_map(|(n, _)| super::files::relative(n))
             .collect();
-        let extracted = extract_all(
+        let (extracted, skipped) = extract_all(
             archive,
             b,
             target,
@@ -391,6 +393,7 @@ async fn extract_chain(
         }
         if last {
             last_extracted = extracted;
+            prune_dirs = skipped == 0;
         }
     }
     // Files earlier backups of the chain restored, or a delta restore found in the directory,
@@ -403,6 +406,7 @@ async fn extract_chain(
                 m,
                 &last_extracted,
                 &files_metadata_key(&b.name),
+                prune_dirs,
             )?,
             Some((b, None)) => remove_dropped(
                 target,
@@ -410,6 +414,7 @@ async fn extract_chain(
                 &FilesMetadata::default(),
                 &last_extracted,
                 &super::sentinel_key(&b.name),
+                prune_dirs,
             )?,
             None => {}
         }
@@ -418,13 +423,16 @@ async fn extract_chain(
 }
 
 /// Removes the regular files that earlier backups of a chain restored but the last one does
-/// not list (relations dropped since the base, an old `tablespace_map`).
+/// not list (relations dropped since the base, an old `tablespace_map`), and, with
+/// `prune_dirs` (every partition of the last backup was read, so its directory entries are
+/// known), the empty directories it does not have.
 fn remove_dropped(
     target: &Path,
     routes: &Routes,
     last: &FilesMetadata,
     extracted: &HashSet<String>,
     key: &str,
+    prune_dirs: bool,
 ) -> Result<()> {
     let mut keep: HashSet<String> = last
         .files
@@ -461,7 +469,9 @@ fn remove_dropped(
         }
     }
     // Directories no backup entry made (a dropped database's), once empty.
+    let depth = if prune_dirs { usize::MAX } else { 0 };
     for e in walkdir::WalkDir::new(target)
+        .max_depth(depth)
         .follow_links(false)
         .min_depth(1)
         .contents_first(true)
@@ -504,7 +514,7 @@ async fn extract_all(
     increments: Arc<HashSet<String>>,
     with_control: bool,
     only: Option<Arc<HashSet<String>>>,
-) -> Result<HashSet<String>> {
+) -> Result<(HashSet<String>, usize)> {
     let listed = archive.store.list(&parts_prefix(&info.name)).await?;
     let mut parts = Vec::new();
     let mut control = None;
@@ -524,10 +534,39 @@ async fn extract_all(
             parts.push((key, c));
         }
     }
-    check_partitions(info, &parts)?;
+    // A delta restore reads only the partitions holding a file it writes: one whose every
+    // file is kept is neither downloaded nor checked for.
+    let skip: HashSet<String> = match (only.as_deref(), files_meta) {
+        (Some(o), Some(m)) if !o.contains(ALL) => m
+            .tar_file_sets
+            .iter()
+            .filter(|(_, held)| {
+                !held.is_empty()
+                    && held
+                        .iter()
+                        .all(|n| super::files::relative(n).is_none_or(|r| !o.contains(&r)))
+            })
+            .map(|(t, _)| t.clone())
+            .collect(),
+        _ => HashSet::new(),
+    };
+    if !skip.is_empty() {
+        parts.retain(|(k, _)| !skip.contains(k.rsplit('/').next().unwrap_or("")));
+        tracing::info!(
+            backup = info.name,
+            skipped = skip.len(),
+            read = parts.len(),
+            "delta restore: partitions holding only kept files are not read"
+        );
+    }
+    check_partitions(info, &parts, &skip)?;
     // WAL-G records which partitions it wrote (walkeeper records how many): one lost is noticed.
     if let Some(m) = files_meta {
-        if let Some(lost) = m.tar_file_sets.keys().find(|t| !names.contains(*t)) {
+        if let Some(lost) = m
+            .tar_file_sets
+            .keys()
+            .find(|t| !names.contains(*t) && !skip.contains(*t))
+        {
             return Err(Error::Corrupt {
                 key: format!("{}/{lost}", parts_prefix(&info.name)),
                 msg: format!("partition missing ({} lists it)", FILES_METADATA),
@@ -552,6 +591,12 @@ async fn extract_all(
     }
     let mut first_err = None;
     let mut extracted: HashSet<String> = HashSet::new();
+    if let Some(m) = files_meta {
+        for t in &skip {
+            let held = m.tar_file_sets.get(t).into_iter().flatten();
+            extracted.extend(held.filter_map(|n| super::files::relative(n)));
+        }
+    }
     for t in tasks {
         let r = t
             .await
@@ -586,15 +631,16 @@ async fn extract_all(
             });
         }
     }
+    let skipped = skip.len();
     match control {
-        _ if !with_control => Ok(extracted),
+        _ if !with_control => Ok((extracted, skipped)),
         Some((key, c)) => {
             let none = HashSet::new();
             extracted.extend(extract_one(archive, &key, c, target, routes, &none, None).await?);
-            Ok(extracted)
+            Ok((extracted, skipped))
         }
         // WAL-E keeps pg_control inside a partition; it must be there by now.
-        None if target.join("global/pg_control").exists() => Ok(extracted),
+        None if target.join("global/pg_control").exists() => Ok((extracted, skipped)),
         None => Err(Error::Corrupt {
             key: parts_prefix(&info.name),
             msg: "the backup has no pg_control".into(),
@@ -626,10 +672,16 @@ async fn load_files_metadata(store: &Store, info: &BackupInfo) -> Result<Option<
 /// that count must be there. WAL-G's numbers have gaps (a tarball it opened but filled with
 /// nothing, and pg_control's tar, take a number each), so for its backups only at least one
 /// partition is required here; its `TarFileSets` names the ones that must exist.
-fn check_partitions(info: &BackupInfo, parts: &[(String, Compression)]) -> Result<()> {
+fn check_partitions(
+    info: &BackupInfo,
+    parts: &[(String, Compression)],
+    skipped: &HashSet<String>,
+) -> Result<()> {
     let numbers: std::collections::BTreeSet<u32> = parts
         .iter()
-        .filter_map(|(k, _)| {
+        .map(|(k, _)| k.as_str())
+        .chain(skipped.iter().map(String::as_str))
+        .filter_map(|k| {
             let file = k.rsplit('/').next()?;
             let n = file.strip_prefix("part_")?.split('.').next()?;
             n.parse().ok()

@@ -271,7 +271,7 @@ pub fn apply(inc: &mut dyn Read, stored: u64, dest: &Path) -> io::Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A valid heap page header with `lsn`, filled with `fill`.

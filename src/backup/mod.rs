@@ -26,6 +26,7 @@ pub mod pg;
 pub mod pgtls;
 pub mod push;
 pub mod restore;
+pub mod seed;
 pub mod verify;
 
 use std::collections::BTreeMap;

@@ -492,6 +492,18 @@ fn write_tar(
                 let increment = match delta {
                     Some(d)
                         if d.base_files.contains_key(&name)
+                            && increment::is_paged_file(&e.name, e.size)
+                            && pages.is_none()
+                            && e.size >= PARALLEL_SCAN_MIN =>
+                    {
+                        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                        let ranges = (cores as u64).min(e.size / (PARALLEL_SCAN_MIN / 2));
+                        scan_in_ranges(&f, e.size, d.since, limit, ranges).map_err(|err| {
+                            io::Error::new(err.kind(), format!("{}: {err}", e.path.display()))
+                        })?
+                    }
+                    Some(d)
+                        if d.base_files.contains_key(&name)
                             && increment::is_paged_file(&e.name, e.size) =>
                     {
                         let mut scan = io::BufReader::with_capacity(
@@ -586,6 +598,82 @@ fn write_tar(
     }
     tar.into_inner()?.flush()?;
     Ok(written)
+}
+
+/// A changed relation file at least this large (and not verified, which needs the pages in
+/// order) is scanned for its changed pages by several threads at once.
+const PARALLEL_SCAN_MIN: u64 = 64 * 1024 * 1024;
+
+/// The bytes `[pos, end)` of a file, by positional reads (each range its own reader).
+struct RangeRead<'f> {
+    file: &'f File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RangeRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = (self.end.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+/// [`increment::changed_blocks`] of a large file, its pages split into `ranges` ranges (one
+/// per core) scanned at once: the same blocks, in order, or None when any page is not valid. A
+/// delta's largest changed file would otherwise be read by one thread while the others idle.
+fn scan_in_ranges(
+    f: &File,
+    size: u64,
+    since: crate::wal::Lsn,
+    limit: Option<&RateLimit>,
+    ranges: u64,
+) -> io::Result<Option<Vec<u32>>> {
+    let page = super::pages::BLCKSZ as u64;
+    let pages = size / page;
+    let ranges = ranges.clamp(1, pages.max(1));
+    let per = pages.div_ceil(ranges);
+    let results: Vec<io::Result<Option<Vec<u32>>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..ranges)
+            .map(|i| {
+                let (first, last) = ((i * per).min(pages), ((i + 1) * per).min(pages));
+                scope.spawn(move || {
+                    let body = FileBody {
+                        inner: RangeRead {
+                            file: f,
+                            pos: first * page,
+                            end: last * page,
+                        },
+                        limit,
+                    };
+                    let mut scan = io::BufReader::with_capacity(codec::CHUNK, body);
+                    let blocks =
+                        increment::changed_blocks(&mut scan, (last - first) * page, since, |_| {})?;
+                    Ok(blocks.map(|b| b.into_iter().map(|n| n + first as u32).collect()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a page scan thread panicked")))
+            })
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        match r? {
+            Some(b) => all.extend(b),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(all))
 }
 
 fn v_keep_all(verify: Option<Verify>) -> bool {
@@ -1032,6 +1120,39 @@ async fn wait_archived(archive: &Archive, wal: &WalName) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_scanned_in_ranges_at_once_gives_the_blocks_of_one_sequential_scan() {
+        use std::io::Write as _;
+        let page = crate::backup::increment::tests::page;
+        let since = crate::wal::Lsn(0x1_0000_0000);
+        let mut f = tempfile::tempfile().unwrap();
+        for i in 0..23u64 {
+            let lsn = if i % 3 == 0 { 0x1_0000_0100 + i } else { 0x28 };
+            if i == 7 {
+                f.write_all(&[0u8; 8192]).unwrap(); // new: always taken
+            } else {
+                f.write_all(&page(lsn, i as u8)).unwrap();
+            }
+        }
+        let size = 23 * 8192;
+        io::Seek::rewind(&mut f).unwrap();
+        let mut whole = io::BufReader::new(&f);
+        let want = increment::changed_blocks(&mut whole, size, since, |_| {}).unwrap();
+        assert!(want.as_ref().is_some_and(|b| b.len() == 9), "{want:?}");
+        for ranges in [1, 2, 3, 5, 23, 40] {
+            assert_eq!(
+                scan_in_ranges(&f, size, since, None, ranges).unwrap(),
+                want,
+                "{ranges} ranges"
+            );
+        }
+        // One invalid page anywhere: the whole file is stored.
+        let mut bad = page(5, 0);
+        bad[12..14].copy_from_slice(&9000u16.to_le_bytes());
+        std::os::unix::fs::FileExt::write_at(&f, &bad, 20 * 8192).unwrap();
+        assert_eq!(scan_in_ranges(&f, size, since, None, 3).unwrap(), None);
+    }
 
     #[test]
     fn partitions_are_size_bounded_and_keep_walk_order() {

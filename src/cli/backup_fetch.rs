@@ -1,11 +1,13 @@
-//! `walkeeper backup-fetch [--delta] <PGDATA> LATEST|<name>`: a full or delta backup (walking
-//! its chain), into a new directory or, with `--delta`, over an existing data directory.
+//! `walkeeper backup-fetch [--delta | --seed-from OLD] <PGDATA> LATEST|<name>`: a full or delta
+//! backup (walking its chain), into a new directory, over an existing data directory
+//! (`--delta`), or into a new directory seeded from an old one (`--seed-from`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive::Archive;
 use crate::backup::fetch::{backup_fetch, FetchOptions};
+use crate::backup::seed;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -37,6 +39,12 @@ pub struct Args {
     /// not start (no pg_control) and that the next run completes.
     #[arg(long)]
     pub delta: bool,
+    /// Restore into a new or empty directory seeded from an old data directory of the same
+    /// cluster (PostgreSQL stopped on it): the old files the backup recorded unchanged (size
+    /// and modification time) are cloned (reflink) where the file system can, else copied;
+    /// then a delta restore completes the new directory. The old directory is only read.
+    #[arg(long, value_name = "OLD_PGDATA", conflicts_with = "delta")]
+    pub seed_from: Option<PathBuf>,
 }
 
 /// WAL-G's backup-fetch options that walkeeper refuses, with what it does instead.
@@ -108,9 +116,56 @@ pub async fn run(cli: &super::Cli, args: &Args) -> i32 {
             return Err(crate::Error::BadInput(msg));
         }
         let archive = Arc::new(Archive::open(cli.settings()?)?);
-        let opts = args.options(&archive);
+        let mut opts = args.options(&archive);
+        if let Some(old) = &args.seed_from {
+            seed_from(&archive, old, &args.pgdata, &args.backup).await?;
+            opts.delta = true;
+        }
         backup_fetch(archive, &args.pgdata, &args.backup, opts).await
     }
     .await;
     super::exit("backup-fetch", result)
+}
+
+/// `--seed-from`: seeds the new (missing or empty) `pgdata` from `old`.
+async fn seed_from(
+    archive: &Archive,
+    old: &std::path::Path,
+    pgdata: &std::path::Path,
+    which: &str,
+) -> crate::Result<()> {
+    use crate::Error;
+    if std::fs::read_dir(pgdata).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(Error::BadInput(format!(
+            "{} is not empty; --seed-from restores into a new or empty directory",
+            pgdata.display()
+        )));
+    }
+    if !old.join("PG_VERSION").is_file() {
+        return Err(Error::BadInput(format!(
+            "--seed-from {}: not a PostgreSQL data directory (no PG_VERSION)",
+            old.display()
+        )));
+    }
+    if old.join("postmaster.pid").exists() {
+        return Err(Error::BadInput(format!(
+            "--seed-from {}: it has a postmaster.pid; stop PostgreSQL on it first",
+            old.display()
+        )));
+    }
+    let est = seed::estimate(archive, which, old, pgdata).await?;
+    let (old2, new2, est2) = (old.to_path_buf(), pgdata.to_path_buf(), est.clone());
+    let done = tokio::task::spawn_blocking(move || seed::seed(&est2, &old2, &new2))
+        .await
+        .map_err(|e| Error::io(pgdata, std::io::Error::other(e.to_string())))??;
+    tracing::info!(
+        backup = est.backup,
+        from = %old.display(),
+        files = done.files,
+        bytes = done.bytes,
+        backup_bytes = est.backup_bytes,
+        how = if done.cloned { "reflink" } else { "copy" },
+        "seeded from the old data directory"
+    );
+    Ok(())
 }

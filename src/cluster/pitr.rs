@@ -4,7 +4,9 @@
 //! 1. pause Patroni;
 //! 2. stop PostgreSQL;
 //! 3. move the data directory aside (put back on failure, removed on success);
-//! 4. fetch the newest backup on this timeline's history that finished before the target;
+//! 4. fetch the newest backup on this timeline's history that finished before the target: into
+//!    the empty new directory, or, when that is cheaper, as a delta restore into a new
+//!    directory seeded from the one moved aside (cloned files; the aside copy is only read);
 //! 5. start PostgreSQL with the recovery settings on its command line (nothing is persisted:
 //!    the next start is Patroni's own);
 //! 6. wait for promotion at the target;
@@ -44,7 +46,7 @@ use crate::archive::Archive;
 use crate::backup::fetch::MEMBER_FILES;
 use crate::backup::fetch::{backup_fetch, FetchOptions};
 use crate::backup::restore::{choose, pg_time, Target};
-use crate::backup::{list_backups, pg, BackupInfo};
+use crate::backup::{list_backups, pg, seed, BackupInfo};
 use crate::error::{Error, Result};
 use crate::selfexec::SelfExec;
 use crate::storage::local::write_atomic_with;
@@ -127,7 +129,8 @@ pub enum Phase {
     Stopping,
     /// The data directory is being renamed aside.
     MovingAside,
-    /// The backup is being fetched into a new data directory.
+    /// The backup is being fetched into a new data directory (first seeded from the one moved
+    /// aside, when a delta restore was chosen): the aside copy is intact, so this rolls back.
     Fetching,
     /// PostgreSQL was started to recover to the target (`recovery.signal` is written).
     Recovering,
@@ -984,9 +987,22 @@ async fn restore_and_promote(
 ) -> Result<u32> {
     let (pgdata, aside, timeline) = (&job.plan.pgdata, &job.plan.aside, job.plan.timeline);
     job.enter(Phase::Fetching)?;
-    job.step("fetch", format!("fetching backup {}", backup.name));
+    let delta = seed_from_aside(ctx, job, backup).await?;
+    job.hold("seed").await;
+    job.step(
+        "fetch",
+        if delta {
+            format!(
+                "fetching backup {} as a delta restore over the seeded directory",
+                backup.name
+            )
+        } else {
+            format!("fetching backup {} into an empty directory", backup.name)
+        },
+    );
     let opts = FetchOptions {
         concurrency: 2,
+        delta,
         ..Default::default()
     };
     backup_fetch(ctx.archive.clone(), pgdata, &backup.name, opts).await?;
@@ -1029,6 +1045,47 @@ async fn restore_and_promote(
     let tli = wait_promotion(ctx, job, pgdata, &log, child).await?;
     job.enter(Phase::Promoted)?;
     Ok(tli)
+}
+
+/// Chooses between a full fetch into the empty new data directory and a delta restore, and
+/// for the latter seeds the new directory from the one moved aside (see
+/// [`crate::backup::seed`]): true when seeded. The aside copy is only read, so the rollback
+/// stays what it was; the new directory is the rollback's to remove, seeded or not. The choice
+/// and why are the job's `seed` step.
+async fn seed_from_aside(ctx: &Restarts, job: &Job, backup: &BackupInfo) -> Result<bool> {
+    let (pgdata, aside) = (&job.plan.pgdata, &job.plan.aside);
+    let est = match seed::estimate(&ctx.archive, &backup.name, aside, pgdata).await {
+        Ok(e) => e,
+        Err(e) => {
+            job.step(
+                "seed",
+                format!("full fetch: the old data directory could not be compared with the backup ({e})"),
+            );
+            return Ok(false);
+        }
+    };
+    let (chosen, why) = seed::choose(&est, ctx.archive.store.is_local());
+    job.step("seed", why);
+    if !chosen {
+        return Ok(false);
+    }
+    let (aside2, pgdata2, est2) = (aside.clone(), pgdata.clone(), est.clone());
+    let started = Instant::now();
+    let done = tokio::task::spawn_blocking(move || seed::seed(&est2, &aside2, &pgdata2))
+        .await
+        .map_err(|e| Error::Cluster(format!("seeding the data directory: {e}")))??;
+    job.step(
+        "seed",
+        format!(
+            "{} {} files ({:.1} MB) from {} in {:.1} s",
+            if done.cloned { "cloned" } else { "copied" },
+            done.files,
+            done.bytes as f64 / 1e6,
+            aside.display(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(true)
 }
 
 /// The log of the postmaster a restart starts, beside the data directory moved aside.

@@ -549,3 +549,74 @@ pub fn kill_and_reap(child: &mut Option<std::process::Child>) {
         let _ = c.wait();
     }
 }
+
+/// An XFS file system with reflink, in an image on a loop device, mounted for one test and
+/// unmounted (its image removed) when dropped, on failure too. Needs root and xfsprogs
+/// (`.ci/setup` installs it).
+pub struct XfsMount {
+    pub dir: PathBuf,
+    image: PathBuf,
+}
+
+impl XfsMount {
+    /// Mounted on `dir` (made if missing), its image beside it.
+    pub fn new(dir: &Path) -> XfsMount {
+        let (dir, image) = (dir.to_path_buf(), dir.with_extension("xfs.img"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        let out = Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&image)
+            .output()
+            .expect("mkfs.xfs (Debian's xfsprogs; .ci/setup installs it)");
+        assert!(
+            out.status.success(),
+            "mkfs.xfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount -o loop (needs root and loop devices): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = XfsMount { dir, image };
+        chown_pg(&m.dir);
+        m
+    }
+
+    /// Bytes in use on the file system.
+    pub fn used(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-B1", "--output=used"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for XfsMount {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
