@@ -14,7 +14,7 @@
 //! block on its own thread instead of waiting (so concurrent look-ahead uploads behave like
 //! single-threaded ones and hold about one block each). Input of at most one block is
 //! compressed on the calling thread and never starts the pool. Buffers freed by one stream are
-//! kept for the next (at most 8 of each kind, about 4 MiB).
+//! kept for the next (at most 4 of each kind, about 2 MiB).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -89,7 +89,7 @@ impl Packed {
 static FREE_BLOCKS: Mutex<Vec<Block>> = Mutex::new(Vec::new());
 static FREE_PACKED: Mutex<Vec<Packed>> = Mutex::new(Vec::new());
 /// Free buffers kept, of each kind.
-const FREE_MAX: usize = 8;
+const FREE_MAX: usize = 4;
 
 fn take_block() -> Block {
     let kept = FREE_BLOCKS.lock().ok().and_then(|mut v| v.pop());
