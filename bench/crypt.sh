@@ -30,7 +30,7 @@ crypt_keys() { # dir
   AGE_RECIPIENT=$(age-keygen -y "$k/age.id")
   OSSL_KEY=$(openssl rand -hex 32)
   OSSL_IV=$(openssl rand -hex 16)
-  chown -R postgres: "$k"
+  chown postgres: "$k/pub.asc" "$k/sec.asc" "$k/age.id"
   chmod 755 "$k"
 }
 
@@ -51,18 +51,16 @@ fetch_env() {
 }
 
 # wal-fetch of every segment of $segs from the archive the previous row wrote ($DEST), one
-# process per segment, into a scratch directory (emptied after).
+# process per segment, to pg_wal/RECOVERYXLOG as recovery asks for it.
 fetch_row() { # mode segs bytes
-  local out=$TMP/fetched
-  rm -rf "$out"; mkdir -p "$out"
   local e
   mapfile -t e < <(fetch_env "$1")
   sync
   drive per-seg --label "crypt-fetch-$1" --segs "$2" --cwd "$TMP/pgdata" --log "$OUT/logs/crypt.log" \
     --extra "{\"part\":\"crypt\",\"enc\":\"$1\",\"rep\":$ROUND,\"bytes\":$3}" -- \
-    env "WALG_FILE_PREFIX=file://$DEST" "${e[@]}" "$BIN" wal-fetch "{seg}" "$out/{seg}" ||
+    env "WALG_FILE_PREFIX=file://$DEST" "${e[@]}" "$BIN" wal-fetch "{seg}" pg_wal/RECOVERYXLOG ||
     { echo "crypt-fetch-$1 failed; see $OUT/logs/crypt.log" >&2; return 1; }
-  rm -rf "$out"
+  rm -f "$TMP/pgdata/pg_wal/RECOVERYXLOG"
 }
 
 crypt_wal_round() { # segs bytes
@@ -92,8 +90,23 @@ crypt_backup() { # scale
   chown postgres: "$d"
   port=$(free_port)
   local data=$d/data mode
-  # Archiving is not what is measured here: archive_command only accepts.
-  bench_initdb "$data" "$d" "$port" "true" </dev/null
+  # archive_command pushes to the archive of the mode being measured (backup-push checks that
+  # the backup's last segment is there): $d/wkenv holds that mode's settings.
+  as_pg mkdir -p "$d/wkenv"
+  bench_initdb "$data" "$d" "$port" "$BIN --envdir $d/wkenv wal-push %p" </dev/null
+  for mode in plain age pgp; do
+    as_pg mkdir -p "$d/arch-$mode"
+  done
+  # The settings of mode $1 (push_env or fetch_env) into $d/wkenv.
+  wkenv() {
+    rm -f "$d/wkenv/"*
+    echo "file://$d/arch-$1" | as_pg tee "$d/wkenv/WALG_FILE_PREFIX" >/dev/null
+    local kv
+    for kv in $("$2" "$1"); do
+      echo "${kv#*=}" | as_pg tee "$d/wkenv/${kv%%=*}" >/dev/null
+    done
+  }
+  wkenv plain push_env
   pg_start "$data" "$OUT/logs/crypt-pg.log"
   local psql=(as_pg psql -h "$d" -p "$port" -d postgres -qAt)
   local conn="host=$d port=$port user=postgres dbname=postgres"
@@ -103,12 +116,9 @@ crypt_backup() { # scale
   local bytes
   bytes=$(( $(du -sb "$data" | cut -f1) - $(du -sb "$data/pg_wal" | cut -f1) ))
   local x="\"part\":\"crypt\",\"scale\":$1,\"bytes\":$bytes"
-  for mode in plain age pgp; do
-    as_pg mkdir -p "$d/arch-$mode"
-  done
   tar -cf "$TMP/crypt-data.tar" --exclude=./pg_wal -C "$data" . 2>/dev/null || true
   local gpg="gpg --homedir $KEYS/gnupg --batch -q --trust-model always --compress-algo none --cipher-algo AES256 -r $GPG_FPR -e"
-  local r e
+  local r
   for ((r = 1; r <= ${BENCH_CRYPT_REPEAT:-2}; r++)); do
     log "C round $r: limits over a tar of the data directory: lz4 -1, | gpg --encrypt, | openssl enc"
     drive once --label crypt-limit-lz4-tar --log "$OUT/logs/crypt.log" --extra "{$x,\"rep\":$r}" -- \
@@ -119,24 +129,23 @@ crypt_backup() { # scale
       sh -c "lz4 -1 -q -c '$TMP/crypt-data.tar' | openssl enc -aes-256-cfb -K $OSSL_KEY -iv $OSSL_IV >/dev/null"
     for mode in plain age pgp; do
       log "C round $r: walkeeper backup-push and backup-fetch, $mode, scale $1"
-      mapfile -t e < <(push_env "$mode")
+      wkenv "$mode" push_env
       "${psql[@]}" -c "CHECKPOINT" >/dev/null
       sync
       drive once --label "crypt-backup-push-$mode" --log "$OUT/logs/crypt.log" \
         --extra "{$x,\"enc\":\"$mode\",\"rep\":$r}" -- \
-        "${AS_PG[@]}" env "WALG_FILE_PREFIX=file://$d/arch-$mode" "${e[@]}" \
-        "$BIN" backup-push "$data" --connstring "$conn"
-      mapfile -t e < <(fetch_env "$mode")
+        "${AS_PG[@]}" "$BIN" --envdir "$d/wkenv" backup-push "$data" --connstring "$conn"
+      wkenv "$mode" fetch_env
       rm -rf "$d/restore"
       sync
       drive once --label "crypt-backup-fetch-$mode" --log "$OUT/logs/crypt.log" \
         --extra "{$x,\"enc\":\"$mode\",\"rep\":$r}" -- \
-        "${AS_PG[@]}" env "WALG_FILE_PREFIX=file://$d/arch-$mode" "${e[@]}" \
-        "$BIN" backup-fetch "$d/restore" LATEST
+        "${AS_PG[@]}" "$BIN" --envdir "$d/wkenv" backup-fetch "$d/restore" LATEST
       rm -rf "$d/restore"
     done
   done
   rm -f "$TMP/crypt-data.tar"
+  unset -f wkenv
   pg_stop "$data"
   rm -rf "$d"
 }
