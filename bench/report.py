@@ -307,6 +307,86 @@ def restore(recs, out):
         out.append("")
 
 
+def crypt(recs, out):
+    cs = [r for r in recs if r.get("part") == "crypt"]
+    if not cs:
+        return
+    rows = [("limit: `lz4 -1` CLI (+ fsync)", "crypt-limit-lz4", None),
+            ("limit: `lz4 -1 \\| gpg --encrypt` (AES-256, no compression; + fsync)", "crypt-limit-gpg", None),
+            ("limit: `lz4 -1 \\| openssl enc -aes-256-cfb` (+ fsync)", "crypt-limit-openssl", None),
+            ("walkeeper wal-push, no encryption", "crypt-push-plain", "crypt-push-plain"),
+            ("walkeeper wal-push, age", "crypt-push-age", "crypt-push-plain"),
+            ("walkeeper wal-push, OpenPGP", "crypt-push-pgp", "crypt-push-plain"),
+            ("walkeeper wal-fetch, no encryption", "crypt-fetch-plain", "crypt-fetch-plain"),
+            ("walkeeper wal-fetch, age", "crypt-fetch-age", "crypt-fetch-plain"),
+            ("walkeeper wal-fetch, OpenPGP", "crypt-fetch-pgp", "crypt-fetch-plain")]
+    got = {}
+    per = [r for r in cs if r.get("mode") == "per-seg"]
+    if per:
+        n = max(r["n"] for r in per)
+        out.append(f"### Encryption, per segment: one process per segment ({n} real pgbench segments of 16 MiB, file://)\n")
+        out.append("| what | ms/segment | p50 ms | p99 ms | CPU ms/segment | peak RSS MiB | vs no encryption (ms/segment) |")
+        out.append("|---|---|---|---|---|---|---|")
+        for name, label, ref in rows:
+            r = best(per, label=label)
+            if not r:
+                continue
+            got[label] = r
+            b = best(per, label=ref) if ref else None
+            q = f"{r['wall_s'] / b['wall_s']:.2f}×" if b else "–"
+            out.append(f"| {name} | {fmt(1000 * r['wall_s'] / r['n'])} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} "
+                       f"| {fmt(1000 * r['cpu_s'] / r['n'])} | {fmt(r['max_rss_kib'] / 1024)} | {q} |")
+        out.append("")
+    once = [r for r in cs if r.get("mode") == "once"]
+    t = []
+    if once:
+        sc = once[0]["scale"]
+        mb = once[0]["bytes"] / 1e6
+        out.append(f"### Encryption, base backups (pgbench scale {sc}, {mb:.0f} MB without pg_wal, in page cache, file://)\n")
+        out.append("| what | wall s | MB/s | CPU s | peak RSS MiB | vs no encryption (wall) |")
+        out.append("|---|---|---|---|---|---|")
+        brows = [("limit: `lz4 -1` CLI over a tar of it (1 core, to /dev/null)", "crypt-limit-lz4-tar", None),
+                 ("limit: `lz4 -1 \\| gpg --encrypt` over the tar", "crypt-limit-gpg-tar", "crypt-limit-lz4-tar"),
+                 ("limit: `lz4 -1 \\| openssl enc -aes-256-cfb` over the tar", "crypt-limit-openssl-tar", "crypt-limit-lz4-tar"),
+                 ("walkeeper backup-push, no encryption", "crypt-backup-push-plain", "crypt-backup-push-plain"),
+                 ("walkeeper backup-push, age", "crypt-backup-push-age", "crypt-backup-push-plain"),
+                 ("walkeeper backup-push, OpenPGP", "crypt-backup-push-pgp", "crypt-backup-push-plain"),
+                 ("walkeeper backup-fetch, no encryption", "crypt-backup-fetch-plain", "crypt-backup-fetch-plain"),
+                 ("walkeeper backup-fetch, age", "crypt-backup-fetch-age", "crypt-backup-fetch-plain"),
+                 ("walkeeper backup-fetch, OpenPGP", "crypt-backup-fetch-pgp", "crypt-backup-fetch-plain")]
+        for name, label, ref in brows:
+            r = best(once, label=label)
+            if not r:
+                continue
+            got[label] = r
+            b = best(once, label=ref) if ref else None
+            q = f"{r['wall_s'] / b['wall_s']:.2f}×" if b else "–"
+            rss = fmt(r["max_rss_kib"] / 1024) if label.startswith("crypt-backup") else "–"
+            out.append(f"| {name} | {r['wall_s']:.2f} | {mb / r['wall_s']:.0f} | {r['cpu_s']:.2f} | {rss} | {q} |")
+        out.append("")
+    for what, a, b in [("wal-push per segment", "crypt-push-pgp", "crypt-push-plain"),
+                       ("backup-push", "crypt-backup-push-pgp", "crypt-backup-push-plain")]:
+        x, y = got.get(a), got.get(b)
+        if x and y:
+            q = x["wall_s"] / y["wall_s"]
+            t.append(f"| OpenPGP {what} ≤ 1.10 × no encryption (wall) | {x['wall_s']:.2f} s vs {y['wall_s']:.2f} s = "
+                     f"{100 * (q - 1):+.0f} % (CPU {x['cpu_s']:.2f} s vs {y['cpu_s']:.2f} s) | {verdict(q <= 1.10)} |")
+    for what, a, b in [("wal-push per segment", "crypt-push-age", "crypt-push-plain"),
+                       ("backup-push", "crypt-backup-push-age", "crypt-backup-push-plain"),
+                       ("wal-fetch per segment, OpenPGP", "crypt-fetch-pgp", "crypt-fetch-plain"),
+                       ("backup-fetch, OpenPGP", "crypt-backup-fetch-pgp", "crypt-backup-fetch-plain")]:
+        x, y = got.get(a), got.get(b)
+        if x and y:
+            label = what if "OpenPGP" in what else f"age {what}"
+            t.append(f"| (context) {label} vs no encryption | {x['wall_s']:.2f} s vs {y['wall_s']:.2f} s = "
+                     f"{100 * (x['wall_s'] / y['wall_s'] - 1):+.0f} % | – |")
+    if t:
+        out.append("| encryption target | measured | |")
+        out.append("|---|---|---|")
+        out.extend(t)
+        out.append("")
+
+
 def main():
     recs = load(sys.argv[1])
     out = []
@@ -318,6 +398,7 @@ def main():
     backup(recs, out)
     delta(recs, out)
     restore(recs, out)
+    crypt(recs, out)
     tot = next((r for r in recs if r.get("label") == "total"), None)
     if tot:
         out.append(f"Benchmark wall time: {tot['wall_s'] // 60} min {tot['wall_s'] % 60} s.")

@@ -104,7 +104,7 @@ row() {
     sync
     drive per-seg --label "$label" --segs "$segs" --cwd "$fake" --log "$OUT/logs/wal.log" \
       "${fs[@]}" "${arch[@]}" \
-      --extra "{\"part\":\"wal\",\"store\":\"$store\",\"quickack\":\"$(quickack_state)\",\"rep\":$r$extra}" \
+      --extra "{\"part\":\"${ROW_PART:-wal}\",\"store\":\"$store\",\"quickack\":\"$(quickack_state)\",\"rep\":$r$extra}" \
       -- "${argv[@]}" || { echo "row $label failed; see $OUT/logs/wal.log" >&2; return 1; }
   }
 }
