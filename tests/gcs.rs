@@ -7,39 +7,9 @@
 mod faults;
 mod support;
 
-use std::collections::BTreeMap;
-
 use support::gcs::{FakeGcs, GCS_BUCKET};
+use support::stores::{check_paged_listings, noise, runtime, store};
 use support::*;
-use walkeeper::config::Settings;
-use walkeeper::storage::Store;
-
-fn store(vars: &[(String, String)]) -> Store {
-    let map: BTreeMap<String, String> = vars.iter().cloned().collect();
-    let settings = Settings::from_sources(map, None, None).unwrap();
-    Store::from_settings(&settings).unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Pseudo-random bytes (incompressible, so sizes are what they say).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn already_exists(e: &walkeeper::Error) -> bool {
     matches!(
@@ -123,42 +93,8 @@ fn small_writes_are_create_only_at_the_server() {
 
 #[test]
 fn listings_page_through_more_than_a_thousand_objects() {
-    use futures::StreamExt;
     let gcs = FakeGcs::start();
-    let s = store(&gcs.vars("paged"));
-    let rt = runtime();
-    rt.block_on(async {
-        let names: Vec<String> = (0..1010).map(|i| format!("wal_005/{i:024X}")).collect();
-        futures::stream::iter(names.clone())
-            .for_each_concurrent(8, |n| {
-                let s = &s;
-                async move {
-                    s.put_bytes(&n, bytes::Bytes::from(n.clone()))
-                        .await
-                        .unwrap();
-                }
-            })
-            .await;
-        let listed: Vec<String> = s
-            .list("wal_005/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(listed, names);
-        let after = s
-            .list_after("wal_005", &names[1000], |_| true)
-            .await
-            .unwrap();
-        let after: Vec<&str> = after.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            after,
-            names[1001..].iter().map(String::as_str).collect::<Vec<_>>()
-        );
-        let top = s.list_top("wal_005").await.unwrap();
-        assert_eq!(top.len(), 1010);
-    });
+    check_paged_listings(&store(&gcs.vars("paged")));
 }
 
 #[test]
@@ -234,6 +170,20 @@ fn a_customer_supplied_key_goes_with_every_request_never_reaches_the_log_and_a_b
         .filter(|(m, p, _)| p.starts_with("/upload/") || (m == "GET" && p.contains("/o/")))
         .collect();
     assert!(object_requests.len() >= 2, "{object_requests:?}");
+    // The segment is larger than one part: it went up in a resumable session, whose chunks
+    // declare their length.
+    let chunks: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|(m, p, _)| m == "PUT" && p.contains("upload_id="))
+        .collect();
+    assert!(!chunks.is_empty(), "no resumable chunk was sent");
+    for (_, p, head) in &chunks {
+        assert!(
+            head.contains("content-length: ") && head.contains("content-range: bytes "),
+            "{p}: {head}"
+        );
+    }
     for (m, p, head) in &object_requests {
         assert!(
             head.contains("x-goog-encryption-algorithm: aes256")

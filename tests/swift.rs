@@ -4,40 +4,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use support::stores::{check_paged_listings, noise, runtime, store};
 use support::swift::{Keystone, Swift, SWIFT_CONTAINER, SWIFT_PASSWORD};
 use support::*;
-use walkeeper::config::Settings;
-use walkeeper::storage::Store;
-
-fn store(vars: &[(String, String)]) -> Store {
-    let map: BTreeMap<String, String> = vars.iter().cloned().collect();
-    let settings = Settings::from_sources(map, None, None).unwrap();
-    Store::from_settings(&settings).unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Pseudo-random bytes (incompressible, so sizes are what they say).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 #[test]
 fn expired_and_revoked_tokens_are_renewed_without_failing_a_call() {
@@ -153,43 +124,8 @@ fn large_objects_are_segmented_create_only_and_deleted_with_their_segments() {
 
 #[test]
 fn listings_page_through_more_than_a_thousand_objects() {
-    use futures::StreamExt;
     let swift = Swift::start(3600);
-    let s = store(&swift.vars("paged"));
-    let rt = runtime();
-    rt.block_on(async {
-        let names: Vec<String> = (0..1010).map(|i| format!("wal_005/{i:024X}")).collect();
-        futures::stream::iter(names.clone())
-            .for_each_concurrent(8, |n| {
-                let s = &s;
-                async move {
-                    s.put_bytes(&n, bytes::Bytes::from(n.clone()))
-                        .await
-                        .unwrap();
-                }
-            })
-            .await;
-        let listed: Vec<String> = s
-            .list("wal_005/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(listed, names);
-        // A listing that starts at a marker reads only what follows it.
-        let after = s
-            .list_after("wal_005", &names[1000], |_| true)
-            .await
-            .unwrap();
-        let after: Vec<&str> = after.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            after,
-            names[1001..].iter().map(String::as_str).collect::<Vec<_>>()
-        );
-        let top = s.list_top("wal_005").await.unwrap();
-        assert_eq!(top.len(), 1010);
-    });
+    check_paged_listings(&store(&swift.vars("paged")));
 }
 
 #[test]

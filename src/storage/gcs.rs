@@ -38,6 +38,8 @@ use serde::Deserialize;
 use sha2::Digest;
 use tokio::sync::watch;
 
+use super::http::header;
+
 const STORE: &str = "GCS";
 /// Entries per listing request (the JSON API's maximum is 1,000).
 const PAGE: usize = 1000;
@@ -236,14 +238,6 @@ async fn fail(path: &str, resp: Response) -> object_store::Error {
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     status_error(path, status, &body)
-}
-
-fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-fn unquote(s: &str) -> String {
-    s.trim_matches('"').to_string()
 }
 
 /// An object resource, as listings and uploads return it (sizes are decimal strings).
@@ -657,39 +651,7 @@ impl ObjectStore for Gcs {
             StatusCode::NOT_FOUND => return Err(self.inner.not_found(key, resp).await),
             _ => return Err(fail(key, resp).await),
         }
-        let len: u64 = header(&resp, "content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let (range, size) = match header(&resp, "content-range")
-            .and_then(|v| v.strip_prefix("bytes "))
-            .and_then(|v| v.split_once('/'))
-            .and_then(|(r, total)| {
-                let (a, b) = r.split_once('-')?;
-                Some((
-                    a.parse::<u64>().ok()?,
-                    b.parse::<u64>().ok()?,
-                    total.parse::<u64>().ok()?,
-                ))
-            }) {
-            Some((a, b, total)) => (a..b + 1, total),
-            None => (0..len, len),
-        };
-        let meta = ObjectMeta {
-            location: location.clone(),
-            last_modified: header(&resp, "last-modified")
-                .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or_default(),
-            size,
-            e_tag: header(&resp, "etag").map(unquote),
-            version: None,
-        };
-        Ok(GetResult {
-            payload: GetResultPayload::Stream(resp.bytes_stream().map_err(transport).boxed()),
-            meta,
-            range,
-            attributes: Default::default(),
-        })
+        Ok(super::http::get_result(location, resp, false, transport))
     }
 
     async fn delete(&self, location: &Path) -> object_store::Result<()> {
@@ -867,7 +829,6 @@ impl ResumableUpload {
         let r = inner
             .encrypted(inner.http.put(session))
             .header("Content-Range", range)
-            .header("Content-Length", body.len().to_string())
             .body(body);
         let resp = inner.send(r).await?;
         // A chunk that is not the last is answered 308 Resume Incomplete.

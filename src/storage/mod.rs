@@ -9,6 +9,7 @@
 //! once.
 
 mod gcs;
+mod http;
 pub mod local;
 mod retry;
 mod swift;

@@ -23,12 +23,13 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+    GetOptions, GetRange, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
+use super::http::{header, unquote};
 use super::swift_auth::{self, AuthVersion, Issued, SwiftAuth};
 
 const STORE: &str = "Swift";
@@ -160,19 +161,11 @@ async fn fail(path: &str, resp: Response) -> object_store::Error {
     status_error(path, status, &body)
 }
 
-fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
 /// Swift's listing times: `2026-12-03T18:55:39.231380`, UTC without a zone.
 fn parse_listing_time(s: &str) -> DateTime<Utc> {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
         .map(|n| n.and_utc())
         .unwrap_or_default()
-}
-
-fn unquote(s: &str) -> String {
-    s.trim_matches('"').to_string()
 }
 
 #[derive(Deserialize)]
@@ -589,45 +582,12 @@ impl ObjectStore for Swift {
         if !resp.status().is_success() {
             return Err(fail(key, resp).await);
         }
-        let len: u64 = header(&resp, "content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        // A ranged answer: `Content-Range: bytes a-b/total`.
-        let (range, size) = match header(&resp, "content-range")
-            .and_then(|v| v.strip_prefix("bytes "))
-            .and_then(|v| v.split_once('/'))
-            .and_then(|(r, total)| {
-                let (a, b) = r.split_once('-')?;
-                Some((
-                    a.parse::<u64>().ok()?,
-                    b.parse::<u64>().ok()?,
-                    total.parse::<u64>().ok()?,
-                ))
-            }) {
-            Some((a, b, total)) => (a..b + 1, total),
-            None => (0..len, len),
-        };
-        let meta = ObjectMeta {
-            location: location.clone(),
-            last_modified: header(&resp, "last-modified")
-                .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or_default(),
-            size,
-            e_tag: header(&resp, "etag").map(unquote),
-            version: None,
-        };
-        let payload = if options.head {
-            GetResultPayload::Stream(futures::stream::empty().boxed())
-        } else {
-            GetResultPayload::Stream(resp.bytes_stream().map_err(transport).boxed())
-        };
-        Ok(GetResult {
-            payload,
-            meta,
-            range,
-            attributes: Default::default(),
-        })
+        Ok(super::http::get_result(
+            location,
+            resp,
+            options.head,
+            transport,
+        ))
     }
 
     async fn delete(&self, location: &Path) -> object_store::Result<()> {

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod containers;
 pub mod gcs;
+pub mod stores;
 pub mod swift;
 
 use std::io::Write;
