@@ -38,6 +38,21 @@ CONF
     "${psql[@]}" -c "ALTER SYSTEM SET archive_command = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
     sleep 0.5
   }
+  # A backup-push, then a backup-fetch of it: labels wk-backup-push$1 / wk-backup-fetch$1,
+  # store $2, binary $3, envdir $4, log names suffixed with $5.
+  wk_pair() {
+    "${psql[@]}" -c "CHECKPOINT" >/dev/null
+    sync
+    drive once --label "wk-backup-push$1" --log "$OUT/logs/backup-wk-push$5-$scale.log" \
+      --extra "{$x,\"store\":\"$2\"}" -- \
+      "${AS_PG[@]}" "${WK_ENV[@]}" "$3" --envdir "$4" backup-push "$data" --connstring "$conn"
+    rm -rf "$d/restore-wk"
+    sync
+    drive once --label "wk-backup-fetch$1" --log "$OUT/logs/backup-wk-fetch$5-$scale.log" \
+      --extra "{$x,\"store\":\"$2\"}" -- \
+      "${AS_PG[@]}" "${WK_ENV[@]}" "$3" --envdir "$4" backup-fetch "$d/restore-wk" LATEST
+    rm -rf "$d/restore-wk"
+  }
   local first=1 scale
   for scale in $SCALES; do
     log "B: pgbench -i -s $scale"
@@ -76,17 +91,7 @@ CONF
     if [ $s3 = 1 ]; then
       log "B2s: walkeeper backup-push and backup-fetch, S3 (s3s-fs on loopback) (scale $scale)"
       set_archive "$BIN --envdir $d/wkenv-s3 wal-push %p"
-      "${psql[@]}" -c "CHECKPOINT" >/dev/null
-      sync
-      drive once --label wk-backup-push-s3 --log "$OUT/logs/backup-wk-push-s3-$scale.log" \
-        --extra "{$x,\"store\":\"s3\"}" -- \
-        "${AS_PG[@]}" "${WK_ENV[@]}" "$BIN" --envdir "$d/wkenv-s3" backup-push "$data" --connstring "$conn"
-      rm -rf "$d/restore-wk"
-      sync
-      drive once --label wk-backup-fetch-s3 --log "$OUT/logs/backup-wk-fetch-s3-$scale.log" \
-        --extra "{$x,\"store\":\"s3\"}" -- \
-        "${AS_PG[@]}" "${WK_ENV[@]}" "$BIN" --envdir "$d/wkenv-s3" backup-fetch "$d/restore-wk" LATEST
-      rm -rf "$d/restore-wk"
+      wk_pair -s3 s3 "$BIN" "$d/wkenv-s3" -s3
       # backup-fetch's syncfs, measured: the same fetch without it.
       sync
       drive once --label wk-backup-fetch-nosync --log "$OUT/logs/backup-wk-fetch-$scale.log" \
@@ -98,17 +103,7 @@ CONF
 
     if [ -n "${BASELINE:-}" ]; then
       log "B2b: baseline walkeeper ($BASELINE_DESC) backup-push and backup-fetch (scale $scale)"
-      "${psql[@]}" -c "CHECKPOINT" >/dev/null
-      sync
-      drive once --label wk-backup-push-baseline --log "$OUT/logs/backup-wk-push-$scale.log" \
-        --extra "{$x,\"store\":\"file\"}" -- \
-        "${AS_PG[@]}" "${WK_ENV[@]}" "$BASELINE" --envdir "$d/wkenv" backup-push "$data" --connstring "$conn"
-      rm -rf "$d/restore-wk"
-      sync
-      drive once --label wk-backup-fetch-baseline --log "$OUT/logs/backup-wk-fetch-$scale.log" \
-        --extra "{$x,\"store\":\"file\"}" -- \
-        "${AS_PG[@]}" "${WK_ENV[@]}" "$BASELINE" --envdir "$d/wkenv" backup-fetch "$d/restore-wk" LATEST
-      rm -rf "$d/restore-wk"
+      wk_pair -baseline file "$BASELINE" "$d/wkenv" ""
     fi
 
     log "B3: pgBackRest full backup, process-max=2, lz4 (scale $scale)"
@@ -141,7 +136,7 @@ CONF
       dd if="$TMP/data.tar" of=/dev/null bs=4M iflag=direct status=none
     rm -f "$TMP/data.tar"
   done
-  unset -f set_archive
+  unset -f set_archive wk_pair
   pg_stop "$data"
   [ $s3 = 0 ] || stop_server "$S3_PID"
   rm -rf "$d"

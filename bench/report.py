@@ -183,16 +183,12 @@ def backup(recs, out):
         if f and fs:
             q = fs["wall_s"] / f["wall_s"]
             targets.append(f"| scale {sc}: backup-fetch from S3 within 10 % of file:// | {fs['wall_s']:.2f} s vs {f['wall_s']:.2f} s = {100 * q:.0f} % | {verdict(q <= 1.10)} |")
-        rows = [(k, got[k]) for k in ("wk-backup-push", "wk-backup-push-s3") if k in got]
-        if rows:
-            desc = ", ".join(f"{'S3' if k.endswith('s3') else 'file'} {r['max_rss_kib'] / 1024:.1f}" for k, r in rows)
-            worst = max(r["max_rss_kib"] / 1024 for _, r in rows)
-            targets.append(f"| scale {sc}: backup-push peak RSS ≤ 32 MiB on every store | {desc} MiB | {verdict(worst <= 32)} |")
-        rows = [(k, got[k]) for k in ("wk-backup-fetch", "wk-backup-fetch-s3") if k in got]
-        if rows:
-            desc = ", ".join(f"{'S3' if k.endswith('s3') else 'file'} {r['max_rss_kib'] / 1024:.1f}" for k, r in rows)
-            worst = max(r["max_rss_kib"] / 1024 for _, r in rows)
-            targets.append(f"| scale {sc}: backup-fetch peak RSS ≤ 16 MiB on every store | {desc} MiB | {verdict(worst <= 16)} |")
+        for cmd, limit in (("push", 32), ("fetch", 16)):
+            rows = [(k, got[k]) for k in (f"wk-backup-{cmd}", f"wk-backup-{cmd}-s3") if k in got]
+            if rows:
+                desc = ", ".join(f"{'S3' if k.endswith('s3') else 'file'} {r['max_rss_kib'] / 1024:.1f}" for k, r in rows)
+                worst = max(r["max_rss_kib"] / 1024 for _, r in rows)
+                targets.append(f"| scale {sc}: backup-{cmd} peak RSS ≤ {limit} MiB on every store | {desc} MiB | {verdict(worst <= limit)} |")
     out.append("")
     if rss_by_scale:
         worst = max(max(v) for v in rss_by_scale.values())

@@ -8,18 +8,8 @@ mod faults;
 mod support;
 
 use support::gcs::{FakeGcs, GCS_BUCKET};
-use support::stores::{check_paged_listings, noise, runtime, store};
+use support::stores::{already_exists, check_paged_listings, noise, runtime, store};
 use support::*;
-
-fn already_exists(e: &walkeeper::Error) -> bool {
-    matches!(
-        e,
-        walkeeper::Error::Storage {
-            source: object_store::Error::AlreadyExists { .. },
-            ..
-        }
-    )
-}
 
 #[test]
 fn large_objects_go_up_in_order_byte_identical_and_are_never_overwritten() {

@@ -1,11 +1,11 @@
-//! What the hand-written HTTP stores (`swift.rs`, `gcs.rs`) share: reading an object's GET or
-//! HEAD answer into object_store's `GetResult`.
+//! What the hand-written HTTP stores (`swift.rs`, `gcs.rs`) share: errors in object_store's
+//! wording, and reading an object's GET or HEAD answer into its `GetResult`.
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{GetResult, GetResultPayload, ObjectMeta};
-use reqwest::Response;
+use reqwest::{Response, StatusCode};
 
 pub(super) fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
@@ -13,6 +13,26 @@ pub(super) fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
 
 pub(super) fn unquote(s: &str) -> String {
     s.trim_matches('"').to_string()
+}
+
+/// The error for a non-success answer, in object_store's wording ("status code: 404 Not
+/// Found: <message>") so `retry::classify` reads the status.
+pub(super) fn status_error(
+    store: &'static str,
+    path: &str,
+    status: StatusCode,
+    message: &str,
+) -> object_store::Error {
+    let source: Box<dyn std::error::Error + Send + Sync> =
+        format!("Server returned non-2xx status code: {status}: {message}").into();
+    let path = path.to_string();
+    match status.as_u16() {
+        404 => object_store::Error::NotFound { path, source },
+        412 => object_store::Error::Precondition { path, source },
+        401 => object_store::Error::Unauthenticated { path, source },
+        403 => object_store::Error::PermissionDenied { path, source },
+        _ => object_store::Error::Generic { store, source },
+    }
 }
 
 /// `bytes a-b/total` as (first byte, last byte, total).

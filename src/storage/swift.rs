@@ -125,25 +125,9 @@ fn excerpt(body: &str) -> String {
     line.chars().take(200).collect()
 }
 
-/// The error for a non-success answer, in object_store's wording ("status code: 404 Not
-/// Found: ...") so `retry::classify` reads the status.
+/// The error for a non-success answer (see [`super::http::status_error`]).
 fn status_error(path: &str, status: StatusCode, body: &str) -> object_store::Error {
-    let source: Box<dyn std::error::Error + Send + Sync> = format!(
-        "Server returned non-2xx status code: {status}: {}",
-        excerpt(body)
-    )
-    .into();
-    let path = path.to_string();
-    match status.as_u16() {
-        404 => object_store::Error::NotFound { path, source },
-        412 => object_store::Error::Precondition { path, source },
-        401 => object_store::Error::Unauthenticated { path, source },
-        403 => object_store::Error::PermissionDenied { path, source },
-        _ => object_store::Error::Generic {
-            store: STORE,
-            source,
-        },
-    }
+    super::http::status_error(STORE, path, status, &excerpt(body))
 }
 
 /// A 404 on a container or on a write into it: the container does not exist (the wording

@@ -1,6 +1,6 @@
 //! Store-level checks shared by the tests of the hand-written HTTP stores (Swift, GCS): a
-//! `Store` from variables, a runtime to drive it, incompressible bytes, and the paged-listing
-//! check.
+//! `Store` from variables, a runtime to drive it, incompressible bytes, the create-only
+//! refusal, and the paged-listing check.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +32,17 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Is this the store's refusal to overwrite an object?
+pub fn already_exists(e: &walkeeper::Error) -> bool {
+    matches!(
+        e,
+        walkeeper::Error::Storage {
+            source: object_store::Error::AlreadyExists { .. },
+            ..
+        }
+    )
 }
 
 /// 1010 objects (more than one page of 1000) list in order, a listing after a key reads only
